@@ -1,0 +1,86 @@
+"""The dataset card: a README.md beside the data that a person reads before training on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from synth import io
+
+SAMPLE_ROWS = 3
+SAMPLE_CHARS = 300
+
+
+def _cell(value: object) -> str:
+    text = str(value).replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…"
+
+
+def _stage_table(manifest: dict) -> list[str]:
+    lines = ["| # | stage | kind | in | out | dropped | seconds | resumed |", "|---|---|---|---|---|---|---|---|"]
+    for s in manifest["stages"]:
+        dropped = ", ".join(f"{reason}: {n}" for reason, n in s["dropped"].items()) or "0"
+        lines.append(
+            f"| {s['index']} | {s['name']} | {s['kind']} | {s['rows_in']} | {s['kept']} | {dropped} "
+            f"| {s['seconds']:.1f} | {'yes' if s['resumed'] else ''} |"
+        )
+    return lines
+
+
+def _samples(data_dir: Path) -> list[str]:
+    table = io.read_table(data_dir).slice(0, SAMPLE_ROWS)
+    lines = []
+    for i, row in enumerate(table.to_pylist()):
+        lines.append(f"**Record {i}**\n")
+        lines += [f"- `{k}`: {_cell(v)}" for k, v in row.items() if not isinstance(v, bytes)]
+        lines.append("")
+    return lines
+
+
+def render_card(output: Path, manifest: dict) -> str:
+    llm = manifest["llm"]
+    lines = [
+        f"# {manifest['name']}",
+        "",
+        f"{manifest['records']} records made by `synth` (run `{manifest['run_id']}`, seed {manifest['seed']}).",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "import pyarrow.dataset as ds",
+        f'table = ds.dataset("{output}/data", format="parquet").to_table()',
+        "```",
+        "",
+        "## Schema",
+        "",
+        "| column | type |",
+        "|---|---|",
+        *[f"| `{name}` | {type_} |" for name, type_ in manifest["schema"].items()],
+        "",
+        "## How it was made",
+        "",
+        *_stage_table(manifest),
+        "",
+    ]
+    if llm.get("llm_requests"):
+        lines += [
+            f"LLM: {int(llm['llm_requests'])} requests, {int(llm['llm_cache_hits'])} from cache, "
+            f"{int(llm['llm_prompt_tokens'])} prompt and {int(llm['llm_completion_tokens'])} completion tokens, "
+            f"cost ${llm['llm_cost_usd']:.4f}.",
+            "",
+        ]
+    lines += [
+        f"Versions: {', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}. "
+        f"Git revision: {manifest['git_revision'] or 'unknown'}. The full spec is in `_manifest.json`.",
+        "",
+        "## Samples",
+        "",
+        *_samples(output / "data"),
+    ]
+    return "\n".join(lines)
+
+
+def write_card(output: Path, manifest: dict) -> None:
+    text = render_card(output, manifest)
+    tmp = output / ".README.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(output / "README.md")

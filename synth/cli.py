@@ -1,0 +1,115 @@
+"""The `synth` command line: generate a dataset from a spec, inspect one, list the stages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from synth.errors import SynthError
+from synth.manifest import MANIFEST, StageReport
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic training data pipelines on Ray.")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+class _ConsoleProgress:
+    def stage_started(self, index: int, total: int, name: str, kind: str) -> None:
+        console.print(f"[bold]▶ stage {index + 1}/{total}[/] {name} [dim]({kind})[/]")
+
+    def stage_finished(self, report: StageReport) -> None:
+        dropped = sum(report.dropped.values())
+        how = "reused from an earlier run" if report.resumed else f"{report.seconds:.1f} s"
+        console.print(f"  [green]✓[/] {report.kept} kept, {dropped} dropped, {how}")
+
+    def message(self, text: str) -> None:
+        console.print(f"[bold]▶[/] {text}")
+
+
+def _summary(manifest: dict) -> Table:
+    table = Table(title=f"{manifest['name']}: {manifest['records']} records")
+    for column in ("stage", "kind", "in", "kept", "dropped (by reason)", "seconds"):
+        table.add_column(column, justify="right" if column in ("in", "kept", "seconds") else "left")
+    for s in manifest["stages"]:
+        dropped = ", ".join(f"{r}: {n}" for r, n in s["dropped"].items()) or "-"
+        seconds = "resumed" if s["resumed"] else f"{s['seconds']:.1f}"
+        table.add_row(s["name"], s["kind"], str(s["rows_in"]), str(s["kept"]), dropped, seconds)
+    return table
+
+
+@app.command()
+def generate(
+    spec: Path = typer.Argument(..., help="Pipeline spec (YAML), e.g. pipelines/instruct.yaml"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: the spec's)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the spec's seed"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Existing Ray cluster (else RAY_ADDRESS)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished dataset in the output folder"),
+) -> None:
+    """Run a pipeline spec and write a Parquet dataset with its manifest and card."""
+    from synth.runner import run
+    from synth.spec import load_spec
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_spec = load_spec(spec, overrides={"output": output, "seed": seed})
+        result = run(run_spec, ray_address=ray_address, overwrite=overwrite, progress=_ConsoleProgress(),
+                     spec_file=str(spec))
+    except SynthError as exc:
+        _fail(str(exc))
+    console.print(_summary(result.manifest))
+    console.print(f"dataset: {result.output / 'data'}  card: {result.output / 'README.md'}")
+
+
+@app.command()
+def inspect(
+    output: Path = typer.Argument(..., help="A dataset folder written by `synth generate`"),
+    rows: int = typer.Option(3, help="Sample records to show"),
+) -> None:
+    """Show a dataset's schema, counts, drops and a few records."""
+    from synth import io
+
+    manifest_file = output / MANIFEST
+    if not manifest_file.exists():
+        _fail(f"{output}: no {MANIFEST}; not a finished synth dataset")
+    manifest = json.loads(manifest_file.read_text())
+    console.print(_summary(manifest))
+    schema = Table(title="schema")
+    schema.add_column("column")
+    schema.add_column("type")
+    for name, type_ in manifest["schema"].items():
+        schema.add_row(name, type_)
+    console.print(schema)
+    for record in io.read_table(output / "data").slice(0, rows).to_pylist():
+        shown = {k: (f"<{len(v)} bytes>" if isinstance(v, bytes) else v) for k, v in record.items()}
+        console.print_json(json.dumps(shown, default=str))
+
+
+@app.command("list")
+def list_stages() -> None:
+    """List the registered stage kinds."""
+    from synth.registry import all_stages
+    from synth.stage import FilterStage, GlobalStage, MapStage, SourceStage
+
+    table = Table(title="stages")
+    for column in ("kind", "type", "description"):
+        table.add_column(column)
+    for kind, cls in all_stages().items():
+        role = next(name for base, name in ((SourceStage, "source"), (FilterStage, "filter"), (MapStage, "map"),
+                                            (GlobalStage, "global")) if issubclass(cls, base))
+        table.add_row(kind, role, cls.description or (cls.__doc__ or "").strip().split("\n")[0])
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m synth`
+    sys.exit(app())

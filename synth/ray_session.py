@@ -25,7 +25,7 @@ def init_ray(address: str | None = None, options: RayOptions | None = None) -> s
     # Workers must import the project's packages: on a cluster they come with the same install.
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=True, logging_config=_worker_logging())
         return address
     # The embedded Ray is private to this process: token auth only gets in the way.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -34,6 +34,11 @@ def init_ray(address: str | None = None, options: RayOptions | None = None) -> s
         object_store_memory=options.object_store_memory,
         include_dashboard=False,
         log_to_driver=True,
-        logging_level=logging.WARNING,
+        logging_config=_worker_logging(),
     )
     return "embedded"
+
+
+def _worker_logging() -> ray.LoggingConfig:
+    # INFO from stage workers is how long stages (Self-Instruct rounds, training) show progress.
+    return ray.LoggingConfig(encoding="TEXT", log_level="INFO")

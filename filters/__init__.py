@@ -1,0 +1,1 @@
+"""Filters: stages that score records and mark the ones to drop, never deleting them silently."""

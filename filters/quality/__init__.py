@@ -1,0 +1,1 @@
+"""Quality filters: cheap heuristics and model scores that decide which records to keep."""

@@ -1,0 +1,74 @@
+"""Simple quality checks for instruct records: lengths, empty or refused answers, echoes.
+
+Adds score columns (`instruction_words`, `output_words`, `echo_rouge_l`) and one drop reason per
+row, first failing check wins:
+
+- `empty_output`: the output is blank;
+- `instruction_too_short` / `instruction_too_long`: instruction words outside the bounds;
+- `output_too_short` / `output_too_long`: output words outside the bounds;
+- `refusal`: the output contains a refusal phrase ("as an ai", "i cannot"...);
+- `echoes_instruction`: the output's ROUGE-L F against the instruction is at least
+  `echo_threshold`, i.e. the answer mostly repeats the question.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from generators.instruct.rouge import rouge_l
+from synth.registry import register
+from synth.spec import StageConfig
+from synth.stage import FilterStage
+
+REFUSAL_PHRASES = (
+    "as an ai", "as a language model", "i'm sorry, but", "i am sorry, but", "i cannot", "i can't help",
+    "i am unable to", "i'm unable to", "i do not have the ability", "i don't have access",
+)  # fmt: skip
+
+
+class InstructChecksConfig(StageConfig):
+    kind: Literal["instruct_checks"] = "instruct_checks"
+    min_instruction_words: int = Field(3, ge=0)
+    max_instruction_words: int = Field(300, ge=1)
+    min_output_words: int = Field(1, ge=0)
+    max_output_words: int = Field(1000, ge=1)
+    refusal_phrases: tuple[str, ...] = Field(REFUSAL_PHRASES, description="Case-insensitive substrings")
+    echo_threshold: float = Field(0.8, gt=0, le=1, description="Drop at this ROUGE-L F to the instruction")
+
+
+@register
+class InstructChecks(FilterStage):
+    kind = "instruct_checks"
+    Config = InstructChecksConfig
+    description = "Length bounds, empty and refused outputs, outputs that echo the instruction"
+
+    def score(self, batch: pa.Table) -> tuple[dict[str, pa.Array | list], list[str | None]]:
+        instructions = batch.column("instruction").to_pylist()
+        outputs = batch.column("output").to_pylist()
+        instruction_words = [len(text.split()) for text in instructions]
+        output_words = [len(text.split()) for text in outputs]
+        echo = [rouge_l(out, ins) if out.strip() else 0.0 for ins, out in zip(instructions, outputs)]
+        reasons = [self._reason(*row) for row in zip(outputs, instruction_words, output_words, echo)]
+        columns = {
+            "instruction_words": pa.array(instruction_words, pa.int32()),
+            "output_words": pa.array(output_words, pa.int32()),
+            "echo_rouge_l": pa.array(echo, pa.float32()),
+        }
+        return columns, reasons
+
+    def _reason(self, output: str, instruction_words: int, output_words: int, echo: float) -> str | None:
+        cfg = self.config
+        lowered = output.lower()
+        checks = (
+            ("empty_output", not output.strip()),
+            ("instruction_too_short", instruction_words < cfg.min_instruction_words),
+            ("instruction_too_long", instruction_words > cfg.max_instruction_words),
+            ("output_too_short", output_words < cfg.min_output_words),
+            ("output_too_long", output_words > cfg.max_output_words),
+            ("refusal", any(phrase.lower() in lowered for phrase in cfg.refusal_phrases)),
+            ("echoes_instruction", echo >= cfg.echo_threshold),
+        )
+        return next((reason for reason, failed in checks if failed), None)

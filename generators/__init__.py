@@ -1,0 +1,1 @@
+"""Generators: one subpackage per kind of data, each registering its stages by `kind:`."""

@@ -1,0 +1,381 @@
+"""Self-Instruct (Wang et al., 2023): bootstrap new tasks from a small set of human-written ones.
+
+One round, repeated until `num_instructions` machine-written instructions are kept:
+
+1. Instruction generation. Each prompt shows `tasks_per_prompt` (8) tasks, `machine_per_prompt`
+   (2) of them from the machine-written pool and the rest human seeds (seeds fill in while the
+   pool is empty), and asks for more. A round sends `prompts_per_round` prompts in one batched
+   `generate` call and parses the numbered tasks out of each completion.
+2. Instruction filtering, in order: length in words outside [min_words, max_words], a word a
+   text model cannot act on (image, draw, video...), starts with punctuation, starts with a
+   non-ASCII character, ROUGE-L F above `rouge_threshold` against any instruction in the pool
+   (seeds included). A kept instruction joins the pool at once, so the next is compared with it.
+3. Classification identification: a few-shot Yes/No prompt per kept instruction, batched.
+4. Instance generation, batched, few-shot from the seeds: output-first for classification tasks
+   (a class label, then an input of that class, so the labels do not all collapse to the most
+   obvious one), input-first for the others.
+5. Instance filtering: unparsable, empty output, output equal to input, too long, duplicate.
+
+Each kept instance is one record (`generators.instruct.records`). Every rejected candidate is
+counted (`ctx.count(drop_<reason>=n)`) and returned as a row with `_drop_reason` set, so the
+runner counts it and can write it for audit. The loop is sequential and holds the model, so the
+whole bootstrap runs inside one Ray task; its table joins the dataset by object reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from generators.instruct.prompts import JUDGE, Sampling, few_shot_request, render, user_request
+from generators.instruct.records import make_record, to_table
+from generators.instruct.rouge import RougeLPool
+from synth.errors import SpecError
+from synth.llm import ChatRequest, LLMClient
+from synth.registry import register
+from synth.spec import InputFile, StageConfig, format_loc
+from synth.stage import SourceStage, StageContext, derive_seed
+
+log = logging.getLogger(__name__)
+
+BLACKLIST = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+)  # fmt: skip
+"""Words of tasks a text-only model cannot do (from the paper's filter)."""
+
+_BLACKLIST_RE = re.compile(r"\b(?:" + "|".join(map(re.escape, BLACKLIST)) + r")\b", re.IGNORECASE)
+
+
+class SelfInstructConfig(StageConfig):
+    kind: Literal["self_instruct"] = "self_instruct"
+    seed_tasks: InputFile = Field(
+        Path("seeds/instruct_seed_tasks.jsonl"),
+        validate_default=True,
+        description="JSONL of human-written tasks, relative to the spec file",
+    )
+    llm: str = Field("default", description="Name of a backend in the spec's `llm:` section")
+    num_instructions: int = Field(100, ge=1, description="Machine-written instructions to keep")
+    prompts_per_round: int = Field(8, ge=1, description="Prompts sent together in one generate call")
+    tasks_per_prompt: int = Field(8, ge=2, description="In-context tasks shown per prompt")
+    machine_per_prompt: int = Field(2, ge=0, description="How many of those come from the machine pool")
+    new_tasks_per_prompt: int = Field(8, ge=1, description="New tasks each prompt asks for")
+    max_rounds: int = Field(200, ge=1, description="Give up after this many rounds, target or not")
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(150, ge=1)
+    rouge_threshold: float = Field(0.7, gt=0, le=1, description="Drop if ROUGE-L F to the pool is above")
+    max_instances_per_task: int = Field(3, ge=1)
+    max_instance_words: int = Field(300, ge=1, description="Input plus output words, at most")
+    classify_examples: int = Field(4, ge=2, description="Few-shot examples in the Yes/No prompt")
+    instance_examples: int = Field(3, ge=1, description="Few-shot examples per instance prompt")
+    task_sampling: Sampling = Sampling(max_tokens=200, temperature=0.9)
+    instance_sampling: Sampling = Sampling(max_tokens=128, temperature=0.5)
+
+
+# ---------------------------------------------------------------- seed tasks
+
+
+class _SeedInstance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: str = ""
+    output: str = Field(min_length=1)
+
+
+class _SeedLine(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # the paper's files also carry `id` and `name`
+    instruction: str = Field(min_length=1)
+    instances: list[_SeedInstance] = Field(min_length=1)
+    is_classification: bool
+
+
+@dataclass(frozen=True)
+class SeedTask:
+    instruction: str
+    instances: tuple[tuple[str, str], ...]  # (input, output)
+    is_classification: bool
+
+
+def load_seed_tasks(path: Path) -> list[SeedTask]:
+    """Read the seed JSONL; any bad line is a SpecError naming the file and line."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read seed tasks: {exc.strerror}") from None
+    tasks = [_parse_seed_line(line, f"{path}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+    if not tasks:
+        raise SpecError(f"{path}: no seed tasks")
+    return tasks
+
+
+def _parse_seed_line(line: str, where: str) -> SeedTask:
+    try:
+        seed = _SeedLine.model_validate(json.loads(line))
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{where}: not valid JSON: {exc.msg}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SpecError(f"{where}: {format_loc(err['loc'])}: {err['msg'].lower()}") from None
+    instances = tuple((i.input, i.output) for i in seed.instances)
+    return SeedTask(seed.instruction.strip(), instances, seed.is_classification)
+
+
+# ---------------------------------------------------------------- parsing and filters
+
+_NUMBERED_ITEM = re.compile(r"^[\s*#>]*(?:task\s*)?(?:\d{1,3}\s*[.):]|[a-z]\))\s*", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_tasks(text: str, truncated: bool = False) -> list[str]:
+    """The numbered (or "a)" lettered) tasks of a completion; a cut-off last item (`truncated`) is
+    left out."""
+    items = [_clean_task(part) for part in _NUMBERED_ITEM.split(text)[1:]]
+    if truncated and items:
+        items.pop()
+    return [item for item in items if item]
+
+
+def _clean_task(part: str) -> str:
+    """First line of an item, without markdown emphasis or wrapping quotes."""
+    line = part.strip().split("\n", 1)[0]
+    line = re.sub(r"^(?:task|instruction)\s*:\s*", "", line.replace("**", ""), flags=re.IGNORECASE)
+    line = re.sub(r"^(?:[-*]|\d{1,3}\s*[.)])\s+", "", line)  # a second marker: "1. 1. Do X", "- Do X"
+    return " ".join(line.strip().strip("\"'`").split())
+
+
+def instruction_drop_reason(text: str, min_words: int = 3, max_words: int = 150) -> str | None:
+    """The paper's heuristic filters (all but ROUGE-L); None keeps the instruction."""
+    words = len(text.split())
+    if words < min_words:
+        return "too_short"
+    if words > max_words:
+        return "too_long"
+    if _BLACKLIST_RE.search(text):
+        return "blacklisted_word"
+    if text[0] in string.punctuation:
+        return "starts_with_punctuation"
+    if not text[0].isascii():
+        return "starts_with_non_ascii"
+    return None
+
+
+def parse_yes_no(text: str) -> bool:
+    """True when the first yes/no word of the answer is yes."""
+    match = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
+    return bool(match) and match.group(1).lower() == "yes"
+
+
+_NO_INPUT = {"", "none", "(none)", "<none>", "n/a", "na", "no input", "<noinput>", "-"}
+_FIELD = r"\s*:\s*(.*?)\s*"
+_INPUT_FIRST = re.compile(r"(?:\binput" + _FIELD + r")?\boutput" + _FIELD + r"(?=\binput\s*:|\Z)", re.I | re.S)
+_OUTPUT_FIRST = re.compile(
+    r"\bclass label" + _FIELD + r"(?:\binput" + _FIELD + r")?(?=\bclass label\s*:|\Z)", re.I | re.S
+)
+
+
+def parse_instances(text: str, classification: bool) -> list[tuple[str, str]]:
+    """(input, output) pairs from an instance completion; stops where the model starts a new task."""
+    text = re.split(r"^\s*task\s*:", text, maxsplit=1, flags=re.I | re.M)[0]
+    if classification:
+        # the label is one line; an "Output:" the model adds after the input repeats the label
+        pairs = [(_before_output(m.group(2) or ""), m.group(1).split("\n")[0]) for m in _OUTPUT_FIRST.finditer(text)]
+    else:
+        pairs = [(m.group(1) or "", m.group(2)) for m in _INPUT_FIRST.finditer(text)]
+    return [(_no_input(inp), out.strip()) for inp, out in pairs]
+
+
+def _before_output(text: str) -> str:
+    return re.split(r"\boutput\s*:", text, maxsplit=1, flags=re.I)[0]
+
+
+def _no_input(text: str) -> str:
+    text = text.strip()
+    return "" if text.lower().strip(".") in _NO_INPUT else text
+
+
+def instance_drop_reason(input: str, output: str, max_words: int = 300) -> str | None:
+    if not output.strip():
+        return "empty_output"
+    if " ".join(output.lower().split()) == " ".join(input.lower().split()):
+        return "output_same_as_input"
+    if len(input.split()) + len(output.split()) > max_words:
+        return "instance_too_long"
+    return None
+
+
+# ---------------------------------------------------------------- the bootstrap loop
+
+
+class Bootstrapper:
+    """The Self-Instruct loop over one LLM client; `run()` returns kept and dropped rows."""
+
+    def __init__(self, config: SelfInstructConfig, ctx: StageContext, llm: LLMClient, seeds: list[SeedTask]):
+        self.config, self.ctx, self.llm, self.seeds = config, ctx, llm, seeds
+        self.rng = random.Random(ctx.stage_seed)
+        self.pool = RougeLPool(s.instruction for s in seeds)
+        self.machine: list[str] = []
+        self.rows: list[dict] = []
+        self.records = 0
+        self.drops: Counter[str] = Counter()
+        self.row = partial(
+            make_record, generator="self_instruct", run_id=ctx.run_id, seed=ctx.seed, model=llm.model_id
+        )
+
+    def run(self) -> list[dict]:
+        target = self.config.num_instructions
+        for round_ in range(1, self.config.max_rounds + 1):
+            kept = self._new_instructions(round_)
+            self._new_instances(kept, self._classify(kept, round_), round_)
+            self._report(round_)
+            if len(self.machine) >= target:
+                break
+        else:
+            log.warning("self_instruct: stopped after %d rounds with %d of %d instructions",
+                        self.config.max_rounds, len(self.machine), target)  # fmt: skip
+        return self.rows
+
+    def _report(self, round_: int) -> None:
+        log.info("self_instruct round %d: %d/%d instructions kept, %d records, drops %s", round_,
+                 len(self.machine), self.config.num_instructions, self.records, dict(self.drops))  # fmt: skip
+        self.ctx.count(**{f"drop_{reason}": n for reason, n in self.drops.items()})
+        self.drops.clear()
+
+    def _drop(self, reason: str, **fields) -> None:
+        self.drops[reason] += 1
+        self.rows.append(self.row(drop_reason=reason, **fields))
+
+    # -- steps 1 and 2: generate and filter instructions
+
+    def _new_instructions(self, round_: int) -> list[str]:
+        cfg = self.config
+        requests = [user_request(self._task_prompt()) for _ in range(cfg.prompts_per_round)]
+        completions = self.llm.generate(requests, cfg.task_sampling.params(self._seed("tasks", round_)))
+        kept: list[str] = []
+        for completion in completions:
+            for text in parse_tasks(completion.text, truncated=completion.finish_reason == "length"):
+                if len(self.machine) >= cfg.num_instructions:
+                    return kept
+                reason = self._instruction_drop_reason(text)
+                if reason:
+                    self._drop(reason, instruction=text)
+                else:
+                    self.pool.add(text)
+                    self.machine.append(text)
+                    kept.append(text)
+        return kept
+
+    def _instruction_drop_reason(self, text: str) -> str | None:
+        reason = instruction_drop_reason(text, self.config.min_words, self.config.max_words)
+        if reason is None and self.pool.max_score(text) > self.config.rouge_threshold:
+            return "rouge_similar"
+        return reason
+
+    def _task_prompt(self) -> str:
+        cfg = self.config
+        machine = self.rng.sample(self.machine, min(cfg.machine_per_prompt, len(self.machine)))
+        human_count = min(cfg.tasks_per_prompt - len(machine), len(self.seeds))
+        tasks = [s.instruction for s in self.rng.sample(self.seeds, human_count)] + machine
+        self.rng.shuffle(tasks)
+        numbered = "\n".join(f"{i}. {task}" for i, task in enumerate(tasks, 1))
+        new, first = cfg.new_tasks_per_prompt, len(tasks) + 1
+        return render("self_instruct_tasks", count=str(len(tasks)), tasks=numbered, new=str(new),
+                      next=str(first), last=str(first + new - 1))  # fmt: skip
+
+    # -- step 3: classification identification
+
+    def _classify(self, instructions: list[str], round_: int) -> list[bool]:
+        if not instructions:
+            return []
+        shots = self._classify_shots()
+        requests = [few_shot_request("self_instruct_classify", shots, {"instruction": t}) for t in instructions]
+        completions = self.llm.generate(requests, JUDGE.params(self._seed("classify", round_)))
+        return [parse_yes_no(c.text) for c in completions]
+
+    def _classify_shots(self) -> list[tuple[dict[str, str], str]]:
+        """Seeds alternating Yes and No, ending on No: a small model tends to repeat the last answer,
+        and most tasks are not classification."""
+        yes = [s for s in self.seeds if s.is_classification]
+        no = [s for s in self.seeds if not s.is_classification]
+        mixed = [s for pair in zip(yes, no) for s in pair][-self.config.classify_examples :]
+        return [({"instruction": s.instruction}, "Yes" if s.is_classification else "No") for s in mixed]
+
+    # -- steps 4 and 5: generate and filter instances
+
+    def _new_instances(self, instructions: list[str], classification: list[bool], round_: int) -> None:
+        if not instructions:
+            return
+        requests = [self._instance_request(t, c) for t, c in zip(instructions, classification)]
+        sampling = self.config.instance_sampling.params(self._seed("instances", round_))
+        for text, is_cls, completion in zip(instructions, classification, self.llm.generate(requests, sampling)):
+            self._keep_instances(text, is_cls, completion.text)
+
+    def _instance_request(self, instruction: str, classification: bool) -> ChatRequest:
+        same_kind = [s for s in self.seeds if s.is_classification == classification] or self.seeds
+        examples = self.rng.sample(same_kind, min(self.config.instance_examples, len(same_kind)))
+        shots = [({"instruction": s.instruction}, format_instance(*s.instances[0], classification)) for s in examples]
+        template = "self_instruct_output_first" if classification else "self_instruct_input_first"
+        return few_shot_request(template, shots, {"instruction": instruction})
+
+    def _keep_instances(self, instruction: str, classification: bool, text: str) -> None:
+        pairs = parse_instances(text, classification)[: self.config.max_instances_per_task]
+        if not pairs:
+            self._drop("unparsable_instance", instruction=instruction, output=text.strip()[:500])
+        seen: set[tuple[str, str]] = set()
+        for inp, out in pairs:
+            reason = instance_drop_reason(inp, out, self.config.max_instance_words)
+            reason = reason or ("duplicate_instance" if (inp, out) in seen else None)
+            seen.add((inp, out))
+            fields = dict(instruction=instruction, input=inp, output=out, is_classification=classification)
+            if reason:
+                self._drop(reason, **fields)
+            else:
+                self.rows.append(self.row(**fields))
+                self.records += 1
+
+    def _seed(self, step: str, round_: int) -> int:
+        return derive_seed(self.ctx.stage_seed, step, round_)
+
+
+def format_instance(input: str, output: str, classification: bool) -> str:
+    """An instance as the model is shown it and asked to write it (what `parse_instances` reads)."""
+    if classification:
+        return f"Class label: {output}\nInput: {input or 'none'}"
+    return f"Input: {input or 'none'}\nOutput: {output}"
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def bootstrap_table(config: SelfInstructConfig, ctx: StageContext, seeds: list[SeedTask]) -> pa.Table:
+    """The whole bootstrap as one table; runs inside the stage's Ray task."""
+    llm = ctx.llm(config.llm)
+    try:
+        return to_table(Bootstrapper(config, ctx, llm, seeds).run())
+    finally:
+        llm.close()
+
+
+@register
+class SelfInstruct(SourceStage):
+    kind = "self_instruct"
+    Config = SelfInstructConfig
+    description = "Self-Instruct: bootstrap instructions and instances from human-written seed tasks"
+
+    def read(self):
+        import ray
+
+        seeds = load_seed_tasks(self.config.seed_tasks)  # here, so a bad seed file fails before Ray
+        res = self.config.resources
+        log.info("self_instruct: the bootstrap is sequential and holds the model, so it runs as ONE Ray "
+                 "task (num_cpus=%s, num_gpus=%s)", res.num_cpus, res.num_gpus)  # fmt: skip
+        task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.resources)(bootstrap_table)
+        return ray.data.from_arrow_refs([task.remote(self.config, self.ctx, seeds)])

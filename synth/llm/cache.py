@@ -1,0 +1,188 @@
+"""The request cache and token / cost accounting that wrap every LLM backend the same way.
+
+A request's key is the sha256 of (backend, model id, messages, sampling params with the seed):
+the same request asked again, by a resumed run or another Ray worker, is answered from disk and
+costs nothing. Each completion is stored as its own JSON file, `cache_dir/<key[:2]>/<key>.json`,
+written to a temporary file and renamed into place, so any number of processes can share the
+folder without locks and a reader never sees half a file.
+
+Backends hand each completion to the cache as soon as it exists (`on_completion`), so a call that
+fails half way still keeps everything finished before the failure.
+
+Identical requests within one call are generated once: a request's key decides its completion,
+so vary the prompt or the seed when you want different answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from synth.llm.base import ChatRequest, Completion, LLMClient, SamplingParams
+from synth.spec import LLMPrices
+
+OnCompletion = Callable[[int, Completion], None]
+"""Called with (index into the requests, completion) as soon as a completion is ready."""
+
+StatsSink = Callable[[dict[str, float]], None]
+
+log = logging.getLogger(__name__)
+
+
+class Backend(LLMClient):
+    """An LLM backend that reports each completion as it finishes and keeps its own counters."""
+
+    backend: str = "backend"
+    """The backend kind (`local`, `openai`): part of the cache key."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, float] = {}
+        """Backend-specific counters (retries...) added since the last `take_counters()`."""
+
+    def take_counters(self) -> dict[str, float]:
+        out, self.counters = self.counters, {}
+        return out
+
+    def count(self, name: str, value: float = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + value
+
+    @abstractmethod
+    def generate(
+        self,
+        requests: list[ChatRequest],
+        sampling: SamplingParams,
+        on_completion: OnCompletion | None = None,
+    ) -> list[Completion]: ...
+
+
+def request_key(backend: str, model_id: str, messages: ChatRequest, sampling: SamplingParams) -> str:
+    """The cache key of one request: stable across processes, machines and Python versions."""
+    payload = {
+        "backend": backend,
+        "model": model_id,
+        "messages": [dict(m) for m in messages],
+        "sampling": sampling.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class ResponseCache:
+    """One JSON file per completion under `root/<key[:2]>/<key>.json`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Completion | None:
+        try:
+            data = json.loads(self.path(key).read_text())
+            return Completion(**data["completion"], cached=True)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # A damaged entry is regenerated and overwritten, not fatal.
+            log.warning("ignoring unreadable LLM cache entry %s: %s", self.path(key), exc)
+            return None
+
+    def put(self, key: str, completion: Completion, request: dict) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = asdict(completion)
+        entry.pop("cached")
+        text = json.dumps({"key": key, "request": request, "completion": entry}, ensure_ascii=False)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class CachedClient(LLMClient):
+    """Wraps a backend: answers repeats from the cache (if any) and reports counters to `stats`.
+
+    Counters (deltas, reported once per `generate` call, also when it fails): `llm_requests`,
+    `llm_cache_hits`, `llm_backend_calls` (completions actually generated), `llm_prompt_tokens`,
+    `llm_completion_tokens` and `llm_cost_usd` (for generated completions; cache hits cost
+    nothing), plus whatever the backend counts itself (`llm_retries`).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        cache: ResponseCache | None = None,
+        stats: StatsSink | None = None,
+        prices: LLMPrices | None = None,
+    ):
+        self.backend = backend
+        self.cache = cache
+        self.stats = stats
+        self.prices = prices or LLMPrices()
+        self.name = backend.name
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def generate(self, requests: list[ChatRequest], sampling: SamplingParams) -> list[Completion]:
+        keys = [request_key(self.backend.backend, self.model_id, r, sampling) for r in requests]
+        results: dict[str, Completion] = {}
+        if self.cache is not None:
+            for key in dict.fromkeys(keys):
+                hit = self.cache.get(key)
+                if hit is not None:
+                    results[key] = hit
+        hits = sum(1 for k in keys if k in results)
+        # One backend request per distinct missing key, in first-seen order.
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        todo = [k for k in first if k not in results]
+        todo_requests = [requests[first[k]] for k in todo]
+        generated: list[Completion] = []
+
+        def on_completion(i: int, completion: Completion) -> None:
+            results[todo[i]] = completion
+            generated.append(completion)
+            if self.cache is not None:
+                request = {"messages": todo_requests[i], "sampling": sampling.model_dump(mode="json")}
+                self.cache.put(todo[i], completion, request)
+
+        try:
+            if todo:
+                self.backend.generate(todo_requests, sampling, on_completion=on_completion)
+        finally:
+            self._report(len(requests), hits, generated)
+        return [results[k] for k in keys]
+
+    def _report(self, n_requests: int, hits: int, generated: list[Completion]) -> None:
+        prompt = sum(c.prompt_tokens for c in generated)
+        completion = sum(c.completion_tokens for c in generated)
+        counters = {
+            "llm_requests": n_requests,
+            "llm_cache_hits": hits,
+            "llm_backend_calls": len(generated),
+            "llm_prompt_tokens": prompt,
+            "llm_completion_tokens": completion,
+            "llm_cost_usd": (
+                prompt * self.prices.prompt_per_million + completion * self.prices.completion_per_million
+            )
+            / 1e6,
+        }
+        counters.update(self.backend.take_counters())
+        if self.stats is not None:
+            self.stats(counters)
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,202 @@
+"""Evol-Instruct: the elimination rules on strings, the rounds on a scripted LLM, and one batch
+evolved by the real local model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from generators.instruct.evol_instruct import (
+    OPERATIONS,
+    EvolInstruct,
+    EvolInstructConfig,
+    clean_evolution,
+    copies_template,
+    parse_equal,
+    response_elimination,
+)
+from generators.instruct.prompts import TEMPLATE_DIR
+from generators.instruct.records import STAGE_SCHEMA, make_record, to_table
+from synth.llm import Completion, LLMClient
+from synth.spec import LLMSpec
+from synth.stage import DROP_REASON, StageContext
+
+# ---------------------------------------------------------------- rules on strings
+
+
+def test_every_operation_has_a_template_with_the_instruction_placeholder():
+    for op in OPERATIONS:
+        assert "$instruction" in (TEMPLATE_DIR / f"evol_{op}.txt").read_text()
+
+
+def test_clean_evolution_strips_the_answer_marker_only_at_the_start():
+    assert clean_evolution('#Rewritten Prompt#: "List five rare birds."') == "List five rare birds."
+    assert clean_evolution("Created prompt: Name a rare bird.") == "Name a rare bird."
+    assert clean_evolution("Rewrite Prompt#: Name a rare bird.") == "Name a rare bird."
+    assert copies_template(clean_evolution("Rewrite the given prompt so it is longer."))
+
+
+@pytest.mark.parametrize(
+    ("text", "copied"),
+    [
+        ("In the #Rewritten Prompt# list rare birds", True),
+        ("As the GIVEN PROMPT says, do X", True),
+        ("Name a bird.\n#Created Prompt#:", True),
+        ("Czech #Rewrite Prompt#: word", True),
+        ("List birds", False),
+    ],
+)
+def test_copies_template(text, copied):
+    assert copies_template(text) is copied
+
+
+def test_parse_equal():
+    assert parse_equal("Equal") and parse_equal("They are equal.")
+    assert not parse_equal("Not Equal") and not parse_equal("not equal.") and not parse_equal("Unequal")
+    assert not parse_equal("I cannot tell")
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        ("I'm sorry, I can't help with that.", "model_refused"),
+        ("Sorry! " + "word " * 100, None),  # long answers that apologise once are kept
+        ("It is what it is.", "stopwords_only"),
+        ("...!?", "stopwords_only"),
+        ("", "stopwords_only"),
+        ("Paris is the capital of France.", None),
+    ],
+)
+def test_response_elimination(response, reason):
+    assert response_elimination(response) == reason
+
+
+# ---------------------------------------------------------------- rounds on a scripted LLM
+
+
+class ScriptedLLM(LLMClient):
+    """Evolves by appending a clause; judges, answers and fails on cue words in the prompt."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    @property
+    def model_id(self) -> str:
+        return "scripted"
+
+    def generate(self, requests, sampling):
+        self.calls.append(len(requests))
+        return [Completion(self._reply(r[-1]["content"]), 10, 10) for r in requests]
+
+    def _reply(self, prompt: str) -> str:
+        if "#Given Prompt#" in prompt:
+            given = re.search(r"#Given Prompt#:\s*(.*?)\s*#(?:Rewritten|Created) Prompt#", prompt, re.S).group(1)
+            if "COPY" in given:
+                return "#Rewritten Prompt#: Rewrite the given prompt."
+            return f"#Rewritten Prompt#: {given} Explain each step."
+        if prompt.startswith("Do these two prompts"):
+            return "Equal" if "SAME" in prompt else "Not Equal"
+        if "REFUSE" in prompt:
+            return "Sorry, I cannot do that."
+        return "Here is a careful answer with several steps."
+
+
+def make_ctx(tmp_path: Path, llm_specs: dict | None = None) -> StageContext:
+    return StageContext(
+        run_name="test", run_id="run-1", seed=3, stage_name="evol_instruct", stage_index=1,
+        output_dir=tmp_path, llm_specs=llm_specs or {},
+    )  # fmt: skip
+
+
+def seed_batch(*instructions: str, dropped: str | None = None) -> pa.Table:
+    rows = [
+        make_record(generator="self_instruct", run_id="run-1", seed=3, model="m", instruction=text,
+                    input="some input" if i == 0 else "", output="an answer", is_classification=False)
+        for i, text in enumerate(instructions)
+    ]  # fmt: skip
+    if dropped:
+        rows.append(make_record(generator="self_instruct", run_id="run-1", seed=3, model="m",
+                                instruction=dropped, drop_reason="rouge_similar"))  # fmt: skip
+    return to_table(rows)
+
+
+def run_stage(tmp_path: Path, batch: pa.Table, **config) -> tuple[pa.Table, ScriptedLLM]:
+    stage = EvolInstruct(EvolInstructConfig(**config), make_ctx(tmp_path))
+    stage.llm = llm = ScriptedLLM()  # what setup() would build from the spec
+    return stage.process(batch), llm
+
+
+def test_rounds_evolve_survivors_and_return_failures_to_the_pool(tmp_path):
+    batch = seed_batch("Write a poem.", "Name a COPY bird.", "Say the SAME thing.", "Please REFUSE this.",
+                       dropped="A rejected instruction")  # fmt: skip
+    out, llm = run_stage(tmp_path, batch, rounds=2)
+    rows = out.to_pylist()
+
+    assert out.schema.equals(STAGE_SCHEMA)
+    originals = [r for r in rows if r["generator"] == "self_instruct"]
+    assert len(originals) == 5 and originals[-1][DROP_REASON] == "rouge_similar"  # passed through
+
+    evolved = [r for r in rows if r["generator"] == "evol_instruct"]
+    by_reason = {}
+    for r in evolved:
+        by_reason.setdefault(r[DROP_REASON], []).append(r)
+    assert {k: len(v) for k, v in by_reason.items()} == {
+        None: 2, "copied_template": 2, "no_information_gain": 2, "model_refused": 2
+    }
+    first, second = sorted(by_reason[None], key=lambda r: r["evol_round"])
+    assert first["instruction"] == "Write a poem.\n\nsome input Explain each step."  # input folded in
+    assert second["parent_id"] == first["id"] and second["evol_round"] == 2  # survivors evolve on
+    for failed in by_reason["model_refused"]:  # a failure's parent is evolved again next round
+        assert failed["parent_id"] == originals[3]["id"]
+    assert all(r["evol_operation"] in OPERATIONS and r["is_classification"] is None for r in evolved)
+
+    # Per round: one evolve call for 4 records; the copy is eliminated before judging; the SAME
+    # one after judging, so 2 get responses.
+    assert llm.calls == [4, 3, 2, 4, 3, 2]
+
+
+def test_keep_original_false_and_empty_batch(tmp_path):
+    out, _ = run_stage(tmp_path, seed_batch("Write a poem."), rounds=1, keep_original=False)
+    assert out["generator"].to_pylist() == ["evol_instruct"]
+    empty, llm = run_stage(tmp_path, to_table([]), rounds=2)
+    assert empty.num_rows == 0 and llm.calls == []
+
+
+def test_accepts_batches_as_the_runner_reads_them_back(tmp_path):
+    """Kept rows only, no `_drop_reason` column, every field nullable (as Parquet reads them)."""
+    batch = seed_batch("Write a poem.").drop_columns([DROP_REASON])
+    batch = batch.cast(pa.schema([field.with_nullable(True) for field in batch.schema]))
+    out, _ = run_stage(tmp_path, batch, rounds=1)
+    assert out.num_rows == 2 and out[DROP_REASON].to_pylist() == [None, None]
+
+
+def test_operation_choice_is_seeded_by_record_and_round(tmp_path):
+    def operations(table: pa.Table) -> dict[str, str]:
+        return {r["parent_id"]: r["evol_operation"] for r in table.to_pylist() if r["parent_id"]}
+
+    batch = seed_batch(*[f"Task number {i} to do." for i in range(12)])
+    first = operations(run_stage(tmp_path, batch, rounds=1)[0])
+    again = operations(run_stage(tmp_path, batch.slice(6), rounds=1)[0])  # same records, other batch
+    assert len(again) == 6 and again == {parent: first[parent] for parent in again}
+    assert len(set(first.values())) > 2
+
+
+# ---------------------------------------------------------------- the real local model
+
+
+@pytest.mark.slow
+def test_evol_instruct_with_local_model(tmp_path):
+    config = EvolInstructConfig(rounds=1, evolve_sampling={"max_tokens": 48}, response_sampling={"max_tokens": 48})
+    stage = EvolInstruct(config, make_ctx(tmp_path, {"default": LLMSpec(backend="local", batch_size=8)}))
+    stage.setup()
+    batch = seed_batch("Write a short poem about autumn leaves.", "Explain why the sea is salty.",
+                       "List three ways to save water at home.", "Give a name for a friendly robot.")  # fmt: skip
+    out = stage.process(batch)
+
+    evolved = out.filter(pa.compute.equal(out["generator"], "evol_instruct")).to_pylist()
+    assert len(evolved) == 4
+    assert all(r["model"] == "SmolLM2-135M-Instruct.Q4_1" and r["evol_round"] == 1 for r in evolved)
+    assert all(r[DROP_REASON] is not None or r["output"] for r in evolved)

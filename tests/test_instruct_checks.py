@@ -1,0 +1,66 @@
+"""instruct_checks: each check on a row made for it, thresholds from the config, scores as columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from filters.quality.instruct_checks import InstructChecks, InstructChecksConfig
+from generators.instruct.records import make_record, to_table
+from synth.stage import DROP_REASON, StageContext
+
+
+def check(rows: list[tuple[str, str]], upstream: list[str | None] | None = None, **config) -> pa.Table:
+    ctx = StageContext(run_name="t", run_id="r", seed=0, stage_name="instruct_checks", stage_index=2,
+                       output_dir=Path("."))  # fmt: skip
+    reasons = upstream or [None] * len(rows)
+    table = to_table(
+        make_record(generator="self_instruct", run_id="r", seed=0, model="m", instruction=ins, output=out,
+                    drop_reason=reason)
+        for (ins, out), reason in zip(rows, reasons)
+    )  # fmt: skip
+    return InstructChecks(InstructChecksConfig(**config), ctx).process(table)
+
+
+GOOD = ("Name three rivers in Europe.", "The Danube, the Rhine and the Loire.")
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (GOOD, None),
+        (("Name three rivers in Europe.", "   "), "empty_output"),
+        (("Rivers?", "The Danube."), "instruction_too_short"),
+        (("Explain " + "very " * 300 + "clearly.", "Sure."), "instruction_too_long"),
+        (("Write a long essay about rivers.", "word " * 1001), "output_too_long"),
+        (("Tell me a secret about rivers.", "As an AI, I don't have secrets."), "refusal"),
+        (("Name three rivers in Europe.", "Name three rivers in Europe!"), "echoes_instruction"),
+    ],
+)
+def test_each_check(row, reason):
+    out = check([row])
+    assert out[DROP_REASON].to_pylist() == [reason]
+
+
+def test_scores_are_typed_columns():
+    out = check([GOOD])
+    assert out.schema.field("instruction_words").type == pa.int32()
+    assert out.schema.field("echo_rouge_l").type == pa.float32()
+    assert out["instruction_words"].to_pylist() == [5] and out["output_words"].to_pylist() == [7]
+    assert out["echo_rouge_l"].to_pylist() == [0.0]  # no word in common
+
+
+def test_thresholds_come_from_the_config():
+    assert check([GOOD], max_output_words=5)[DROP_REASON].to_pylist() == ["output_too_long"]
+    assert check([GOOD], min_output_words=10)[DROP_REASON].to_pylist() == ["output_too_short"]
+    assert check([GOOD], refusal_phrases=["danube"])[DROP_REASON].to_pylist() == ["refusal"]
+    echo = ("Name three rivers in Europe.", "Name three rivers in Europe: the Danube, the Rhine and the Loire.")
+    assert check([echo])[DROP_REASON].to_pylist() == [None]
+    assert check([echo], echo_threshold=0.5)[DROP_REASON].to_pylist() == ["echoes_instruction"]
+
+
+def test_an_upstream_drop_reason_is_kept():
+    out = check([GOOD, GOOD], upstream=["rouge_similar", None])
+    assert out[DROP_REASON].to_pylist() == ["rouge_similar", None]

@@ -1,0 +1,119 @@
+"""The local transformers backend on the real embedded SmolLM2: text, seeds, token counts, batching."""
+
+from __future__ import annotations
+
+import pytest
+
+from synth.errors import LLMError
+from synth.llm import SamplingParams
+from synth.llm.local import LocalClient
+from synth.llm.models import EMBEDDED_NAME, converted_embedded_model, is_model_dir
+from synth.spec import LLMSpec
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "List three fruits, separated by commas, and say which one you like best and why.",
+    "Hi!",
+    "Explain in two short sentences why the sky looks blue during the day but red at sunset.",
+]
+
+
+def ask(*questions: str) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": q}] for q in questions]
+
+
+@pytest.fixture(scope="module")
+def client() -> LocalClient:
+    client = LocalClient(LLMSpec(batch_size=4))
+    client.load()
+    return client
+
+
+def prompt_length(client: LocalClient, request) -> int:
+    text = client.tokenizer.apply_chat_template(request, add_generation_prompt=True, tokenize=False)
+    return len(client.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_a_missing_model_folder_names_the_path(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(LLMError, match=str(missing)):
+        LocalClient(LLMSpec(model=str(missing))).load()
+
+
+def test_a_folder_without_weights_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(LLMError, match="config.json and"):
+        LocalClient(LLMSpec(model=str(tmp_path))).load()
+
+
+def test_model_id_is_known_without_loading():
+    assert LocalClient(LLMSpec()).model_id == EMBEDDED_NAME
+    assert LocalClient(LLMSpec()).model is None
+
+
+@pytest.mark.slow
+def test_generates_an_answer_per_chat_request(client):
+    requests = ask("What is the capital of France?", "Name a colour.")
+    out = client.generate(requests, SamplingParams(max_tokens=24, temperature=0))
+    assert len(out) == 2
+    assert "Paris" in out[0].text
+    assert all(c.text.strip() and c.finish_reason in ("stop", "length") and not c.cached for c in out)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_text(client):
+    sampling = SamplingParams(max_tokens=16, temperature=1.0, seed=5)
+    first = client.generate(ask(*QUESTIONS[:3]), sampling)
+    again = client.generate(ask(*QUESTIONS[:3]), sampling)
+    other = client.generate(ask(*QUESTIONS[:3]), sampling.model_copy(update={"seed": 6}))
+    assert [c.text for c in again] == [c.text for c in first]
+    assert [c.text for c in other] != [c.text for c in first]
+
+
+@pytest.mark.slow
+def test_token_counts_are_exact(client):
+    requests = ask(QUESTIONS[2], "What is the capital of France?")
+    long_answer, short_answer = client.generate(requests, SamplingParams(max_tokens=7, temperature=0))
+    assert long_answer.prompt_tokens == prompt_length(client, requests[0])
+    assert short_answer.prompt_tokens == prompt_length(client, requests[1])
+    assert (long_answer.completion_tokens, long_answer.finish_reason) == (7, "length")
+
+    (done,) = client.generate(requests[1:], SamplingParams(max_tokens=40, temperature=0))
+    assert done.finish_reason == "stop"
+    # Ended by the end-of-turn token, which is not counted: the count is the answer's tokens.
+    assert done.completion_tokens == len(client.tokenizer(done.text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.slow
+def test_stop_strings_end_the_answer(client):
+    (free,) = client.generate(ask(QUESTIONS[2]), SamplingParams(max_tokens=24, temperature=0))
+    stop = free.text.split()[3]  # a word the answer is known to contain
+    (stopped,) = client.generate(ask(QUESTIONS[2]), SamplingParams(max_tokens=24, temperature=0, stop=(stop,)))
+    assert stopped.finish_reason == "stop"
+    assert stop not in stopped.text
+    assert free.text.startswith(stopped.text)
+    assert stopped.completion_tokens < free.completion_tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_batch_of_mixed_lengths_gives_the_texts_of_one_by_one(client, temperature):
+    sampling = SamplingParams(max_tokens=20, temperature=temperature, seed=2)
+    batched = client.generate(ask(*QUESTIONS), sampling)
+    single = LocalClient(LLMSpec(batch_size=1))
+    one_by_one = [single.generate([r], sampling)[0] for r in ask(*QUESTIONS)]
+    assert [c.text for c in batched] == [c.text for c in one_by_one]
+    assert [c.completion_tokens for c in batched] == [c.completion_tokens for c in one_by_one]
+
+
+@pytest.mark.slow
+def test_the_embedded_gguf_is_converted_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_CACHE", str(tmp_path))
+    folder = converted_embedded_model()
+    assert folder == tmp_path / "models" / EMBEDDED_NAME
+    assert is_model_dir(folder) and (folder / "tokenizer.json").is_file()
+    assert [p.name for p in folder.parent.iterdir()] == [EMBEDDED_NAME]  # no temporary folder left
+    written = (folder / "config.json").stat().st_mtime_ns
+    assert converted_embedded_model() == folder
+    assert (folder / "config.json").stat().st_mtime_ns == written

@@ -1,0 +1,226 @@
+"""Self-Instruct: parsers and filters on strings, the bootstrap loop on a scripted LLM, and one
+end-to-end run of the stage on Ray with the real local model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from generators.instruct.records import INSTRUCT_SCHEMA, STAGE_SCHEMA
+from generators.instruct.self_instruct import (
+    Bootstrapper,
+    SelfInstruct,
+    SelfInstructConfig,
+    instance_drop_reason,
+    instruction_drop_reason,
+    load_seed_tasks,
+    parse_instances,
+    parse_tasks,
+    parse_yes_no,
+)
+from synth.errors import SpecError
+from synth.llm import Completion, LLMClient
+from synth.spec import LLMSpec
+from synth.stage import DROP_REASON, StageContext
+
+SEED_FILE = Path(__file__).parents[1] / "pipelines" / "seeds" / "instruct_seed_tasks.jsonl"
+
+
+# ---------------------------------------------------------------- parsing and filters
+
+
+def test_parse_tasks_reads_numbered_items_in_any_common_style():
+    text = (
+        "Sure! Here are more tasks:\n"
+        "9. Write a limerick about a lazy cat.\n"
+        "10) **Classify** the tone of the letter as formal or informal.\n"
+        "Task 11: Explain how a bicycle gear works\n   with a short example.\n"
+        "12. List the planets in order from the sun"
+    )
+    assert parse_tasks(text) == [
+        "Write a limerick about a lazy cat.",
+        "Classify the tone of the letter as formal or informal.",
+        "Explain how a bicycle gear works",
+        "List the planets in order from the sun",
+    ]
+    assert parse_tasks(text, truncated=True)[-1] == "Explain how a bicycle gear works"
+    assert parse_tasks("no numbered list here") == []
+    assert parse_tasks("a) Name a bird.\nb) Name a fish.") == ["Name a bird.", "Name a fish."]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Summarize it", "too_short"),
+        (" ".join(["word"] * 151), "too_long"),
+        ("Draw a cat sitting on a fence", "blacklisted_word"),
+        ("Describe the plot of your favourite film", "blacklisted_word"),
+        ("Tell me how to go to the airport", "blacklisted_word"),
+        ("- Write a story about a dragon", "starts_with_punctuation"),
+        ("Écris un poème sur la mer", "starts_with_non_ascii"),
+        ("Write a story about a brave dragon", None),
+        ("Explain mapping functions in Python", None),  # "mapping" is not the word "map"
+    ],
+)
+def test_instruction_filters(text, reason):
+    assert instruction_drop_reason(text) == reason
+
+
+def test_parse_yes_no():
+    assert parse_yes_no("Yes.") and parse_yes_no("Is it classification? yes")
+    assert not parse_yes_no("No") and not parse_yes_no("I think so")
+
+
+def test_parse_instances_input_first():
+    text = (
+        "Input: 3, 1, 2\nOutput: 1, 2, 3\n\nInput: none\nOutput: Nothing to sort.\n"
+        "Task: Another task\nInput: x\nOutput: y"
+    )
+    assert parse_instances(text, classification=False) == [("3, 1, 2", "1, 2, 3"), ("", "Nothing to sort.")]
+    assert parse_instances("Output: A short poem.", classification=False) == [("", "A short poem.")]
+    assert parse_instances("I don't know how to do that.", classification=False) == []
+
+
+def test_parse_instances_output_first():
+    text = "Class label: Positive\nInput: I loved it.\nOutput: Positive\n\nClass label: Negative\nInput: Awful."
+    assert parse_instances(text, classification=True) == [("I loved it.", "Positive"), ("Awful.", "Negative")]
+
+
+def test_instance_filters():
+    assert instance_drop_reason("abc", "") == "empty_output"
+    assert instance_drop_reason("Hello  World", "hello world") == "output_same_as_input"
+    assert instance_drop_reason("", "word " * 301) == "instance_too_long"
+    assert instance_drop_reason("", "A fine answer.") is None
+
+
+# ---------------------------------------------------------------- seed file
+
+
+def test_shipped_seed_file_is_varied():
+    seeds = load_seed_tasks(SEED_FILE)
+    assert len(seeds) >= 30
+    assert 5 <= sum(s.is_classification for s in seeds) < len(seeds) - 5
+    assert sum(bool(s.instances[0][0]) for s in seeds) >= 10  # tasks with an input
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"instruction": "Do a thing", "is_classification": False}), "instances"),
+        (json.dumps({"instruction": "x", "instances": [{"input": "a"}], "is_classification": False}), "output"),
+    ],
+)
+def test_malformed_seed_file_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "seeds.jsonl"
+    good = json.dumps({"instruction": "Say hi", "instances": [{"output": "Hi"}], "is_classification": False})
+    path.write_text(f"{good}\n\n{line}\n")
+    with pytest.raises(SpecError, match=rf"seeds\.jsonl:3: .*{message}"):
+        load_seed_tasks(path)
+
+
+# ---------------------------------------------------------------- the loop, on a scripted LLM
+
+
+class ScriptedLLM(LLMClient):
+    """Answers each prompt kind with text shaped like a helpful model's, and records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.topics = itertools.count()
+
+    @property
+    def model_id(self) -> str:
+        return "scripted"
+
+    def generate(self, requests, sampling):
+        prompts = [r[-1]["content"] for r in requests]
+        self.calls.append(prompts)
+        return [Completion(self._reply(p), 10, 10) for p in prompts]
+
+    def _reply(self, prompt: str) -> str:
+        if prompt.startswith("Here are"):
+            n = next(self.topics)
+            return (
+                f"9. Explain t{n}a t{n}b t{n}c to a curious child.\n"
+                f"10. Classify u{n}a u{n}b u{n}c as good or bad.\n"
+                f"11. Draw v{n}a for me please.\n"
+                f"12. Explain t{n}a t{n}b t{n}c to a curious child."  # a repeat: ROUGE-L drops it
+            )
+        task = prompt.rsplit("Task:", 1)[-1].strip()
+        if "Answer Yes or No" in prompt:
+            return "Yes" if task.startswith("Classify") else "No"
+        if task.startswith("Classify"):
+            return "Class label: good\nInput: a sunny day"
+        return "Input: none\nOutput: It is a thing that children like."
+
+
+def make_ctx(tmp_path: Path, llm_specs: dict | None = None) -> StageContext:
+    return StageContext(
+        run_name="test", run_id="run-1", seed=7, stage_name="self_instruct", stage_index=0,
+        output_dir=tmp_path, llm_specs=llm_specs or {},
+    )  # fmt: skip
+
+
+def test_bootstrap_keeps_filters_and_batches(tmp_path):
+    config = SelfInstructConfig(seed_tasks=SEED_FILE, num_instructions=6, prompts_per_round=2)
+    llm = ScriptedLLM()
+    rows = Bootstrapper(config, make_ctx(tmp_path), llm, load_seed_tasks(SEED_FILE)).run()
+    table = pa.Table.from_pylist(rows, schema=STAGE_SCHEMA)
+
+    kept = [r for r in rows if r[DROP_REASON] is None]
+    assert len({r["instruction"] for r in kept}) == 6
+    assert {r[DROP_REASON] for r in rows} >= {None, "blacklisted_word", "rouge_similar"}
+    classified = {r["instruction"]: r for r in kept}
+    assert all(r["is_classification"] == r["instruction"].startswith("Classify") for r in classified.values())
+    assert any(r["output"] == "good" and r["input"] == "a sunny day" for r in kept)  # output-first
+    assert all(r["generator"] == "self_instruct" and r["evol_round"] == 0 and r["seed"] == 7 for r in rows)
+    assert table.num_rows == len(rows)
+
+    # A round is one call per step: 2 task prompts, then 4 kept instructions to classify and
+    # to give instances. Round 1 shows 8 seeds per prompt; later rounds 6 seeds and 2 machine tasks.
+    assert [len(c) for c in llm.calls] == [2, 4, 4, 2, 2, 2]
+    shown = [line for line in llm.calls[3][0].splitlines() if re.match(r"\d+\. ", line)]
+    assert len(shown) == 8
+    assert len([line for line in shown if re.search(r"\b[tu]\d+a\b", line)]) == 2
+
+
+def test_bootstrap_is_deterministic(tmp_path):
+    config = SelfInstructConfig(seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=2)
+    seeds = load_seed_tasks(SEED_FILE)
+    first = Bootstrapper(config, make_ctx(tmp_path), ScriptedLLM(), seeds)
+    second = Bootstrapper(config, make_ctx(tmp_path), ScriptedLLM(), seeds)
+    first.run(), second.run()
+    assert first.llm.calls == second.llm.calls
+
+
+def test_config_resolves_seed_file_relative_to_spec(tmp_path):
+    with pytest.raises(ValueError, match="file not found"):
+        SelfInstructConfig.model_validate({"kind": "self_instruct"}, context={"base_dir": tmp_path})
+    config = SelfInstructConfig.model_validate({}, context={"base_dir": SEED_FILE.parents[1]})
+    assert config.seed_tasks == SEED_FILE.resolve()
+
+
+# ---------------------------------------------------------------- end to end, real model, on Ray
+# (`ray_session` is the shared session fixture of conftest.py)
+
+
+@pytest.mark.slow
+def test_self_instruct_stage_on_ray_with_local_model(ray_session, tmp_path):
+    config = SelfInstructConfig(
+        seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=4, max_rounds=4,
+        task_sampling={"max_tokens": 120, "temperature": 0.9}, instance_sampling={"max_tokens": 64},
+    )  # fmt: skip
+    ctx = make_ctx(tmp_path, {"default": LLMSpec(backend="local", batch_size=8)})
+    table = pa.concat_tables(ray_session.get(SelfInstruct(config, ctx).read().to_arrow_refs()))
+
+    assert table.schema.equals(STAGE_SCHEMA)
+    kept = table.filter(pa.compute.is_null(table[DROP_REASON]))
+    assert kept.num_rows >= 1, table.to_pylist()
+    assert kept.select(INSTRUCT_SCHEMA.names).schema.equals(INSTRUCT_SCHEMA)
+    assert set(kept["model"].to_pylist()) == {"SmolLM2-135M-Instruct.Q4_1"}

@@ -101,6 +101,7 @@ class ResponseCache:
         text = json.dumps({"key": key, "request": request, "completion": entry}, ensure_ascii=False)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes it private; workers of other users may share the cache
             with os.fdopen(fd, "w") as f:
                 f.write(text)
             os.replace(tmp, path)

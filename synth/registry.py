@@ -20,6 +20,15 @@ BUILTIN_STAGES = {
     "self_instruct": "generators.instruct.self_instruct",
     "evol_instruct": "generators.instruct.evol_instruct",
     "instruct_checks": "filters.quality.instruct_checks",
+    "exact_dedup": "filters.dedup.exact",
+    "minhash_dedup": "filters.dedup.minhash",
+    "semantic_dedup": "filters.dedup.semantic",
+    "code_functions": "generators.code.corpus",
+    "code_inputs": "generators.code.inputs",
+    "code_execute": "generators.code.execute",
+    "code_checks": "filters.quality.code_checks",
+    "code_determinism": "filters.quality.code_checks",
+    "case2code": "generators.code.prompts",
 }
 
 

@@ -26,10 +26,10 @@ def test_an_unknown_kind_lists_the_known_ones():
         stage_class("no_such_stage")
 
 
-def test_loading_an_instruct_spec_imports_neither_torch_nor_ray():
+def test_loading_an_instruct_spec_imports_no_model_library():
     probe = (
         "import sys; from synth.spec import load_spec; load_spec('pipelines/instruct.yaml'); "
-        "print(sorted(m for m in ('torch', 'ray', 'sdv', 'diffusers') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'transformers', 'sdv', 'diffusers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

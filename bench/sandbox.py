@@ -1,0 +1,115 @@
+"""What the sandbox costs: bare subprocess vs bare bwrap vs our sandbox, per function, per case, end to end.
+
+    .venv/bin/python bench/sandbox.py [--repeat 30] [--functions 120] [--inputs 8]
+
+Prints, in one run (medians of `--repeat` starts):
+1. bare subprocess: `true`, and the interpreter starting and exiting (`python -S -c pass`);
+2. bare bwrap start: bwrap with only a read-only /usr running `true`; then our full sandbox
+   (namespaces, mounts, prlimit) running `true`, and running `python -S -c pass`;
+3. per function: the case harness on one function with one input, bare (a plain subprocess of
+   the same interpreter) and in our sandbox; the difference is the sandbox's overhead per function;
+4. per case: the extra time of one more input, from the same function with 1 and 65 inputs;
+5. end to end: real standard-library functions with fallback inputs through `run_all` (one
+   sandbox per function, `parallel` at a time), one run and with the determinism re-run.
+Goals (the issue): under 10 ms overhead per function over a bare subprocess; over 1,000 cases/s
+on 2 cores. The machine's load average is printed: other work on the cores skews every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import marshal
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from generators.code.calls import Signature, parse_call  # noqa: E402
+from generators.code.corpus import STDLIB_SKIP, folder_modules, function_candidates, stdlib_folder  # noqa: E402
+from generators.code.execute import ExecutionOptions, harness_source, run_all, run_function  # noqa: E402
+from generators.code.inputs import function_node, signature_calls  # noqa: E402
+from synth.sandbox import Sandbox  # noqa: E402
+
+FUNCTION = "import re\n\ndef slug(text, sep='-'):\n    return re.sub(r'[^a-z0-9]+', sep, text.lower()).strip(sep)\n"
+
+
+def median_ms(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def bare_harness(python: str, calls: list[str]) -> None:
+    payload = marshal.dumps((FUNCTION, "slug", [parse_call(c, "slug") for c in calls], 1.0, 300))
+    subprocess.run([python, "-S", "-s", "-B", "-c", harness_source()], input=payload, env={"PYTHONHASHSEED": "0"},
+                   capture_output=True, check=True)  # fmt: skip
+
+
+def stdlib_workload(count: int, inputs: int) -> list[dict]:
+    rows = [r for name, text in folder_modules(stdlib_folder(), STDLIB_SKIP) for r in function_candidates(text, name)]
+    kept = [r for r in rows if r["_drop_reason"] is None]
+    random.Random(0).shuffle(kept)
+    workload = []
+    for row in kept[:count]:
+        fn = function_node(row["source"], row["name"])
+        calls = signature_calls(fn, Signature.of(fn), inputs, random.Random(row["function_id"]))
+        if calls:
+            workload.append({**row, "inputs": calls})
+    return workload
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--functions", type=int, default=120)
+    parser.add_argument("--inputs", type=int, default=8)
+    args = parser.parse_args()
+    sandbox = Sandbox()
+    python, n = sandbox.python, args.repeat
+    print(f"interpreter {python}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
+
+    true_ms = median_ms(lambda: subprocess.run(["/usr/bin/true"], check=True), n)
+    py_ms = median_ms(lambda: subprocess.run([python, "-S", "-c", "pass"], check=True), n)
+    minimal = [sandbox.bwrap, "--ro-bind", "/usr", "/usr", *sandbox.binds[3:], "--", "/usr/bin/true"]
+    bwrap_ms = median_ms(lambda: subprocess.run(minimal, check=True, env={}), n)
+    ours_true_ms = median_ms(lambda: sandbox.run(["/usr/bin/true"]), n)
+    ours_py_ms = median_ms(lambda: sandbox.run_python("pass"), n)
+    print(f"bare subprocess:    true {true_ms:6.1f} ms   python -S -c pass {py_ms:6.1f} ms")
+    print(f"bare bwrap start:   true {bwrap_ms:6.1f} ms")
+    print(f"our sandbox:        true {ours_true_ms:6.1f} ms   python -S -c pass {ours_py_ms:6.1f} ms")
+
+    options = ExecutionOptions()
+    one, many = ["slug('Hello, World!')"], [f"slug('Item number {i}!')" for i in range(65)]
+    bare_one = median_ms(lambda: bare_harness(python, one), n)
+    ours_one = median_ms(lambda: run_function(sandbox, FUNCTION, "slug", one, options), n)
+    ours_many = median_ms(lambda: run_function(sandbox, FUNCTION, "slug", many, options), n)
+    print(f"per function:       bare harness {bare_one:6.1f} ms   in our sandbox {ours_one:6.1f} ms   "
+          f"overhead {ours_one - bare_one:5.1f} ms (goal < 10)")  # fmt: skip
+    print(f"per case:           {(ours_many - ours_one) / 64:6.2f} ms")
+
+    workload = stdlib_workload(args.functions, args.inputs)
+    cases = sum(len(r["inputs"]) for r in workload)
+    started = time.perf_counter()
+    runs = run_all(sandbox, workload, options, hash_seed=0)
+    once = time.perf_counter() - started
+    started = time.perf_counter()
+    run_all(sandbox, workload, options, hash_seed=1)
+    twice = once + time.perf_counter() - started
+    failed = sum(r.status != "ok" for r in runs)
+    print(f"end to end:         {len(workload)} stdlib functions, {cases} cases, {options.parallel} sandboxes "
+          f"at a time ({failed} functions failed as a whole)")  # fmt: skip
+    print(f"                    one run {cases / once:7.0f} cases/s ({once / len(workload) * 1000:.1f} ms/function)   "
+          f"with the determinism re-run {cases / twice:7.0f} cases/s (goal > 1000)")  # fmt: skip
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

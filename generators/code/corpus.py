@@ -1,0 +1,391 @@
+"""The function corpus: top-level functions pulled out of Python source with `ast`.
+
+Sources: the standard library of the sandbox's interpreter (the default), a folder of `.py`
+files, or a Parquet file with one module's source per row. Each module-level `def` is a
+candidate; it is kept when it
+
+- takes arguments and returns a value (`return <expr>`), and is not a generator, async or decorated;
+- is at most `max_lines` long;
+- does no file, network or process I/O by a static check (`io_reason`): no `open`, `print`,
+  `input`, `exec`..., no I/O module (`socket`, `subprocess`, `shutil`, `pathlib`...), nothing of
+  `os` but pure `os.path` helpers, no `sys.stdin`/`exit`, `io.open`... This keeps the data about
+  computation; the sandbox still contains whatever the check misses;
+- is self-contained: every free name is a builtin, a module-level absolute import or a
+  module-level `NAME = ...` (whose own names resolve the same way); those lines are copied above
+  the function, imports first, so `source` runs on its own.
+
+Rejected candidates are emitted with their `_drop_reason` (the runner counts them); kept ones are
+shuffled with the stage seed and cut to `max_functions`. Reading the corpus happens in the driver:
+the sample needs the whole candidate list, and it is only source text (a few MB for the stdlib).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import logging
+import random
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+
+from generators.code.records import FUNCTION_SCHEMA, content_id
+from synth.errors import SpecError
+from synth.registry import register
+from synth.sandbox import default_python
+from synth.spec import InputFile, StageConfig
+from synth.stage import DROP_REASON, SourceStage
+
+log = logging.getLogger(__name__)
+
+IO_CALLS = frozenset({"open", "input", "print", "breakpoint", "exit", "quit", "exec", "eval", "compile",
+                      "__import__", "help"})  # fmt: skip
+"""Builtins that do I/O, or run or reach code other than the function's own."""
+
+IO_MODULES = frozenset({
+    "pathlib", "shutil", "tempfile", "glob", "fileinput", "filecmp", "linecache", "tokenize",
+    "socket", "ssl", "select", "selectors", "socketserver", "asyncio", "urllib.request", "urllib.robotparser",
+    "http.client", "http.server", "ftplib", "smtplib", "poplib", "imaplib", "telnetlib", "nntplib", "xmlrpc",
+    "webbrowser", "mailbox", "subprocess", "multiprocessing", "threading", "_thread", "concurrent", "signal",
+    "pty", "tty", "termios", "fcntl", "mmap", "resource", "ctypes", "pwd", "grp", "spwd", "getpass",
+    "platform", "sqlite3", "dbm", "shelve", "zipfile", "tarfile", "zipimport", "logging", "importlib",
+    "pkgutil", "runpy", "site", "sysconfig", "pdb", "faulthandler", "atexit", "gc", "tracemalloc", "netrc",
+    "mimetypes", "uuid", "locale", "syslog", "wave", "sndhdr", "imghdr",
+})  # fmt: skip
+"""Modules (and their submodules) whose use means I/O, processes, threads or interpreter state."""
+
+PURE_OS = frozenset({"path", "sep", "altsep", "extsep", "pathsep", "linesep", "curdir", "pardir", "name",
+                     "fspath", "fsencode", "fsdecode"})  # fmt: skip
+PURE_OS_PATH = frozenset({"join", "split", "splitext", "splitdrive", "basename", "dirname", "normpath",
+                          "normcase", "commonprefix", "commonpath", "isabs", "sep", "altsep", "extsep"})  # fmt: skip
+IO_SYS = frozenset({"stdin", "stdout", "stderr", "exit", "argv", "path", "modules", "settrace", "setprofile",
+                    "setrecursionlimit", "setswitchinterval", "_getframe", "exc_info", "audit"})  # fmt: skip
+IO_ATTRIBUTES = {
+    "os": lambda attr: attr not in PURE_OS,
+    "os.path": lambda attr: attr not in PURE_OS_PATH,
+    "sys": lambda attr: attr in IO_SYS,
+    "io": lambda attr: attr in ("open", "open_code", "FileIO"),
+    "gzip": lambda attr: attr in ("open", "GzipFile"),
+    "bz2": lambda attr: attr in ("open", "BZ2File"),
+    "lzma": lambda attr: attr in ("open", "LZMAFile"),
+}
+"""Modules with both pure and I/O parts: which attributes are I/O."""
+
+STDLIB_SKIP = frozenset({"test", "tests", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "site-packages",
+                         "dist-packages", "venv", "pydoc_data", "__pycache__", "distutils"})  # fmt: skip
+"""Folders of the standard library that hold tests, GUIs, installers or third-party packages."""
+
+_BUILTINS = frozenset(dir(builtins))
+
+
+def _existing_folder(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    if not path.is_dir():
+        raise ValueError(f"folder not found: {path}")
+    return path.resolve()
+
+
+InputFolder = Annotated[Path, AfterValidator(_existing_folder)]
+
+
+class CodeFunctionsConfig(StageConfig):
+    kind: Literal["code_functions"] = "code_functions"
+    folder: InputFolder | None = Field(None, description="A folder of .py files (default: the standard library)")
+    parquet: InputFile | None = Field(None, description="A Parquet file with one module's source per row")
+    code_column: str = Field("code", description="Parquet: the column holding source text")
+    python: str | None = Field(None, description="Standard library of this interpreter (default: the sandbox's)")
+    max_functions: int = Field(300, ge=1, description="Kept functions to sample, at most")
+    max_lines: int = Field(30, ge=2, description="Longest function kept, in source lines")
+    min_lines: int = Field(2, ge=1, description="Shortest function kept, in source lines")
+    block_size: int = Field(16, ge=1, description="Functions per output block (the unit of parallel work)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.folder is not None and self.parquet is not None:
+            raise ValueError("give `folder` or `parquet`, not both (neither: the standard library)")
+        return self
+
+
+# ---------------------------------------------------------------- reading modules
+
+
+def stdlib_folder(python: str | None = None) -> Path:
+    """The standard library folder of `python` (default: the interpreter the sandbox runs)."""
+    import os
+
+    interpreter = python or default_python(os.geteuid() == 0)
+    code = "import sysconfig; print(sysconfig.get_path('stdlib'))"
+    out = subprocess.run([interpreter, "-S", "-c", code], capture_output=True, text=True, check=True, env={})
+    return Path(out.stdout.strip())
+
+
+def folder_modules(root: Path, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
+    """(module name, source) of every readable .py file under `root`, in a stable order."""
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if any(part in skip for part in parts[:-1]):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        stem = () if path.stem == "__init__" else (path.stem,)
+        yield ".".join(parts[:-1] + stem) or root.name, text
+
+
+def parquet_modules(path: Path, column: str) -> Iterator[tuple[str, str]]:
+    table = pq.read_table(path)
+    if column not in table.column_names:
+        raise SpecError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names)}); set `code_column`")
+    for index, text in enumerate(table.column(column).to_pylist()):
+        if text:
+            yield f"{path.name}[{index}]", text
+
+
+# ---------------------------------------------------------------- judging one function
+
+
+def function_candidates(text: str, module: str, max_lines: int = 30, min_lines: int = 2) -> Iterator[dict]:
+    """Rows of `FUNCTION_SCHEMA` for the module-level functions of one module's source."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return
+    lines = re.split(r"\r\n|\r|\n", text)  # as ast counts lines: not at form feeds, unlike splitlines()
+    imports, constants = _module_imports(tree), _module_constants(tree, lines)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            def_source = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+            reason = shape_reason(node, max_lines, min_lines) or io_reason(node, imports)
+            prelude, missing = ({}, set()) if reason else _prelude(_free_names(node), imports, constants)
+            if not reason and (missing or any(io_reason(constants[n][1], imports) for n in prelude if n in constants)):
+                reason = "not_self_contained" if missing else "io"
+            source = "\n".join(prelude.values()) + ("\n\n" if prelude else "") + def_source + "\n"
+            yield {"function_id": content_id(source), "name": node.name, "module": module, "source": source,
+                   "lines": node.end_lineno - node.lineno + 1, DROP_REASON: reason}  # fmt: skip
+
+
+def shape_reason(fn: ast.FunctionDef | ast.AsyncFunctionDef, max_lines: int, min_lines: int) -> str | None:
+    """Why a function is not a candidate by its form, or None."""
+    own = list(_own_nodes(fn))
+    a = fn.args
+    checks = (
+        ("async", isinstance(fn, ast.AsyncFunctionDef)),
+        ("decorated", bool(fn.decorator_list)),
+        ("no_arguments", not (a.posonlyargs or a.args or a.kwonlyargs or a.vararg or a.kwarg)),
+        ("generator", any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in own)),
+        ("no_return_value", not any(isinstance(n, ast.Return) and n.value is not None for n in own)),
+        ("too_long", fn.end_lineno - fn.lineno + 1 > max_lines),
+        ("too_short", fn.end_lineno - fn.lineno + 1 < min_lines),
+    )
+    return next((reason for reason, failed in checks if failed), None)
+
+
+def io_reason(fn: ast.AST, imports: dict[str, tuple[str, str | None]]) -> str | None:
+    """'io' when the function reaches file, network or process I/O by name; else None."""
+    names = {**imports, **_local_imports(fn)}
+    bound = _bound_names(fn)
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name) and (
+            (node.id in IO_CALLS and node.id not in bound) or _is_io_module(*names.get(node.id, ("", None)))
+        ):
+            return "io"
+        if isinstance(node, ast.Attribute) and _io_attribute(node, names):
+            return "io"
+    return None
+
+
+def _is_io_module(module: str, attribute: str | None) -> bool:
+    """Whether a name bound to `module` (or to `attribute` of it) is I/O by itself."""
+    if any(module == m or module.startswith(m + ".") for m in IO_MODULES):
+        return True
+    rule = IO_ATTRIBUTES.get(module)
+    return rule is not None and attribute is not None and rule(attribute)
+
+
+def _io_attribute(node: ast.Attribute, imports: dict[str, tuple[str, str | None]]) -> bool:
+    """`os.remove`, `os.path.exists`, `sys.stdout`, `io.open`...: an I/O attribute of a mixed module."""
+    module = _module_of(node.value, imports)
+    rule = IO_ATTRIBUTES.get(module or "")
+    return rule is not None and rule(node.attr)
+
+
+def _module_of(node: ast.expr, imports: dict[str, tuple[str, str | None]]) -> str | None:
+    """The dotted module an expression names (`os`, `path` from `from os import path`, `os.path`)."""
+    if isinstance(node, ast.Name) and node.id in imports:
+        module, attribute = imports[node.id]
+        return module if attribute is None else f"{module}.{attribute}"
+    if isinstance(node, ast.Attribute):
+        parent = _module_of(node.value, imports)
+        return f"{parent}.{node.attr}" if parent else None
+    return None
+
+
+# ---------------------------------------------------------------- names and imports
+
+
+def _module_imports(tree: ast.Module) -> dict[str, tuple[str, str | None]]:
+    """Names bound by module-level absolute imports: name -> (module, attribute or None)."""
+    bound: dict[str, tuple[str, str | None]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    bound[alias.asname] = (alias.name, None)
+                else:
+                    top = alias.name.split(".")[0]
+                    bound[top] = (top, None)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module != "__future__":
+            for alias in node.names:
+                if alias.name != "*":
+                    bound[alias.asname or alias.name] = (node.module, alias.name)
+    return bound
+
+
+def _local_imports(fn: ast.AST) -> dict[str, tuple[str, str | None]]:
+    module = ast.Module(body=[n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    return _module_imports(module)
+
+
+def _import_line(name: str, module: str, attribute: str | None) -> str:
+    if attribute is None:
+        return f"import {module}" if name == module else f"import {module} as {name}"
+    return f"from {module} import {attribute}" + ("" if name == attribute else f" as {name}")
+
+
+def _module_constants(tree: ast.Module, lines: list[str]) -> dict[str, tuple[str, ast.AST]]:
+    """Module-level `NAME = expression` statements: name -> (their source, the statement)."""
+    constants = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            constants[node.targets[0].id] = ("\n".join(lines[node.lineno - 1 : node.end_lineno]), node)
+    return constants
+
+
+def _prelude(
+    free: set[str], imports: dict[str, tuple[str, str | None]], constants: dict[str, tuple[str, ast.AST]]
+) -> tuple[dict[str, str], set[str]]:
+    """What must precede the function so its free names resolve: import lines, then module-level
+    constants (and what they need in turn), in that order; and the names nothing provides."""
+    needed: dict[str, str] = {}
+    missing: set[str] = set()
+    todo = sorted(free)
+    while todo:
+        name = todo.pop()
+        if name in needed or name in missing:
+            continue
+        if name in imports:
+            needed[name] = _import_line(name, *imports[name])
+        elif name in constants:
+            needed[name] = constants[name][0]
+            todo.extend(sorted(_free_names(constants[name][1]) - needed.keys()))
+        else:
+            missing.add(name)
+    in_order = sorted(needed, key=lambda n: (n not in imports, _line_of(constants.get(n)), needed[n]))
+    return {name: needed[name] for name in in_order}, missing
+
+
+def _line_of(constant: tuple[str, ast.AST] | None) -> int:
+    return constant[1].lineno if constant else 0
+
+
+def _free_names(fn: ast.AST) -> set[str]:
+    """Names read in the function that are not bound in it (an over-approximation of binding)."""
+    loaded: set[str] = set()
+    bound: set[str] = set()
+    module_level: set[str] = set()  # `global x`: x lives at module level, so it must come along
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.Global):
+            module_level.update(node.names)
+        else:
+            bound.update(_binds(node, fn))
+    return (loaded - bound - _BUILTINS) | module_level
+
+
+def _bound_names(fn: ast.AST) -> set[str]:
+    bound: set[str] = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name):
+            if not isinstance(node.ctx, ast.Load):
+                bound.add(node.id)
+        else:
+            bound.update(_binds(node, fn))
+    return bound
+
+
+def _binds(node: ast.AST, fn: ast.AST) -> tuple[str, ...]:
+    """Names a node other than ast.Name binds: parameters, nested defs, imports, `except as`."""
+    if isinstance(node, ast.arg):
+        return (node.arg,)
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node is not fn:
+        return (node.name,)
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return tuple((a.asname or a.name).split(".")[0] for a in node.names)
+    if isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+        return (node.name,)
+    return ()
+
+
+def _own_nodes(fn: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of a function's body, not descending into nested functions, lambdas or classes."""
+    stack = list(ast.iter_child_nodes(fn))
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def corpus_table(config: CodeFunctionsConfig, seed: int) -> tuple[pa.Table, int]:
+    """All candidates: rejected ones with their reason, kept ones sampled to `max_functions`.
+
+    Returns the table and how many kept functions the sample left out.
+    """
+    if config.parquet is not None:
+        modules = parquet_modules(config.parquet, config.code_column)
+    elif config.folder is not None:
+        modules = folder_modules(config.folder)
+    else:
+        modules = folder_modules(stdlib_folder(config.python), STDLIB_SKIP)
+    rows, seen = [], set()
+    for module, text in modules:
+        for row in function_candidates(text, module, config.max_lines, config.min_lines):
+            if row["function_id"] not in seen:
+                seen.add(row["function_id"])
+                rows.append(row)
+    kept = [r for r in rows if r[DROP_REASON] is None]
+    random.Random(seed).shuffle(kept)
+    sample = kept[: config.max_functions]
+    table = pa.Table.from_pylist([r for r in rows if r[DROP_REASON] is not None] + sample, schema=FUNCTION_SCHEMA)
+    return table, len(kept) - len(sample)
+
+
+@register
+class CodeFunctions(SourceStage):
+    kind = "code_functions"
+    Config = CodeFunctionsConfig
+    description = "Functions from the standard library, a folder or Parquet of code, statically filtered"
+
+    def read(self) -> ray.data.Dataset:
+        table, not_sampled = corpus_table(self.config, self.ctx.stage_seed)
+        sampled = table.column(DROP_REASON).null_count
+        log.info("code_functions: %d rejected, %d sampled, %d more passed but were not sampled",
+                 table.num_rows - sampled, sampled, not_sampled)  # fmt: skip
+        self.ctx.count(functions_not_sampled=not_sampled)
+        if sampled == 0:
+            raise SpecError("code_functions: no function in the corpus passed the static checks")
+        size = self.config.block_size
+        return ray.data.from_arrow([table.slice(i, size) for i in range(0, table.num_rows, size)])

@@ -1,0 +1,161 @@
+"""generators.code.calls and .inputs: literal calls out of model text, and the fallback that needs no model."""
+
+from __future__ import annotations
+
+import ast
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from generators.code.calls import CallError, Signature, format_call, is_literal, parse_call
+from generators.code.inputs import (
+    DOCSTRING, SIGNATURE, CodeInputs, CodeInputsConfig, doctest_calls, function_node, proposed_calls, signature_calls,
+)  # fmt: skip
+from synth.llm import Completion
+from synth.stage import StageContext
+
+SOURCE = '''
+def pad(text: str, width: int = 8, *, fill: str = " ") -> str:
+    """Pad text on the left.
+
+    >>> pad("ab", 4)
+    '  ab'
+    >>> pad("abc", width=5, fill="*")
+    '**abc'
+    """
+    return fill * max(width - len(text), 0) + text
+'''
+
+# What a weak model writes: chatter, numbering, markdown, a stray call of something else, an
+# expression that is not a literal, a call with a missing argument, and a duplicate.
+COMPLETION = """Sure! Here are some calls:
+1. pad("hello", 10)
+2. `pad('x', width=3, fill='-')`  # pads with dashes
+- pad(text="abc")
+print(pad("a", 2))
+pad(os.getcwd(), 5)
+pad(__import__('os').system('touch /tmp/pwned'))
+pad()
+pad("hello", 10)
+notpad("a")
+pad("unterminated
+"""
+
+
+def fn() -> ast.FunctionDef:
+    return function_node(SOURCE, "pad")
+
+
+def test_proposed_calls_keeps_only_valid_literal_calls_in_canonical_form():
+    calls = list(proposed_calls(COMPLETION, "pad", Signature.of(fn())))
+    assert calls == [
+        "pad('hello', 10)", "pad('x', width=3, fill='-')", "pad(text='abc')", "pad('a', 2)", "pad('hello', 10)"
+    ]  # fmt: skip
+    assert not Path("/tmp/pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("pad(1 + 2)", "literal arguments"), ("pad(*xs)", r"\*args"), ("other(1)", "expected a call of pad"),
+        ("pad(", "not a Python expression"), ("pad(float('nan'))", "literal"),
+    ],
+)  # fmt: skip
+def test_parse_call_says_why_it_refuses(text, message):
+    with pytest.raises(CallError, match=message):
+        parse_call(text, "pad")
+
+
+def test_signature_checks_arity_and_keywords():
+    sig = Signature.of(fn())
+    sig.check(("a",), {"fill": "-"})
+    wrong = [((), {}, "missing required argument"), (("a", 1, 2), {}, "at most 2"),
+             (("a",), {"text": "b"}, "given twice"), (("a",), {"colour": 1}, "unknown keyword")]  # fmt: skip
+    for args, kwargs, message in wrong:
+        with pytest.raises(CallError, match=message):
+            sig.check(args, kwargs)
+
+
+def test_format_and_parse_round_trip():
+    args, kwargs = (1.5, "a'b", b"\x00", [1, (2, 3)], {"k": {1, 2}}, None), {"flag": True}
+    text = format_call("f", args, kwargs)
+    assert parse_call(text, "f") == (args, kwargs)
+    assert not is_literal(float("inf")) and not is_literal(set()) and not is_literal(frozenset({1}))
+
+
+def test_doctests_become_calls():
+    assert doctest_calls(fn(), Signature.of(fn())) == ["pad('ab', 4)", "pad('abc', width=5, fill='*')"]
+
+
+def test_signature_calls_follow_hints_and_defaults_and_are_seeded():
+    calls = signature_calls(fn(), Signature.of(fn()), 6, random.Random(3))
+    assert len(calls) == 6 and len(set(calls)) == 6
+    for call in calls:
+        args, kwargs = parse_call(call, "pad")
+        assert isinstance(args[0], str) and all(isinstance(v, int) for v in args[1:2])
+        assert isinstance(kwargs.get("fill", " "), str)
+    assert calls == signature_calls(fn(), Signature.of(fn()), 6, random.Random(3))
+
+
+def test_names_decide_when_there_are_no_hints():
+    node = function_node("def f(text, n, items):\n    return text * n, items\n", "f")
+    for call in signature_calls(node, Signature.of(node), 5, random.Random(0)):
+        text, n, items = parse_call(call, "f")[0]
+        assert isinstance(text, str) and isinstance(n, int) and isinstance(items, (list, tuple))
+
+
+class FakeLLM:
+    """Answers every request with COMPLETION and remembers what it was asked."""
+
+    model_id = "fake-model"
+
+    def __init__(self):
+        self.requests, self.sampling = [], None
+
+    def generate(self, requests, sampling):
+        self.requests, self.sampling = requests, sampling
+        return [Completion(COMPLETION, 10, 10) for _ in requests]
+
+
+def stage(**config) -> CodeInputs:
+    ctx = StageContext(run_name="t", run_id="t-1", seed=0, stage_name="code_inputs", stage_index=1,
+                       output_dir=Path("."))  # fmt: skip
+    return CodeInputs(CodeInputsConfig(**config), ctx)
+
+
+def test_model_calls_come_first_then_the_fallback_fills_up_to_n():
+    inputs = stage(inputs_per_function=6)
+    inputs.llm = FakeLLM()
+    chosen = inputs.inputs_for({"function_id": "x", "name": "pad", "source": SOURCE}, COMPLETION)
+    assert [origin for _, origin in chosen] == ["fake-model"] * 4 + [DOCSTRING] * 2
+    assert len({call for call, _ in chosen}) == 6
+
+
+def test_the_stage_asks_the_model_once_per_function_and_records_origins():
+    inputs = stage(inputs_per_function=6)
+    inputs.llm = FakeLLM()
+    batch = pa.table({"function_id": ["a", "b"], "name": ["pad", "pad"], "source": [SOURCE, SOURCE]})
+    out = inputs.process(batch)
+    assert len(inputs.llm.requests) == 2 and "def pad(text: str" in inputs.llm.requests[0][0]["content"]
+    assert inputs.llm.sampling.stop == ("Function:",)
+    assert out.column("input_origins").to_pylist()[0] == ["fake-model"] * 4 + [DOCSTRING] * 2
+    assert out.column("_drop_reason").to_pylist() == [None, None]
+
+
+def test_without_a_model_the_fallback_alone_gives_cases():
+    inputs = stage(llm=None, inputs_per_function=5)
+    inputs.setup()
+    chosen = inputs.inputs_for({"function_id": "x", "name": "pad", "source": SOURCE}, "")
+    assert len(chosen) == 5 and {o for _, o in chosen} == {DOCSTRING, SIGNATURE}
+
+
+def test_use_in_the_body_decides_when_there_are_no_hints():
+    node = function_node(
+        "def f(a, b, c, d, e):\n    if isinstance(e, bytes):\n        pass\n"
+        "    return a.lower(), b.items(), [i for i in range(c)], d + 1, e\n", "f"
+    )
+    for call in signature_calls(node, Signature.of(node), 5, random.Random(0)):
+        a, b, c, d, e = parse_call(call, "f")[0]
+        assert (type(a), type(b), type(c), type(d), type(e)) == (str, dict, int, int, bytes)

@@ -1,0 +1,392 @@
+"""The attack suite: hostile functions run as the function under test, the way the pipeline runs them.
+
+Each attack goes through `generators.code.execute.run_function` (one sandbox, the harness, its
+inputs) and `filters.quality.code_checks.drop_reason`. Each test asserts that the attack was
+contained, what was recorded as the reason, and (the `host` fixture, after every test) that the
+host is unaffected: no sandbox process left behind, canary files untouched, processes still start.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from filters.quality.code_checks import CodeChecksConfig, drop_reason
+from generators.code.execute import ExecutionOptions, FunctionRun, run_function
+from synth.sandbox import SANDBOX_UID, Sandbox, SandboxLimits
+
+LIMITS = SandboxLimits(wall_s=4, cpu_s=2, memory_mb=256, processes=8, file_mb=2, tmpfs_mb=4, output_kb=64)
+OPTIONS = ExecutionOptions(limits=LIMITS, case_timeout_s=1.0, max_output_chars=20_000)
+PROJECT = Path(__file__).resolve().parents[1]
+SECRET = "synth-attack-secret-7f3a"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    return Sandbox(LIMITS)
+
+
+@pytest.fixture(autouse=True)
+def host(tmp_path):
+    """Canary files and the host's sandbox-user processes, checked after the attack."""
+    (tmp_path / "canary.txt").write_text("precious")
+    canaries = {path: path.read_text() for path in (tmp_path / "canary.txt", PROJECT / "pyproject.toml")}
+    before = _sandbox_user_processes()
+    yield
+    for path, text in canaries.items():
+        assert path.read_text() == text, f"{path} changed"
+    assert _sandbox_user_processes() <= before, "a sandboxed process outlived its sandbox"
+    assert subprocess.run(["/usr/bin/true"]).returncode == 0, "the host can no longer start processes"
+
+
+def _sandbox_user_processes() -> set[int]:
+    """Live processes of the sandbox user (zombies have exited: the host's init reaps them)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if f"Uid:\t{SANDBOX_UID}\t" in status and "State:\tZ" not in status:
+            pids.add(int(entry.name))
+    return pids
+
+
+def attack(sandbox: Sandbox, source: str, *calls: str) -> tuple[FunctionRun, str | None]:
+    name = source.split("def ", 1)[1].split("(", 1)[0]
+    run = run_function(sandbox, source, name, list(calls), OPTIONS)
+    return run, drop_reason(run.status, run.case_status, run.outputs, CodeChecksConfig())
+
+
+FORK_BOMB = (
+    "import os\n"
+    "def bomb(n):\n"
+    "    while True:\n"
+    "        try:\n"
+    "            os.fork()\n"
+    "        except OSError:\n"
+    "            pass\n"
+)
+
+
+def test_fork_bomb(sandbox):
+    started = time.monotonic()
+    run, reason = attack(sandbox, FORK_BOMB, "bomb(1)")
+    assert time.monotonic() - started < LIMITS.wall_s + 2
+    assert reason in ("all_inputs_raise", "sandbox_timeout", "sandbox_signal")
+
+
+def test_process_limit_holds(sandbox):
+    source = (
+        "import os, time\n"
+        "def spawn(n):\n"
+        "    made = 0\n"
+        "    for _ in range(n):\n"
+        "        try:\n"
+        "            if os.fork() == 0:\n"
+        "                time.sleep(30)\n"
+        "        except OSError as e:\n"
+        "            return made, e.__class__.__name__\n"
+        "        made += 1\n"
+        "    return made, None\n"
+    )
+    run, _ = attack(sandbox, source, "spawn(100)")
+    made, error = eval(run.outputs[0])  # noqa: S307 - our own test's output, parsed for the assertion
+    assert error == "BlockingIOError" and made < LIMITS.processes
+
+
+def test_memory_bomb(sandbox):
+    source = "def grow(n):\n    hoard = []\n    while True:\n        hoard.append(bytearray(n))\n    return hoard\n"
+    patient = OPTIONS.model_copy(update={"case_timeout_s": 10.0})  # the memory limit, not the clock, must stop it
+    run = run_function(sandbox, source, "grow", ["grow(50000000)"], patient)
+    reason = drop_reason(run.status, run.case_status, run.outputs, CodeChecksConfig())
+    assert run.case_status == ["raised"] and run.outputs[0].startswith("MemoryError")
+    assert reason == "all_inputs_raise"
+
+
+def test_cpu_loop_that_ignores_the_case_alarm(sandbox):
+    source = (
+        "import signal\n"
+        "def spin(n):\n"
+        "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+        "    while True:\n"
+        "        n += 1\n"
+        "    return n\n"
+    )
+    patient = Sandbox(LIMITS.model_copy(update={"cpu_s": 1, "wall_s": 20}))  # the CPU limit, not the wall clock
+    run, reason = attack(patient, source, "spin(0)")
+    assert (run.status, reason) == ("signal", "sandbox_signal") and run.detail.startswith("SIGXCPU")
+
+
+def test_cpu_loop_is_stopped_per_case(sandbox):
+    run, reason = attack(sandbox, "def spin(n):\n    while True:\n        n += 1\n    return n\n", "spin(0)", "spin(1)")
+    assert run.case_status == ["timeout", "timeout"] and reason == "all_inputs_raise"
+
+
+def test_sleep_past_the_timeout(sandbox):
+    source = (
+        "import signal, time\n"
+        "def nap(n):\n"
+        "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+        "    time.sleep(n)\n"
+        "    return n\n"
+    )
+    started = time.monotonic()
+    run, reason = attack(sandbox, source, "nap(100)")
+    assert (run.status, reason) == ("timeout", "sandbox_timeout")
+    assert time.monotonic() - started < LIMITS.wall_s + 2
+
+
+def test_huge_output(sandbox):
+    source = "import os\ndef flood(n):\n    while True:\n        os.write(1, b'x' * 65536)\n    return n\n"
+    run, reason = attack(sandbox, source, "flood(1)")
+    assert (run.status, reason) == ("output_limit", "sandbox_output_limit")
+
+
+def test_huge_return_value_is_too_long_not_a_flood(sandbox):
+    run, reason = attack(sandbox, "def big(n):\n    return 'x' * n\n", "big(1000000)", "big(30000000)")
+    assert run.case_status == ["too_long", "too_long"] and reason == "unrepresentable_outputs"
+
+
+def test_writes_outside_the_tmpfs(sandbox, tmp_path):
+    targets = ["/pwned", "/usr/pwned", "/dev/pwned", "/dev/shm/pwned", "/etc/pwned", "/root/pwned",
+               f"{PROJECT}/pwned", f"{tmp_path}/canary.txt", "/proc/sys/kernel/hostname"]  # fmt: skip
+    source = (
+        "def scribble(paths):\n"
+        "    outcomes = []\n"
+        "    for path in paths:\n"
+        "        try:\n"
+        "            with open(path, 'w') as f:\n"
+        "                f.write('pwned')\n"
+        "            outcomes.append('WROTE')\n"
+        "        except OSError as e:\n"
+        "            outcomes.append(type(e).__name__)\n"
+        "    try:\n"
+        "        with open('/tmp/fill', 'wb') as f:\n"
+        "            for _ in range(64):\n"
+        "                f.write(b'x' * 2**20)\n"
+        "        outcomes.append('FILLED')\n"
+        "    except OSError as e:\n"
+        "        outcomes.append(type(e).__name__)\n"
+        "    return outcomes\n"
+    )
+    run, _ = attack(sandbox, source, f"scribble({targets!r})")
+    outcomes = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert "WROTE" not in outcomes and "FILLED" not in outcomes, dict(zip(targets + ["/tmp 64 MB"], outcomes))
+    for path in targets[:-1]:
+        assert not Path(path).exists() or path.endswith("canary.txt")
+
+
+def test_reading_host_files(sandbox):
+    paths = [str(PROJECT / "pyproject.toml"), str(PROJECT), "/root", "/root/.bashrc", "/etc/shadow", "/etc/passwd",
+             "/home"]  # fmt: skip
+    source = (
+        "import os\n"
+        "def peek(paths):\n"
+        "    seen = []\n"
+        "    for path in paths:\n"
+        "        try:\n"
+        "            seen.append(sorted(os.listdir(path)) if os.path.isdir(path) else open(path).read())\n"
+        "        except OSError as e:\n"
+        "            seen.append(type(e).__name__)\n"
+        "    return seen\n"
+    )
+    run, _ = attack(sandbox, source, f"peek({paths!r})")
+    seen = dict(zip(paths, eval(run.outputs[0])))  # noqa: S307 - our own test's output
+    for path in paths:
+        if path == "/root":  # exists only when the interpreter lives under it (pyenv as root)
+            assert seen[path] in ("FileNotFoundError", [".pyenv"]), seen[path]
+        else:
+            assert seen[path] == "FileNotFoundError", (path, seen[path])
+
+
+def test_network_loopback_and_outward(sandbox):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.2)
+        port = server.getsockname()[1]
+        source = (
+            "import socket\n"
+            "def reach(targets):\n"
+            "    outcomes = [[name for _, name in socket.if_nameindex()]]\n"
+            "    for host, port in targets:\n"
+            "        try:\n"
+            "            socket.create_connection((host, port), timeout=0.5).close()\n"
+            "            outcomes.append('CONNECTED')\n"
+            "        except OSError as e:\n"
+            "            outcomes.append(type(e).__name__)\n"
+            "    try:\n"
+            "        socket.getaddrinfo('example.com', 80)\n"
+            "        outcomes.append('RESOLVED')\n"
+            "    except OSError as e:\n"
+            "        outcomes.append(type(e).__name__)\n"
+            "    return outcomes\n"
+        )
+        run, _ = attack(sandbox, source, f"reach([('127.0.0.1', {port}), ('1.1.1.1', 53), ('8.8.8.8', 443)])")
+        with pytest.raises(socket.timeout):
+            server.accept()  # nothing reached the host's loopback
+    interfaces, *outcomes = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert interfaces == ["lo"]
+    assert outcomes[0] == "ConnectionRefusedError"  # the sandbox's own, empty loopback
+    assert "CONNECTED" not in outcomes and "RESOLVED" not in outcomes
+
+
+def test_environment_leak(sandbox, monkeypatch):
+    monkeypatch.setenv("SYNTH_ATTACK_SECRET", SECRET)
+    source = (
+        "import os\n"
+        "def loot(n):\n"
+        "    found = {'os.environ': repr(dict(os.environ))}\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        if pid.isdigit() or pid == 'self':\n"
+        "            try:\n"
+        "                found[pid] = open('/proc/' + pid + '/environ', 'rb').read().decode('latin-1')\n"
+        "            except OSError as e:\n"
+        "                found[pid] = type(e).__name__\n"
+        "    return found\n"
+    )
+    run, _ = attack(sandbox, source, "loot(1)")
+    found = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert set(found) == {"os.environ", "1", "2", "self"}, "it read its own and its init's environment"
+    assert found["1"] == "", "bwrap started with an empty environment, so its init has none"
+    assert "PATH=/usr/bin:/bin" in found["self"] and "'PATH'" in found["os.environ"]
+    assert SECRET not in run.outputs[0] and "SYNTH_ATTACK_SECRET" not in run.outputs[0]
+
+
+def test_inherited_file_descriptors(sandbox, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    fd = os.open(secret, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    try:
+        source = (
+            "import os\n"
+            "def grab(fd):\n"
+            "    try:\n"
+            "        leaked = os.read(fd, 100).decode()\n"
+            "    except OSError as e:\n"
+            "        leaked = type(e).__name__\n"
+            "    return sorted(os.listdir('/proc/self/fd')), leaked\n"
+        )
+        run, _ = attack(sandbox, source, f"grab({fd})")
+    finally:
+        os.close(fd)
+    fds, leaked = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert leaked == "OSError" and SECRET not in run.outputs[0]
+    assert set(fds) <= {"0", "1", "2", "3"}, "stdin, stdout, stderr and listdir's own descriptor"
+
+
+def test_killing_the_parent(sandbox):
+    # a host process of the sandbox's own user: the one it could signal, were it visible
+    victim = subprocess.Popen(["/usr/bin/sleep", "60"], user=SANDBOX_UID, group=SANDBOX_UID)
+    try:
+        source = (
+            "import os, signal\n"
+            "def regicide(pids):\n"
+            "    outcomes = []\n"
+            "    for pid in pids + [os.getppid(), 1]:\n"
+            "        try:\n"
+            "            os.kill(pid, signal.SIGKILL)\n"
+            "            outcomes.append('SENT')\n"
+            "        except OSError as e:\n"
+            "            outcomes.append(type(e).__name__)\n"
+            "    return outcomes\n"
+        )
+        run, _ = attack(sandbox, source, f"regicide([{os.getpid()}, {os.getppid()}, {victim.pid}])")
+        assert victim.poll() is None, "a host process of the sandbox user was killed"
+    finally:
+        victim.kill()
+        victim.wait()
+    outcomes = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert outcomes[:3] == ["ProcessLookupError"] * 3, "host processes are not even visible"
+    # the sandbox's own init ignores signals from inside; whatever happened, it stayed inside
+
+
+def test_daemonised_grandchild_does_not_outlive_the_sandbox(sandbox):
+    marker = f"synth-daemon-{os.getpid()}"
+    source = (
+        "import os\n"
+        "def daemonise(marker):\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        "        if os.fork() == 0:\n"
+        "            for fd in (0, 1, 2):\n"
+        "                os.close(fd)\n"
+        "            os.execv('/usr/bin/sleep', [marker, '60'])\n"
+        "        os._exit(0)\n"
+        "    return marker\n"
+    )
+    started = time.monotonic()
+    run, _ = attack(sandbox, source, f"daemonise({marker!r})")
+    assert run.case_status == ["ok"] and time.monotonic() - started < LIMITS.wall_s
+    time.sleep(0.2)
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, marker)]
+
+
+def _cmdline_has(proc: Path, marker: str) -> bool:
+    try:
+        return (proc / "cmdline").read_bytes().startswith(marker.encode())
+    except OSError:
+        return False
+
+
+def test_ctypes_segfault(sandbox):
+    run, reason = attack(sandbox, "import ctypes\ndef crash(n):\n    return ctypes.string_at(n)\n", "crash(0)")
+    assert (run.status, run.detail.split(";")[0], reason) == ("signal", "SIGSEGV", "sandbox_signal")
+
+
+def test_nested_user_namespace(sandbox):
+    source = (
+        "import ctypes, errno, os, subprocess\n"
+        "def nest(flags):\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    result = libc.unshare(flags)\n"
+        "    code = errno.errorcode.get(ctypes.get_errno(), 'none') if result else 'UNSHARED'\n"
+        "    tool = subprocess.run(['/usr/bin/unshare', '--user', '--map-root-user', '/usr/bin/true'],\n"
+        "                          capture_output=True).returncode\n"
+        "    return code, tool\n"
+    )
+    run, _ = attack(sandbox, source, f"nest({0x10000000})")  # CLONE_NEWUSER
+    code, tool = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert code in ("EPERM", "ENOSPC", "EUSERS") and tool != 0
+
+
+def test_setuid_and_setgid(sandbox):
+    source = (
+        "import os, subprocess\n"
+        "def escalate(n):\n"
+        "    outcomes = []\n"
+        "    for attempt in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.seteuid(0),\n"
+        "                    lambda: os.setgroups([0]), lambda: os.setresuid(0, 0, 0)):\n"
+        "        try:\n"
+        "            attempt()\n"
+        "            outcomes.append('BECAME ROOT')\n"
+        "        except OSError as e:\n"
+        "            outcomes.append(e.errno)\n"
+        "    mount = subprocess.run(['/usr/bin/mount', '-t', 'tmpfs', 'none', '/tmp'], capture_output=True)\n"
+        "    return outcomes, mount.returncode, os.getuid(), os.geteuid()\n"
+    )
+    run, _ = attack(sandbox, source, "escalate(0)")
+    outcomes, mount_code, uid, euid = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert set(outcomes) <= {errno.EPERM, errno.EINVAL}, outcomes  # EINVAL: uid 0 does not exist in there
+    assert mount_code != 0 and uid == euid == SANDBOX_UID
+
+
+def test_attacks_run_concurrently_stay_apart(sandbox):
+    """A fork bomb next to an honest function: the honest one still gets its processes."""
+    honest = "import subprocess\ndef honest(n):\n    return subprocess.run(['/usr/bin/true']).returncode + n\n"
+    results = {}
+    threads = [threading.Thread(target=lambda: results.setdefault("bomb", attack(sandbox, FORK_BOMB, "bomb(0)")))]
+    threads[0].start()
+    time.sleep(0.3)
+    results["honest"] = attack(sandbox, honest, "honest(1)", "honest(2)")
+    threads[0].join()
+    assert results["honest"][0].outputs == ["1", "2"]

@@ -90,9 +90,23 @@ def inspect(
     for name, type_ in manifest["schema"].items():
         schema.add_row(name, type_)
     console.print(schema)
+    _print_reports(output, manifest)
     for record in io.read_table(output / "data").slice(0, rows).to_pylist():
         shown = {k: (f"<{len(v)} bytes>" if isinstance(v, bytes) else v) for k, v in record.items()}
         console.print_json(json.dumps(shown, default=str))
+
+
+def _print_reports(output: Path, manifest: dict) -> None:
+    """Each stage that left a report (every filter does): its drops by reason and where its files are."""
+    for s in manifest["stages"]:
+        folder = output / "_reports" / s["name"]
+        if not (folder / "report.md").exists():
+            continue
+        dropped = ", ".join(f"{reason}: {n}" for reason, n in s["dropped"].items()) or "none"
+        plots = ", ".join(sorted(p.name for p in folder.glob("*.png"))) or "none"
+        for line in (f"{s['name']}: kept {s['kept']} of {s['rows_in']}; dropped {dropped}",
+                     f"  report: {folder / 'report.md'}", f"  histograms in {folder}: {plots}"):  # fmt: skip
+            console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command("list")

@@ -20,6 +20,9 @@ BUILTIN_STAGES = {
     "self_instruct": "generators.instruct.self_instruct",
     "evol_instruct": "generators.instruct.evol_instruct",
     "instruct_checks": "filters.quality.instruct_checks",
+    "text_heuristics": "filters.quality.heuristics",
+    "perplexity": "filters.quality.perplexity",
+    "llm_judge": "filters.quality.llm_judge",
     "exact_dedup": "filters.dedup.exact",
     "minhash_dedup": "filters.dedup.minhash",
     "semantic_dedup": "filters.dedup.semantic",
@@ -29,6 +32,16 @@ BUILTIN_STAGES = {
     "code_checks": "filters.quality.code_checks",
     "code_determinism": "filters.quality.code_checks",
     "case2code": "generators.code.prompts",
+    "tabular_synth": "generators.tabular.source",
+    "tabular_report": "generators.tabular.report",
+    "phantom_images": "generators.image.phantoms",
+    "image_folder": "generators.image.folder",
+    "diffusion_train": "generators.image.diffusion",
+    "diffusion_sample": "generators.image.sampler",
+    "image_eval": "generators.image.evaluate",
+    "image_checks": "filters.quality.image_checks",
+    "image_phash_dedup": "filters.quality.image_checks",
+    "image_memorisation": "filters.quality.image_checks",
 }
 
 

@@ -6,6 +6,7 @@ Layout of an output folder:
     OUTPUT/_stages/NN-name/          each finished stage's rows (with `_drop_reason`) + _SUCCESS.json
     OUTPUT/_cache/                   LLM responses by request hash, shared by every worker
     OUTPUT/_dropped/name/            dropped rows with their reason (when `write_dropped`)
+    OUTPUT/_reports/name/            a filter's drops by reason and score histograms; other reports
     OUTPUT/data/part-*.parquet       the dataset: kept rows only
     OUTPUT/README.md                 the dataset card
     OUTPUT/_manifest.json            provenance; written last, marks the dataset finished
@@ -32,11 +33,12 @@ import ray.data
 from synth import io
 from synth.card import write_card
 from synth.errors import OutputExistsError, SynthError
+from synth.filter_report import write_filter_report
 from synth.manifest import MANIFEST, StageReport, git_revision, llm_totals, package_versions
 from synth.ray_session import init_ray
 from synth.registry import stage_class
 from synth.spec import RunSpec, StageConfig, spec_to_dict
-from synth.stage import DROP_REASON, GlobalStage, MapStage, SourceStage, Stage, StageContext
+from synth.stage import DROP_REASON, FilterStage, GlobalStage, MapStage, SourceStage, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ class Progress:
 @dataclass
 class RunResult:
     output: Path
-    manifest: dict
+    manifest: dict | None
+    """None when the run stopped early (`until_stage`): the dataset is not written yet."""
     stages: list[StageReport]
 
 
@@ -81,8 +84,16 @@ def run(
     overwrite: bool = False,
     progress: Progress | None = None,
     spec_file: str | None = None,
+    until_stage: int | None = None,
 ) -> RunResult:
-    """Run a validated spec into `spec.output`; resumes an unfinished run of the same spec."""
+    """Run a validated spec into `spec.output`; resumes an unfinished run of the same spec.
+
+    With `until_stage` (an index into `spec.stages`) it stops once that stage is materialised and
+    writes no dataset (the result has no manifest); a later call resumes from there. Airflow runs
+    a pipeline this way, one task per group of stages, then a last call that writes the dataset.
+    """
+    if until_stage is not None and not 0 <= until_stage < len(spec.stages):
+        raise ValueError(f"until_stage must index spec.stages (0..{len(spec.stages) - 1}), got {until_stage}")
     progress = progress or Progress()
     output = Path(spec.output).resolve()
     started = datetime.now(timezone.utc)
@@ -94,7 +105,7 @@ def run(
 
     reports: list[StageReport] = []
     ds: ray.data.Dataset | None = None
-    for index, config in enumerate(spec.stages):
+    for index, config in enumerate(spec.stages[: None if until_stage is None else until_stage + 1]):
         ctx = StageContext(
             run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=spec.stage_names[index],
             stage_index=index, output_dir=output, llm_specs=dict(spec.llm), stats_actor=stats,
@@ -109,10 +120,13 @@ def run(
                 "nothing is left for the stages after it"
             )
         ds = _kept_rows(_stage_dir(output, index, ctx.stage_name))
+    if until_stage is not None:
+        return RunResult(output=output, manifest=None, stages=reports)
 
     progress.message("writing the dataset")
     last_dir = _stage_dir(output, len(spec.stages) - 1, reports[-1].name)
     _write_data(output / "data", last_dir)
+    _write_filter_reports(output, spec, reports)
     if spec.write_dropped:
         _write_dropped(output, spec, reports)
     manifest = _manifest(spec, spec_file, run_id, where, started, reports, output)
@@ -205,9 +219,16 @@ class _StageWorker:
     def __init__(self, stage_cls: type[MapStage], config: StageConfig, ctx: StageContext):
         self.stage = stage_cls(config, ctx)
         self.stage.setup()
+        self.rows_done = 0
+        self.started = time.perf_counter()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _with_reason_column(self.stage.process(batch))
+        out = _with_reason_column(self.stage.process(batch))
+        # Model stages take minutes per block; a line per batch shows they move (Ray forwards it).
+        self.rows_done += batch.num_rows
+        log.info("%s: %d rows done by this worker in %.0f s", self.stage.ctx.stage_name, self.rows_done,
+                 time.perf_counter() - self.started)
+        return out
 
 
 def _map_stage(stage: MapStage, upstream: ray.data.Dataset) -> ray.data.Dataset:
@@ -276,6 +297,14 @@ def _write_data(target: Path, last_stage: Path) -> None:
     ds = _kept_rows(last_stage)
     ds.write_parquet(str(tmp), filename_provider=io.PartNames(), min_rows_per_file=50_000)
     io.commit_dir(tmp, target)
+
+
+def _write_filter_reports(output: Path, spec: RunSpec, reports: list[StageReport]) -> None:
+    """For the card: each filter's drops by reason and histograms of the scores it added."""
+    for config, report, before in zip(spec.stages[1:], reports[1:], reports):
+        if issubclass(stage_class(config.kind), FilterStage):
+            stage_dir, input_dir = (_stage_dir(output, r.index, r.name) for r in (report, before))
+            write_filter_report(output / "_reports" / report.name, report, stage_dir, input_dir)
 
 
 def _write_dropped(output: Path, spec: RunSpec, reports: list[StageReport]) -> None:

@@ -37,6 +37,9 @@ GOOD = ("Name three rivers in Europe.", "The Danube, the Rhine and the Loire.")
         (("Write a long essay about rivers.", "word " * 1001), "output_too_long"),
         (("Tell me a secret about rivers.", "As an AI, I don't have secrets."), "refusal"),
         (("Name three rivers in Europe.", "Name three rivers in Europe!"), "echoes_instruction"),
+        (("Write a persuasive essay about protecting rivers.", "Rivers matter."), "too_short_for_request"),
+        (("Explain in detail how a river delta forms.", "Sediment settles."), "too_short_for_request"),
+        (("Write a sentence about a story you like.", "I love The Hobbit."), None),
     ],
 )
 def test_each_check(row, reason):
@@ -59,6 +62,14 @@ def test_thresholds_come_from_the_config():
     echo = ("Name three rivers in Europe.", "Name three rivers in Europe: the Danube, the Rhine and the Loire.")
     assert check([echo])[DROP_REASON].to_pylist() == [None]
     assert check([echo], echo_threshold=0.5)[DROP_REASON].to_pylist() == ["echoes_instruction"]
+
+
+def test_long_form_requests_are_flagged():
+    out = check([GOOD, ("Write a short story about a river.", "word " * 40)])
+    assert out["asks_long_form"].to_pylist() == [False, True]
+    assert out[DROP_REASON].to_pylist() == [None, None]
+    essay = ("Write an essay on rivers.", "word " * 20)
+    assert check([essay], long_form_min_words=10)[DROP_REASON].to_pylist() == [None]
 
 
 def test_an_upstream_drop_reason_is_kept():

@@ -1,11 +1,14 @@
 """Simple quality checks for instruct records: lengths, empty or refused answers, echoes.
 
-Adds score columns (`instruction_words`, `output_words`, `echo_rouge_l`) and one drop reason per
-row, first failing check wins:
+Adds score columns (`instruction_words`, `output_words`, `echo_rouge_l`, `asks_long_form`) and one
+drop reason per row, first failing check wins:
 
 - `empty_output`: the output is blank;
 - `instruction_too_short` / `instruction_too_long`: instruction words outside the bounds;
 - `output_too_short` / `output_too_long`: output words outside the bounds;
+- `too_short_for_request`: the instruction asks for long-form writing (an essay, a story, "in
+  detail", "at least 200 words"; `long_form_pattern`) and the output has fewer than
+  `long_form_min_words` words;
 - `refusal`: the output contains a refusal phrase ("as an ai", "i cannot"...);
 - `echoes_instruction`: the output's ROUGE-L F against the instruction is at least
   `echo_threshold`, i.e. the answer mostly repeats the question.
@@ -13,6 +16,7 @@ row, first failing check wins:
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import pyarrow as pa
@@ -28,6 +32,15 @@ REFUSAL_PHRASES = (
     "i am unable to", "i'm unable to", "i do not have the ability", "i don't have access",
 )  # fmt: skip
 
+LONG_FORM = (
+    r"\b(?:write|compose|draft|create)\s+(?:an?\s+)?(?:(?:long|detailed|short|persuasive|personal|narrative|"
+    r"argumentative|informative|descriptive|\w+-\w+)\s+)*(?:essay|article|report|blog post|speech|story|cover letter)s?\b"
+    r"|\b(?:explain|describe|discuss)\b[^.?!]{0,60}\bin detail\b"
+    r"|\bat least (?:\d+|two|three|four|five) (?:words|sentences|paragraphs)\b"
+    r"|\b(?:\d+|two|three|four|five)[- ]paragraphs?\b"
+)
+"""Case-insensitive: instructions that ask for more than a few sentences."""
+
 
 class InstructChecksConfig(StageConfig):
     kind: Literal["instruct_checks"] = "instruct_checks"
@@ -37,13 +50,15 @@ class InstructChecksConfig(StageConfig):
     max_output_words: int = Field(1000, ge=1)
     refusal_phrases: tuple[str, ...] = Field(REFUSAL_PHRASES, description="Case-insensitive substrings")
     echo_threshold: float = Field(0.8, gt=0, le=1, description="Drop at this ROUGE-L F to the instruction")
+    long_form_pattern: str = Field(LONG_FORM, description="Regex: the instruction asks for long-form writing")
+    long_form_min_words: int = Field(30, ge=0, description="Output words such an instruction needs")
 
 
 @register
 class InstructChecks(FilterStage):
     kind = "instruct_checks"
     Config = InstructChecksConfig
-    description = "Length bounds, empty and refused outputs, outputs that echo the instruction"
+    description = "Length bounds, empty, refused or too brief outputs, outputs that echo the instruction"
 
     def score(self, batch: pa.Table) -> tuple[dict[str, pa.Array | list], list[str | None]]:
         instructions = batch.column("instruction").to_pylist()
@@ -51,15 +66,20 @@ class InstructChecks(FilterStage):
         instruction_words = [len(text.split()) for text in instructions]
         output_words = [len(text.split()) for text in outputs]
         echo = [rouge_l(out, ins) if out.strip() else 0.0 for ins, out in zip(instructions, outputs)]
-        reasons = [self._reason(*row) for row in zip(outputs, instruction_words, output_words, echo)]
+        asks = re.compile(self.config.long_form_pattern, re.IGNORECASE)
+        long_form = [asks.search(text) is not None for text in instructions]
+        reasons = [self._reason(*row) for row in zip(outputs, instruction_words, output_words, echo, long_form)]
         columns = {
             "instruction_words": pa.array(instruction_words, pa.int32()),
             "output_words": pa.array(output_words, pa.int32()),
             "echo_rouge_l": pa.array(echo, pa.float32()),
+            "asks_long_form": pa.array(long_form, pa.bool_()),
         }
         return columns, reasons
 
-    def _reason(self, output: str, instruction_words: int, output_words: int, echo: float) -> str | None:
+    def _reason(
+        self, output: str, instruction_words: int, output_words: int, echo: float, long_form: bool
+    ) -> str | None:
         cfg = self.config
         lowered = output.lower()
         checks = (
@@ -68,6 +88,7 @@ class InstructChecks(FilterStage):
             ("instruction_too_long", instruction_words > cfg.max_instruction_words),
             ("output_too_short", output_words < cfg.min_output_words),
             ("output_too_long", output_words > cfg.max_output_words),
+            ("too_short_for_request", long_form and output_words < cfg.long_form_min_words),
             ("refusal", any(phrase.lower() in lowered for phrase in cfg.refusal_phrases)),
             ("echoes_instruction", echo >= cfg.echo_threshold),
         )

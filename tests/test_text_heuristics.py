@@ -1,0 +1,115 @@
+"""text_heuristics: each Gopher rule fires on a text made to break it and not on a good paragraph."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from filters.quality.heuristics import TextHeuristics, TextHeuristicsConfig
+from synth.stage import DROP_REASON, StageContext
+
+GOOD = (
+    "The Danube is the second-longest river in Europe. It rises in the Black Forest of Germany and flows "
+    "east for some 2,850 km, through ten countries, before it empties into the Black Sea. Vienna, Budapest "
+    "and Belgrade stand on its banks, and it has long been a road for trade and for armies alike."
+)
+
+ELLIPSIS_LINES = (
+    "We waited a long time at the corner for the bus...\nIt never came, and the rain got heavier and "
+    "heavier...\nSo in the end we walked home together"
+)
+NO_STOP_WORDS = (
+    "Quantum flux capacitors generate temporal displacement fields across multiple dimensions while "
+    "engineers monitor reactor output levels carefully during experimental trials inside underground "
+    "laboratories near Geneva today"
+)
+
+
+def heuristics(texts: list[str], column: str = "output", **config) -> pa.Table:
+    ctx = StageContext(run_name="t", run_id="r", seed=0, stage_name="text_heuristics", stage_index=1,
+                       output_dir=Path("."))  # fmt: skip
+    stage = TextHeuristics(TextHeuristicsConfig(**config), ctx)
+    return stage.process(pa.table({column: pa.array(texts, pa.string())}))
+
+
+def reasons(texts: list[str], **config) -> list[str | None]:
+    return heuristics(texts, **config)[DROP_REASON].to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (GOOD, None),
+        ("", "empty_text"),
+        ("  \n\t  \n", "empty_text"),
+        ("a b c d e f g h", "mean_word_length_low"),
+        ("Supercalifragilisticexpialidocious antidisestablishmentarianism pneumonoultramicroscopic",
+         "mean_word_length_high"),
+        ("#ai #ml #data rocks today with friends and family", "too_many_hashes"),
+        ("Well... I think... maybe... we could go to the park later today", "too_many_ellipses"),
+        ("The totals were 12 34 56 78 90 and 11", "too_many_non_alpha_words"),
+        ("- apples are red\n- bananas are yellow\n- grapes are purple", "too_many_bullet_lines"),
+        (ELLIPSIS_LINES, "too_many_ellipsis_lines"),
+        ("Buy now and save.\nBuy now and save.\nBuy now and save.\nThe offer ends on Friday.", "duplicated_lines"),
+        ("the cat " * 30, "repeated_2gram"),
+        (GOOD + " Remember to water the tomatoes every single morning." * 2, "duplicated_5gram"),
+        (NO_STOP_WORDS, "too_few_stop_words"),
+        ("Red, yellow, blue.", None),  # short: no stop words needed
+    ],
+)  # fmt: skip
+def test_each_rule(text, reason):
+    assert reasons([text]) == [reason]
+
+
+def test_word_bounds_come_from_the_config():
+    assert reasons([GOOD], min_words=60) == ["too_few_words"]
+    assert reasons([GOOD], max_words=50) == ["too_many_words"]
+    assert reasons(["a b c d e f g h"], min_mean_word_length=None) == [None]
+
+
+def test_a_very_long_text_is_measured_quickly():
+    text = GOOD * 2500  # ~135,000 words
+    started = time.perf_counter()
+    out = heuristics([text])
+    assert out[DROP_REASON].to_pylist() == ["too_many_words"]
+    assert out["word_count"].to_pylist()[0] > 100_000
+    assert time.perf_counter() - started < 10
+
+
+def test_non_latin_scripts_are_measured_without_error():
+    russian = "Дунай протекает через десять стран и впадает в Чёрное море, а на его берегах стоят столицы."
+    chinese = "多瑙河是欧洲第二长的河流，流经十个国家，最后注入黑海。"
+    arabic_and_emoji = "مرحبا بالعالم، هذا نص عربي للاختبار 😀🎉"
+    out = heuristics([russian, chinese, arabic_and_emoji])
+    assert out[DROP_REASON].to_pylist()[0] is None
+    assert out[DROP_REASON].to_pylist()[2] is None
+    # Han counts one character as a word, so English word-length bounds drop it: a stated limit.
+    assert out[DROP_REASON].to_pylist()[1] == "mean_word_length_low"
+    assert out["word_count"].to_pylist() == [16, 24, 6]
+
+
+def test_scores_are_typed_columns_with_nulls_for_blank_text():
+    out = heuristics([GOOD, " "])
+    assert out.schema.field("word_count").type == pa.int32()
+    assert out.schema.field("dup_5gram_char_frac").type == pa.float32()
+    assert out["word_count"].to_pylist() == [54, 0]
+    assert out["mean_word_length"].to_pylist()[1] is None
+    expected = {f"top_{n}gram_char_frac" for n in (2, 3, 4)} | {f"dup_{n}gram_char_frac" for n in range(5, 11)}
+    assert expected <= set(out.column_names)
+
+
+def test_text_columns_are_joined():
+    table = pa.table({"instruction": ["List the primary colours."], "output": ["- red\n- yellow\n- blue"]})
+    ctx = StageContext(run_name="t", run_id="r", seed=0, stage_name="h", stage_index=1, output_dir=Path("."))
+    alone = TextHeuristics(TextHeuristicsConfig(), ctx).process(table)
+    joined = TextHeuristics(TextHeuristicsConfig(text_columns=["instruction", "output"]), ctx).process(table)
+    assert alone[DROP_REASON].to_pylist() == ["too_many_bullet_lines"]
+    assert joined[DROP_REASON].to_pylist() == [None]  # 3 of 4 lines are bullets
+
+
+def test_missing_text_column_is_named():
+    with pytest.raises(ValueError, match="set text_columns"):
+        heuristics(["x"], column="body")

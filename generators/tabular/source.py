@@ -1,0 +1,426 @@
+"""`tabular_synth`: fit a synthesizer on a real table in one Ray actor, then sample in parallel blocks.
+
+What `read()` does, in order:
+
+1. **Real table, on the driver.** It reads the whole table (a tabular fit needs every row, so
+   this stage gathers it on purpose), infers the metadata, checks every column the spec names,
+   draws the holdout split from the stage seed *before* fitting, and checks the constraints
+   against the training split. The fit only ever sees the training split.
+2. **Fit, in ONE Ray actor** with the stage's `resources` (num_cpus / num_gpus). The model is
+   written atomically to `OUTPUT/_models/<stage>/` with `fit.json` (metadata, holdout rows, fit
+   fingerprint). A resumed run whose fit fingerprint matches loads it instead of refitting; the
+   fingerprint covers the table's content, metadata, synthesizer, split and constraints, not
+   `num_rows` or `conditions`.
+3. **Sample, in parallel blocks**: one Ray task per `block_rows` rows, seeded with
+   `derive_seed(stage_seed, "block", b)`, so the same spec and seed give the same rows however
+   many workers run them. A block fixes the `conditions`, rejects rows that break a constraint
+   (`generators.tabular.constraints`), fills generated columns with fresh values and restores the
+   user's types.
+4. **Uniqueness across blocks**: the driver gathers only the 64-bit keys of `unique` columns and
+   marks a later block's repeat with `_drop_reason = "breaks_unique(...)"`, so the runner counts it.
+5. `OUTPUT/_models/<stage>/sampling.json` and the stage's counters record rows sampled and rows
+   rejected per constraint (the rejection rate).
+
+Record columns (kind "tabular"), then the user's columns in their order and Arrow types:
+
+| column      | type   | meaning                                                             |
+|-------------|--------|---------------------------------------------------------------------|
+| `id`        | string | 64-bit hash (hex) of the row's values: same row, same id            |
+| `kind`      | string | always "tabular"                                                    |
+| `generator` | string | "tabular_synth"                                                     |
+| `run_id`    | string | the run that made it                                                |
+| `seed`      | int64  | the run's seed                                                      |
+| `model`     | string | synthesizer and fit fingerprint, e.g. "tabddpm-1a2b3c4d5e6f"        |
+
+A user column named like a record column is an error; `data.rename` resolves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from generators.tabular.constraints import Checker, Constraint, check_constraints, named_columns, row_keys, sample_valid
+from generators.tabular.data import (
+    MetadataOverrides, TableMeta, TableSource, check_columns, infer_metadata, load_table, restore_types,
+    split_holdout, to_frame,
+)  # fmt: skip
+from generators.tabular.synthesizers import SynthesizerParams, load_synthesizer, make_synthesizer, save_synthesizer
+from generators.tabular.tabddpm import TabDDPMParams
+from synth import io
+from synth.errors import SpecError, SynthError
+from synth.registry import register
+from synth.spec import StageConfig
+from synth.stage import DROP_REASON, SourceStage, StageContext, derive_seed
+
+log = logging.getLogger(__name__)
+
+RECORD_COLUMNS = ("id", "kind", "generator", "run_id", "seed", "model")
+Scalar = bool | int | float | str
+
+
+class TabularSynthConfig(StageConfig):
+    kind: Literal["tabular_synth"] = "tabular_synth"
+    data: TableSource
+    metadata: MetadataOverrides = MetadataOverrides()
+    synthesizer: SynthesizerParams = Field(
+        default_factory=TabDDPMParams, description="model: tabddpm, ctgan, tvae or gaussian_copula, and its settings"
+    )
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Real rows kept from the fit, for the report")
+    num_rows: int = Field(1000, ge=1, description="Synthetic rows to make")
+    block_rows: int = Field(5000, ge=1, description="Rows per parallel sampling task")
+    conditions: dict[str, Scalar] = Field(default_factory=dict, description="Column -> value fixed in every row")
+    constraints: list[Constraint] = Field(default_factory=list)
+    max_sampling_rounds: int = Field(20, ge=1, description="Rejection rounds per block before giving up")
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> TabularSynthConfig:
+        """Every column the spec names is in the table (read cheaply: header or schema only)."""
+        try:
+            known = self.data.column_names()
+            check_columns(self.named_columns(), known, self.data.describe())
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        clash = [c for c in known if c in RECORD_COLUMNS]
+        if clash:
+            raise ValueError(f"{self.data.describe()}: column {clash[0]!r} has the name of a record column "
+                             f"({', '.join(RECORD_COLUMNS)}); rename it with data.rename")  # fmt: skip
+        return self
+
+    def named_columns(self) -> dict[str, str]:
+        conditions = {f"conditions.{c}": c for c in self.conditions}
+        return self.overrides().named_columns() | conditions | named_columns(self.constraints)
+
+    def overrides(self) -> MetadataOverrides:
+        """The spec's metadata; a scikit-learn set's target is `target` unless the spec says otherwise."""
+        if self.data.sklearn and self.metadata.target is None:
+            return self.metadata.model_copy(update={"target": "target"})
+        return self.metadata
+
+    def fit_fingerprint(self, seed: int) -> str:
+        """What decides the fitted model: the table's content (not its path), the fit settings, the seed."""
+        fields = {"data": {"sklearn", "format", "rename"}, "metadata": True, "synthesizer": True,
+                  "holdout_fraction": True, "constraints": True}  # fmt: skip
+        config = self.model_dump(mode="json", include=fields)
+        payload = {"config": config, "table": self.data.fingerprint(), "seed": seed}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- the real table
+
+
+@dataclass
+class Prepared:
+    """The real table split and described: what the fit and the report both start from."""
+
+    table: pa.Table
+    meta: TableMeta
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    holdout_rows: np.ndarray
+    conditions: dict[str, Any]
+
+
+def prepare(config: TabularSynthConfig, seed: int) -> Prepared:
+    """Read, describe and split the real table; check conditions and constraints against it."""
+    where = config.data.describe()
+    table = load_table(config.data)
+    frame = to_frame(table)
+    meta = infer_metadata(frame, config.overrides(), where)
+    _check_generated_types(meta, table.schema, where)
+    train_rows, holdout_rows = split_holdout(len(frame), config.holdout_fraction, derive_seed(seed, "holdout"))
+    train = frame.iloc[train_rows].reset_index(drop=True)
+    check_constraints(config.constraints, meta, train, where)
+    conditions = typed_conditions(config.conditions, meta, train, where)
+    return Prepared(table, meta, train, frame.iloc[holdout_rows].reset_index(drop=True), holdout_rows, conditions)
+
+
+def _check_generated_types(meta: TableMeta, schema: pa.Schema, where: str) -> None:
+    for column in meta.generated:
+        type_ = schema.field(column).type
+        if not (pa.types.is_integer(type_) or pa.types.is_string(type_) or pa.types.is_large_string(type_)):
+            raise SpecError(f"{where}: column {column!r} ({type_}) would get fresh values (role id, primary "
+                            "key or never_copy), which needs an integer or string column; "
+                            "set its role in metadata.columns")  # fmt: skip
+
+
+def typed_conditions(conditions: dict[str, Any], meta: TableMeta, train: pd.DataFrame, where: str) -> dict[str, Any]:
+    """Condition values in their column's type; a categorical value must occur in the training split."""
+    typed = {}
+    for column, value in conditions.items():
+        if column not in meta.learned:
+            raise SpecError(f"{where}: conditions.{column}: the column gets fresh values, so it cannot be fixed")
+        values = train[column]
+        try:
+            typed[column] = _typed(value, values)
+        except (TypeError, ValueError):
+            raise SpecError(f"{where}: conditions.{column}: {value!r} does not fit the column's type "
+                            f"{values.dtype}") from None  # fmt: skip
+        if meta.columns[column] in ("categorical", "boolean") and not (values == typed[column]).any():
+            seen = ", ".join(map(repr, sorted(values.dropna().unique().tolist(), key=str)[:20]))
+            raise SpecError(f"{where}: conditions.{column}: {value!r} never occurs in the training rows "
+                            f"(they have: {seen})")  # fmt: skip
+    return typed
+
+
+def _typed(value: Any, column: pd.Series) -> Any:
+    """YAML's 1 for a float column is 1.0; for an integer column, 1.0 is 1."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        if not isinstance(value, bool):
+            raise TypeError(value)
+        return value
+    if pd.api.types.is_integer_dtype(column.dtype):
+        if isinstance(value, str) or float(value) != int(value):
+            raise ValueError(value)
+        return int(value)
+    if pd.api.types.is_float_dtype(column.dtype):
+        return float(value)
+    return value
+
+
+# ---------------------------------------------------------------- fitting, in one actor
+
+
+class Fitter:
+    """The Ray actor that holds a stage's one fit: a tabular model learns from the whole training
+    split at once, so fitting is not split across workers."""
+
+    def __init__(self, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def fit(self, params, train: pd.DataFrame, meta: TableMeta, constraints: list, seed: int, folder: Path) -> float:
+        """Fit, save to `folder`, return the seconds the fit took."""
+        synthesizer = make_synthesizer(params)
+        started = time.perf_counter()
+        synthesizer.fit(train, meta, constraints, seed)
+        seconds = time.perf_counter() - started
+        save_synthesizer(synthesizer, folder)
+        return seconds
+
+
+# ---------------------------------------------------------------- sampling, in parallel blocks
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything one sampling task needs; the fitted model is read from `folder`."""
+
+    folder: Path
+    block: int
+    rows: int
+    first_row: int
+    seed: int
+    conditions: dict[str, Any]
+    checker: Checker
+    max_rounds: int
+    meta: TableMeta
+    schema: pa.Schema
+    record: dict[str, Any]
+    threads: int
+
+
+def sample_block(job: BlockJob) -> tuple[pa.Table, dict[str, int], list[np.ndarray]]:
+    """One block's records, its sampling counts, and the keys of each `unique` constraint."""
+    import torch
+
+    torch.set_num_threads(job.threads)
+    synthesizer = load_synthesizer(job.folder / "synthesizer")
+    learned = pa.schema([job.schema.field(c) for c in job.meta.learned])
+    finish = lambda frame: to_frame(restore_types(frame, learned))  # noqa: E731 - the user's types, then checks
+    frame, stats = sample_valid(synthesizer, job.rows, job.seed, job.conditions, job.checker, job.max_rounds, finish)
+    frame = frame.assign(**fresh_values(job.meta, job.schema, job.rows, job.first_row, job.seed))
+    table = records(restore_types(frame, job.schema), job.record)
+    keys = [row_keys(frame, list(c.columns)) for c in job.checker.constraints if c.type == "unique"]
+    return table, dict(stats), keys
+
+
+def fresh_values(meta: TableMeta, schema: pa.Schema, rows: int, first_row: int, seed: int) -> dict[str, Any]:
+    """Generated columns: the primary key numbers rows across blocks; others draw random values."""
+    rng = np.random.default_rng(derive_seed(seed, "fresh"))
+    out: dict[str, Any] = {}
+    for column in meta.generated:
+        is_int = pa.types.is_integer(schema.field(column).type)
+        if column == meta.primary_key:
+            numbers = np.arange(first_row, first_row + rows, dtype=np.int64)
+            out[column] = numbers if is_int else [f"row-{n}" for n in numbers]
+        elif is_int:
+            out[column] = rng.integers(0, 2**31 - 1, size=rows, dtype=np.int64)
+        else:
+            out[column] = [f"{v:016x}" for v in rng.integers(0, 2**63 - 1, size=rows, dtype=np.int64)]
+    return out
+
+
+def records(user: pa.Table, record: dict[str, Any]) -> pa.Table:
+    """Record columns, then the user's; `id` hashes the row's values."""
+    hashes = pd.util.hash_pandas_object(to_frame(user), index=False).to_numpy()
+    columns = {
+        "id": pa.array([f"{h:016x}" for h in hashes], pa.string()),
+        "kind": pa.array(["tabular"] * user.num_rows, pa.string()),
+        **{k: pa.array([v] * user.num_rows, pa.int64() if k == "seed" else pa.string()) for k, v in record.items()},
+    }
+    table = pa.table(columns)
+    for field in user.schema:
+        table = table.append_column(field, user.column(field.name))
+    return table.append_column(DROP_REASON, pa.nulls(user.num_rows, pa.string()))
+
+
+def mark_rows(table: pa.Table, reasons: dict[int, str]) -> pa.Table:
+    """Set `_drop_reason` of the given rows."""
+    column = table.column(DROP_REASON).to_pylist()
+    for row, reason in reasons.items():
+        column[row] = reason
+    return table.set_column(table.schema.get_field_index(DROP_REASON), DROP_REASON, pa.array(column, pa.string()))
+
+
+def cross_block_repeats(keys_per_block: list[list[np.ndarray]], labels: list[str]) -> dict[int, dict[int, str]]:
+    """{block: {row: reason}} for rows whose `unique` key an earlier block already holds."""
+    seen: list[set[int]] = [set() for _ in labels]
+    marked: dict[int, dict[int, str]] = {}
+    for block, keys in enumerate(keys_per_block):
+        reasons: dict[int, str] = {}
+        for i, label in enumerate(labels):
+            for row in np.flatnonzero(np.isin(keys[i], list(seen[i]))):
+                reasons.setdefault(int(row), f"breaks_{label}")
+            seen[i].update(keys[i].tolist())
+        if reasons:
+            marked[block] = reasons
+    return marked
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@register
+class TabularSynth(SourceStage):
+    kind = "tabular_synth"
+    Config = TabularSynthConfig
+    description = "Fit CTGAN, TVAE, GaussianCopula or TabDDPM on a real table; sample with conditions and constraints"
+
+    def read(self):
+        import ray
+
+        cfg, ctx = self.config, self.ctx
+        log.info("tabular_synth: reading the whole table %s in the driver: a tabular fit needs every row",
+                 cfg.data.describe())  # fmt: skip
+        prepared = prepare(cfg, ctx.stage_seed)
+        folder = model_folder(ctx)
+        fingerprint = self._fit(prepared, folder)
+        checker = Checker(cfg.constraints, prepared.train)
+        jobs = self._jobs(folder, prepared, checker, f"{cfg.synthesizer.model}-{fingerprint[:12]}")
+        res = cfg.resources
+        task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.resources or None,
+                          num_returns=3)(sample_block)  # fmt: skip
+        log.info("tabular_synth: sampling %d rows in %d parallel blocks", cfg.num_rows, len(jobs))
+        refs = [task.remote(job) for job in jobs]
+        stats, keys = _get([[r[1] for r in refs], [r[2] for r in refs]])
+        tables = self._mark_repeats([r[0] for r in refs], keys, checker)
+        self._record_sampling(folder, stats)
+        return ray.data.from_arrow_refs(tables)
+
+    def _fit(self, prepared: Prepared, folder: Path) -> str:
+        """Fit (or reuse an earlier run's fit) and return the fit fingerprint."""
+        cfg, ctx = self.config, self.ctx
+        fingerprint = cfg.fit_fingerprint(ctx.stage_seed)
+        fit_file = folder / "fit.json"
+        if fit_file.exists() and io.read_json(fit_file).get("fingerprint") == fingerprint:
+            log.info("tabular_synth: reusing the %s model fitted by an earlier run (%s)", cfg.synthesizer.model, folder)
+            return fingerprint
+        res = cfg.resources
+        log.info("tabular_synth: fitting %s on %d training rows in ONE Ray actor (num_cpus=%s, num_gpus=%s); "
+                 "%d real rows are held out", cfg.synthesizer.model, len(prepared.train), res.num_cpus,
+                 res.num_gpus, len(prepared.holdout))  # fmt: skip
+        io.remove_temp_siblings(folder)
+        tmp = io.temp_sibling(folder)
+        seconds = self._fit_in_actor(prepared, derive_seed(ctx.stage_seed, "fit"), tmp / "synthesizer")
+        io.write_json_atomic(tmp / "fit.json", {
+            "fingerprint": fingerprint, "model": cfg.synthesizer.model, "data": cfg.data.model_dump(mode="json"),
+            "metadata": prepared.meta.model_dump(mode="json"), "train_rows": len(prepared.train),
+            "holdout_rows": prepared.holdout_rows.tolist(), "fit_seconds": round(seconds, 3),
+        })  # fmt: skip
+        io.commit_dir(tmp, folder)
+        log.info("tabular_synth: fitted %s in %.1f s", cfg.synthesizer.model, seconds)
+        return fingerprint
+
+    def _fit_in_actor(self, prepared: Prepared, seed: int, folder: Path) -> float:
+        import ray
+
+        cfg, res = self.config, self.config.resources
+        options = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "resources": res.resources or None}
+        actor = ray.remote(Fitter).options(**options).remote(max(1, int(res.num_cpus)))
+        try:
+            fit = actor.fit.remote(cfg.synthesizer, prepared.train, prepared.meta, cfg.constraints, seed, folder)
+            return _get([[fit]])[0][0]
+        finally:
+            ray.kill(actor)
+
+    def _jobs(self, folder: Path, prepared: Prepared, checker: Checker, model: str) -> list[BlockJob]:
+        cfg, ctx = self.config, self.ctx
+        record = {"generator": self.kind, "run_id": ctx.run_id, "seed": ctx.seed, "model": model}
+        starts = range(0, cfg.num_rows, cfg.block_rows)
+        return [
+            BlockJob(
+                folder=folder,
+                block=b,
+                rows=min(cfg.block_rows, cfg.num_rows - start),
+                first_row=start,
+                seed=derive_seed(ctx.stage_seed, "block", b),
+                conditions=prepared.conditions,
+                checker=checker,
+                max_rounds=cfg.max_sampling_rounds,
+                meta=prepared.meta,
+                schema=prepared.table.schema,
+                record=record,
+                threads=max(1, int(cfg.resources.num_cpus)),
+            )
+            for b, start in enumerate(starts)
+        ]
+
+    def _mark_repeats(self, tables: list, keys: list, checker: Checker) -> list:
+        import ray
+
+        labels = [c.label for c in checker.constraints if c.type == "unique"]
+        marked = cross_block_repeats(keys, labels) if labels else {}
+        mark = ray.remote(num_cpus=0.1)(mark_rows)
+        return [mark.remote(t, marked[b]) if b in marked else t for b, t in enumerate(tables)]
+
+    def _record_sampling(self, folder: Path, stats: list[dict[str, int]]) -> None:
+        total = sum((Counter(s) for s in stats), Counter())
+        rejected = {k.removeprefix("rejected:"): n for k, n in sorted(total.items()) if k.startswith("rejected:")}
+        summary = {"num_rows": self.config.num_rows, "blocks": len(stats), "conditions": self.config.conditions,
+                   "constraints": [c.label for c in self.config.constraints], "sampled": total["sampled"],
+                   "rejected": rejected,
+                   "rejection_rate": sum(rejected.values()) / max(total["sampled"], 1)}  # fmt: skip
+        io.write_json_atomic(folder / "sampling.json", summary)
+        self.ctx.count(**total)
+        log.info("tabular_synth: sampled %d rows, rejected %.1f%% %s", total["sampled"],
+                 100 * summary["rejection_rate"], rejected or "")  # fmt: skip
+
+
+def model_folder(ctx: StageContext, stage: str | None = None) -> Path:
+    """Where a tabular_synth stage keeps its fitted model, fit.json and sampling.json."""
+    return ctx.output_dir / "_models" / (stage or ctx.stage_name)
+
+
+def _get(groups: list[list]) -> list[list]:
+    """ray.get of each group; a SynthError raised in a task comes out as itself, in one line."""
+    import ray
+
+    try:
+        return [ray.get(group) for group in groups]
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, SynthError):
+            raise exc.cause from None
+        raise

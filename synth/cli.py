@@ -125,5 +125,25 @@ def list_stages() -> None:
     Console().print(table)
 
 
+@app.command()
+def train(
+    spec: Path = typer.Argument(..., help="Training spec (YAML), e.g. pipelines/train_instruct.yaml"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: the spec's)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the spec's seed"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster for workers > 1"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a training run of another spec or dataset"),
+) -> None:
+    """Fine-tune or pretrain a model on a Parquet dataset; resumes from the last checkpoint."""
+    from synth.train import load_train_spec, run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        train_spec = load_train_spec(spec, overrides={"output": output, "seed": seed})
+        model = run_training(train_spec, overwrite=overwrite, ray_address=ray_address)
+    except SynthError as exc:
+        _fail(str(exc))
+    console.print(f"model: {model}  metrics: {model.parent / 'metrics.jsonl'}  plot: {model.parent / 'loss.png'}")
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m synth`
     sys.exit(app())

@@ -97,6 +97,11 @@ def run(
     progress = progress or Progress()
     output = Path(spec.output).resolve()
     started = datetime.now(timezone.utc)
+    if spec.train is not None and not overwrite and until_stage is None and _finished_by(output, spec):
+        # The dataset is done; only training is left (it resumes from its last checkpoint).
+        progress.message("dataset already written by this spec; training on it")
+        _train(spec, output, overwrite, ray_address)
+        return RunResult(output=output, manifest=io.read_json(output / MANIFEST), stages=[])
     _claim_output(output, spec, overwrite)
     where = init_ray(ray_address, spec.ray)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -132,7 +137,21 @@ def run(
     manifest = _manifest(spec, spec_file, run_id, where, started, reports, output)
     write_card(output, manifest)
     io.write_json_atomic(output / MANIFEST, manifest)
+    if spec.train is not None:
+        progress.message("training on the dataset")
+        _train(spec, output, overwrite, ray_address)
     return RunResult(output=output, manifest=manifest, stages=reports)
+
+
+def _finished_by(output: Path, spec: RunSpec) -> bool:
+    manifest = output / MANIFEST
+    return manifest.exists() and io.read_json(manifest).get("spec_fingerprint") == spec.fingerprint()
+
+
+def _train(spec: RunSpec, output: Path, overwrite: bool, ray_address: str | None) -> None:
+    from synth.train import run_training  # torch and transformers load only for a train: section
+
+    run_training(spec.train, output / "data", overwrite=overwrite, ray_address=ray_address)
 
 
 # ---------------------------------------------------------------- output folder

@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 from synth.errors import SpecError
+from synth.train.spec import TrainSpec
 
 
 class StrictModel(BaseModel):
@@ -90,13 +91,17 @@ class RunSpec(StrictModel):
     llm: dict[str, LLMSpec] = Field(default_factory=lambda: {"default": LLMSpec()})
     write_dropped: bool = Field(False, description="Also write dropped records to OUTPUT/_dropped/")
     stages: list[StageConfig] = Field(min_length=1)
+    train: TrainSpec | None = Field(None, description="Train on OUTPUT/data once it is written (synth.train)")
 
     @property
     def stage_names(self) -> list[str]:
         return [s.name or s.kind for s in self.stages]
 
     def fingerprint(self, upto: int | None = None) -> str:
-        """Hash of everything that decides the records of stages [0, upto]: spec minus output."""
+        """Hash of everything that decides the records of stages [0, upto]: spec minus output.
+
+        `train:` is left out: it decides the model trained on the records, not the records
+        (`synth.train` fingerprints its own run)."""
         stages = self.stages if upto is None else self.stages[: upto + 1]
         payload = {
             "seed": self.seed,
@@ -155,11 +160,11 @@ def _line_of(tree: Any, loc: tuple) -> int | None:
     return line
 
 
-def _plain(node: Any) -> Any:
+def plain_data(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items()}
+        return {k: plain_data(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_plain(v) for v in node]
+        return [plain_data(v) for v in node]
     return node
 
 
@@ -182,7 +187,7 @@ def _explain(err: dict) -> str:
     return msg[0].lower() + msg[1:]
 
 
-def _spec_error(path: Path, tree: Any, err: ValidationError | list, prefix: tuple = ()) -> SpecError:
+def spec_error(path: Path, tree: Any, err: ValidationError | list, prefix: tuple = ()) -> SpecError:
     errors = err.errors() if isinstance(err, ValidationError) else err
     first = errors[0]
     loc = prefix + tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -217,7 +222,7 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> RunSpec:
     tree = read_yaml(path)
     if not isinstance(tree, dict):
         raise SpecError(f"{path}: expected a mapping of spec keys at the top level")
-    data = _plain(tree)
+    data = plain_data(tree)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     context = {"base_dir": path.parent.resolve()}
 
@@ -236,12 +241,12 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> RunSpec:
             try:
                 validated.append(cls.Config.model_validate(entry, context=context))
             except ValidationError as exc:
-                raise _spec_error(path, tree, exc, ("stages", i)) from None
+                raise spec_error(path, tree, exc, ("stages", i)) from None
         data["stages"] = validated
     try:
         spec = RunSpec.model_validate(data, context=context)
     except ValidationError as exc:
-        raise _spec_error(path, tree, exc) from None
+        raise spec_error(path, tree, exc) from None
     names = spec.stage_names
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -1,4 +1,5 @@
-"""Small real stages for testing the runner without models: numbers, a parity filter, a doubler.
+"""Small real stages for testing the runner without models: numbers, sentences, a parity filter,
+a doubler, a global keep-largest.
 
 They are shipped to Ray workers by value, so the workers need not import this test module.
 """
@@ -34,6 +35,22 @@ class Numbers(SourceStage):
         n = self.config.count
         return ray.data.from_arrow(pa.table({"n": pa.array(range(n), pa.int64()),
                                              "square": pa.array([i * i for i in range(n)], pa.int64())}))
+
+
+@register
+class Sentences(SourceStage):
+    """`count` short English sentences in a `text` column: data a model can pretrain on."""
+
+    kind = "test_sentences"
+
+    class Config(StageConfig):
+        kind: Literal["test_sentences"] = "test_sentences"
+        count: int = 40
+
+    def read(self) -> ray.data.Dataset:
+        animals = ["cat", "dog", "bird", "fish", "horse"]
+        texts = [f"The {animals[i % 5]} number {i} sleeps in the sun all day long." for i in range(self.config.count)]
+        return ray.data.from_arrow(pa.table({"id": [f"s{i:03d}" for i in range(len(texts))], "text": texts}))
 
 
 @register

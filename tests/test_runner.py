@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -107,3 +108,21 @@ def test_same_spec_and_seed_give_the_same_dataset(ray_session, tmp_path):
     a, b = results
     assert read_data(a.output).equals(read_data(b.output))
     assert a.manifest["run_id"] == b.manifest["run_id"]
+
+
+def test_a_train_section_trains_on_the_written_dataset_and_resumes_alone(ray_session, tmp_path):
+    from test_train_data import TINY_MODEL
+
+    train = {"name": "tiny-pretrain", "seed": 1, "model": TINY_MODEL, "data": {"format": "pretrain", "eval_fraction": 0.2},
+             "seq_len": 32, "batch_size": 2, "micro_batch_size": 2, "steps": 4, "lr": 3e-3, "warmup_steps": 1,
+             "eval_every": 2, "checkpoint_every": 2, "resources": {"threads": 1}}  # fmt: skip
+    spec = load_spec(write_spec(tmp_path, [{"kind": "test_sentences"}], train=train))
+    result = run(spec)
+    model = result.output / "train" / "model"
+    assert (model / "config.json").exists() and (result.output / "train" / "metrics.jsonl").exists()
+    assert result.manifest["spec_fingerprint"] == spec.fingerprint()
+
+    # A run killed while training: the dataset is finished, so a rerun trains instead of refusing.
+    shutil.rmtree(model)
+    again = run(spec)
+    assert again.stages == [] and (model / "config.json").exists()

@@ -7,6 +7,7 @@ import os
 
 import ray
 
+from synth.errors import SynthError
 from synth.spec import RayOptions
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,15 @@ def init_ray(address: str | None = None, options: RayOptions | None = None) -> s
     A session that is already up (tests share one) is reused as it is.
     """
     options = options or RayOptions()
+    address = address or options.address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("ray://"):
+        # Ray Client proxies the driver; Ray Data's Parquet writes from it fail (Ray 2.60).
+        raise SynthError(
+            f"Ray address {address}: Ray Client (ray://) is not supported; run synth on a node of the "
+            "cluster (or a pod beside it) with the head's address, e.g. --ray-address head-host:6379"
+        )
     if ray.is_initialized():
         return "existing session"
-    address = address or options.address or os.environ.get("RAY_ADDRESS")
     # Workers must import the project's packages: on a cluster they come with the same install.
     if address:
         log.info("joining the Ray cluster at %s", address)

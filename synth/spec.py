@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 from synth.errors import SpecError
+from synth.schedule import AirflowOptions
 from synth.train.spec import TrainSpec
 
 
@@ -92,6 +93,7 @@ class RunSpec(StrictModel):
     write_dropped: bool = Field(False, description="Also write dropped records to OUTPUT/_dropped/")
     stages: list[StageConfig] = Field(min_length=1)
     train: TrainSpec | None = Field(None, description="Train on OUTPUT/data once it is written (synth.train)")
+    airflow: AirflowOptions = AirflowOptions()
 
     @property
     def stage_names(self) -> list[str]:

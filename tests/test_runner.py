@@ -126,3 +126,11 @@ def test_a_train_section_trains_on_the_written_dataset_and_resumes_alone(ray_ses
     shutil.rmtree(model)
     again = run(spec)
     assert again.stages == [] and (model / "config.json").exists()
+
+
+def test_a_ray_client_address_is_refused_with_what_to_use_instead(tmp_path):
+    from synth.errors import SynthError
+    from synth.ray_session import init_ray
+
+    with pytest.raises(SynthError, match=r"ray://head:10001.*not supported.*head-host:6379"):
+        init_ray("ray://head:10001")

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from synth.errors import SynthError
+from synth.schedule import AirflowOptions
 
 EMBEDDED = "embedded"
 SCRATCH = "scratch"
@@ -144,6 +145,7 @@ class TrainSpec(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1, description="Console lines; metrics.jsonl gets every step")
     resources: Resources = Resources()
+    airflow: AirflowOptions = AirflowOptions()
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainSpec:
@@ -163,7 +165,7 @@ class TrainSpec(_Strict):
 
     def fingerprint(self, data_files: list[tuple[str, int]]) -> str:
         """Hash of what decides the trained weights: the spec (less output and placement) and the data files."""
-        payload = {"spec": self.model_dump(mode="json", exclude={"output", "resources"}), "data": data_files}
+        payload = {"spec": self.model_dump(mode="json", exclude={"output", "resources", "airflow"}), "data": data_files}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

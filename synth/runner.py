@@ -293,10 +293,14 @@ def _empty_schema(ds: ray.data.Dataset) -> pa.Schema:
     return pa.schema(zip(schema.names, schema.types))
 
 
+def _read_stage(folder: Path) -> ray.data.Dataset:
+    # Files by name, which is the order they were written in: given a folder, Ray reads them in
+    # directory order, which on most file systems is a hash order, and the records would move.
+    return ray.data.read_parquet([str(f) for f in io.parquet_files(folder)])
+
+
 def _kept_rows(folder: Path) -> ray.data.Dataset:
-    return ray.data.read_parquet(str(folder), file_extensions=["parquet"]).map_batches(
-        _only_kept, batch_format="pyarrow"
-    )
+    return _read_stage(folder).map_batches(_only_kept, batch_format="pyarrow")
 
 
 def _only_kept(batch: pa.Table) -> pa.Table:
@@ -333,7 +337,7 @@ def _write_dropped(output: Path, spec: RunSpec, reports: list[StageReport]) -> N
         target = output / "_dropped" / report.name
         io.remove_temp_siblings(target)
         tmp = io.temp_sibling(target)
-        ds = ray.data.read_parquet(str(_stage_dir(output, report.index, report.name)), file_extensions=["parquet"])
+        ds = _read_stage(_stage_dir(output, report.index, report.name))
         ds.map_batches(_only_dropped, batch_format="pyarrow").write_parquet(
             str(tmp), filename_provider=io.PartNames(), min_rows_per_file=50_000
         )

@@ -134,3 +134,14 @@ def test_a_ray_client_address_is_refused_with_what_to_use_instead(tmp_path):
 
     with pytest.raises(SynthError, match=r"ray://head:10001.*not supported.*head-host:6379"):
         init_ray("ray://head:10001")
+
+
+def test_a_stage_folder_is_read_in_file_name_order_not_directory_order(ray_session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synth.runner import _read_stage
+
+    for i in reversed(range(12)):  # directory order is a hash order on most file systems
+        pq.write_table(pa.table({"n": [i]}), tmp_path / f"part-{i:05d}-00000.parquet")
+    assert [row["n"] for row in _read_stage(tmp_path).iter_rows()] == list(range(12))

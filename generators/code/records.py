@@ -40,16 +40,12 @@ from typing import Any
 import pyarrow as pa
 import xxhash
 
+from synth.records import RECORD_FIELDS
 from synth.stage import DROP_REASON
 
 CODE_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("generator", pa.string(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
+        *RECORD_FIELDS,
         pa.field("format", pa.string(), nullable=False),
         pa.field("instruction", pa.string(), nullable=False),
         pa.field("response", pa.string(), nullable=False),

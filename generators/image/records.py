@@ -33,14 +33,11 @@ import pyarrow as pa
 import xxhash
 from PIL import Image
 
+from synth.records import RECORD_FIELDS
+
 IMAGE_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("generator", pa.string(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
+        *RECORD_FIELDS,
         pa.field("image", pa.binary(), nullable=False),
         pa.field("label", pa.string(), nullable=False),
         pa.field("label_id", pa.int32(), nullable=False),

@@ -60,13 +60,13 @@ from generators.tabular.synthesizers import SynthesizerParams, load_synthesizer,
 from generators.tabular.tabddpm import TabDDPMParams
 from synth import io
 from synth.errors import SpecError, SynthError
+from synth.records import RECORD_COLUMNS
 from synth.registry import register
 from synth.spec import StageConfig
 from synth.stage import DROP_REASON, SourceStage, StageContext, derive_seed
 
 log = logging.getLogger(__name__)
 
-RECORD_COLUMNS = ("id", "kind", "generator", "run_id", "seed", "model")
 Scalar = bool | int | float | str
 
 

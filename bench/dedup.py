@@ -17,7 +17,7 @@ Columns printed, per method:
 
     .venv/bin/python bench/dedup.py                                   # 10,000 records, every method
     .venv/bin/python bench/dedup.py --records 100000 --methods ours   # time and peak memory
-    .venv/bin/python bench/dedup.py --ray-address ray://head:10001    # ours on a cluster, unchanged
+    .venv/bin/python bench/dedup.py --ray-address head:6379           # ours on a cluster, unchanged
 
 Each method's wall time, CPU time and peak memory (PSS of this process and its children) are
 printed before the table; after it, signatures alone (ours vs datasketch's `MinHash.bulk`).

@@ -58,6 +58,7 @@ def reasons(texts: list[str], **config) -> list[str | None]:
         (GOOD + " Remember to water the tomatoes every single morning." * 2, "duplicated_5gram"),
         (NO_STOP_WORDS, "too_few_stop_words"),
         ("Red, yellow, blue.", None),  # short: no stop words needed
+        ("Czech is not a language, but a language is a language spoken by Czechs.", None),  # short: one pair repeats
     ],
 )  # fmt: skip
 def test_each_rule(text, reason):

@@ -78,6 +78,9 @@ class TextHeuristicsConfig(StageConfig):
     max_top_ngram_char_frac: dict[int, float] = Field(
         {2: 0.20, 3: 0.18, 4: 0.16}, description="n -> limit on the commonest repeated n-gram's share"
     )
+    top_ngram_from_words: int = Field(
+        20, ge=0, description="Shorter texts skip the top n-gram rules: one repeated word pair is a large share of them"
+    )
     max_dup_ngram_char_frac: dict[int, float] = Field(
         {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
         description="n -> limit on the share of all repeated n-grams",
@@ -179,7 +182,7 @@ def drop_reason(text: str, s: dict, cfg: TextHeuristicsConfig) -> str | None:
         ("too_many_ellipsis_lines", over("ellipsis_line_frac", cfg.max_ellipsis_line_frac)),
         ("duplicated_lines", over("dup_line_frac", cfg.max_dup_line_frac)
          or over("dup_line_char_frac", cfg.max_dup_line_char_frac)),
-        *((f"repeated_{n}gram", over(f"top_{n}gram_char_frac", limit))
+        *((f"repeated_{n}gram", s["word_count"] >= cfg.top_ngram_from_words and over(f"top_{n}gram_char_frac", limit))
           for n, limit in sorted(cfg.max_top_ngram_char_frac.items())),
         *((f"duplicated_{n}gram", over(f"dup_{n}gram_char_frac", limit))
           for n, limit in sorted(cfg.max_dup_ngram_char_frac.items())),

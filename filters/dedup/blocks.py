@@ -24,7 +24,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from filters.dedup.text import TextSpec
+from filters.dedup.text import TextSpec, resolve_text
 from synth.manifest import MANIFEST
 from synth.stage import mark_dropped
 
@@ -60,6 +60,17 @@ def materialise(ds: ray.data.Dataset) -> tuple[list[ray.ObjectRef], pa.Schema | 
     if schema is None:
         return [], None
     return ds.to_arrow_refs(), getattr(schema, "base_schema", schema)
+
+
+def prepare(ds: ray.data.Dataset, cfg) -> tuple[list[ray.ObjectRef], TextSpec] | None:
+    """What every dedup stage starts from: the blocks in the object store and the text to compare,
+    with the config's columns checked against the data; None for an empty dataset."""
+    new, schema = materialise(ds)
+    if schema is None:
+        return None
+    spec = resolve_text(schema, cfg.text_columns, cfg.code)
+    check_prefer_column(schema, cfg.prefer_column)
+    return new, spec
 
 
 def existing_blocks(paths: list[Path], spec: TextSpec) -> list[ray.ObjectRef]:

@@ -27,7 +27,7 @@ import xxhash
 from filters.dedup import blocks
 from filters.dedup.blocks import EXACT, EXISTING, Drops
 from filters.dedup.config import AgainstConfig
-from filters.dedup.text import TextSpec, exact_text, resolve_text
+from filters.dedup.text import TextSpec, exact_text
 from synth.registry import register
 from synth.stage import GlobalStage
 
@@ -66,11 +66,10 @@ class ExactDedup(GlobalStage):
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         cfg = self.config
-        new, schema = blocks.materialise(ds)
-        if schema is None:
+        prepared = blocks.prepare(ds, cfg)
+        if prepared is None:
             return ds
-        spec = resolve_text(schema, cfg.text_columns, cfg.code)
-        blocks.check_prefer_column(schema, cfg.prefer_column)
+        new, spec = prepared
         kept, local = self._duplicates(new, blocks.existing_blocks(cfg.against, spec), spec)
         return ray.data.from_arrow_refs(blocks.mark(new, kept, cfg.resources.num_cpus, own=local))
 

@@ -39,7 +39,7 @@ from filters.dedup import blocks
 from filters.dedup.blocks import EXISTING, NEAR, ROW_BITS, Drops
 from filters.dedup.config import AgainstConfig
 from filters.dedup.signatures import MinHasher, band_keys, estimated_jaccard, positions, signature_keys
-from filters.dedup.text import TextSpec, joined_text, resolve_text
+from filters.dedup.text import TextSpec, joined_text
 from synth.registry import register
 from synth.stage import GlobalStage
 
@@ -106,11 +106,10 @@ class MinhashDedup(GlobalStage):
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         cfg = self.config
-        new, schema = blocks.materialise(ds)
-        if schema is None:
+        prepared = blocks.prepare(ds, cfg)
+        if prepared is None:
             return ds
-        spec = resolve_text(schema, cfg.text_columns, cfg.code)
-        blocks.check_prefer_column(schema, cfg.prefer_column)
+        new, spec = prepared
         drops, stats = self._duplicates(new, blocks.existing_blocks(cfg.against, spec), spec)
         self.ctx.count(**ray.get(stats))
         return ray.data.from_arrow_refs(blocks.mark(new, [drops], cfg.resources.num_cpus))

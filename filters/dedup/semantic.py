@@ -32,7 +32,7 @@ from pydantic import Field
 from filters.dedup import blocks
 from filters.dedup.blocks import SEMANTIC, Drops
 from filters.dedup.config import DedupConfig, ModelFolder
-from filters.dedup.text import TextSpec, joined_text, resolve_text
+from filters.dedup.text import TextSpec, joined_text
 from synth.registry import register
 from synth.stage import GlobalStage, derive_seed
 
@@ -68,11 +68,10 @@ class SemanticDedup(GlobalStage):
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         cfg = self.config
-        new, schema = blocks.materialise(ds)
-        if schema is None:
+        prepared = blocks.prepare(ds, cfg)
+        if prepared is None:
             return ds
-        spec = resolve_text(schema, cfg.text_columns, cfg.code)
-        blocks.check_prefer_column(schema, cfg.prefer_column)
+        new, spec = prepared
         texts = [_texts.options(num_cpus=cfg.resources.num_cpus).remote(b, i, spec, cfg.prefer_column)
                  for i, b in enumerate(new)]  # fmt: skip
         vectors = self._embed(ray.data.from_arrow_refs(texts)).to_arrow_refs()

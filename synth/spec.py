@@ -38,6 +38,18 @@ InputFile = Annotated[Path, AfterValidator(_resolve_input_file)]
 """A path to an existing file, relative to the spec file's folder."""
 
 
+def _resolve_input_folder(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    if not path.is_dir():
+        raise ValueError(f"folder not found: {path}")
+    return path.resolve()
+
+
+InputFolder = Annotated[Path, AfterValidator(_resolve_input_folder)]
+"""A path to an existing folder, relative to the spec file's folder."""
+
+
 class RayOptions(StrictModel):
     address: str | None = Field(None, description="Existing cluster; else RAY_ADDRESS; else embedded.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: all).")

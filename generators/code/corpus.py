@@ -29,18 +29,18 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import Field, model_validator
 
 from generators.code.records import FUNCTION_SCHEMA, content_id
 from synth.errors import SpecError
 from synth.registry import register
 from synth.sandbox import default_python
-from synth.spec import InputFile, StageConfig
+from synth.spec import InputFile, InputFolder, StageConfig
 from synth.stage import DROP_REASON, SourceStage
 
 log = logging.getLogger(__name__)
@@ -83,17 +83,6 @@ STDLIB_SKIP = frozenset({"test", "tests", "idlelib", "tkinter", "turtledemo", "l
 """Folders of the standard library that hold tests, GUIs, installers or third-party packages."""
 
 _BUILTINS = frozenset(dir(builtins))
-
-
-def _existing_folder(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    path = value if value.is_absolute() or base is None else Path(base) / value
-    if not path.is_dir():
-        raise ValueError(f"folder not found: {path}")
-    return path.resolve()
-
-
-InputFolder = Annotated[Path, AfterValidator(_existing_folder)]
 
 
 class CodeFunctionsConfig(StageConfig):

@@ -24,18 +24,18 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import ray
 import ray.data
 from PIL import Image
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import Field, model_validator
 
 from generators.image.records import make_record, to_table
 from synth.errors import SynthError
 from synth.registry import register
-from synth.spec import InputFile, StageConfig
+from synth.spec import InputFile, InputFolder, StageConfig
 from synth.stage import SourceStage
 
 log = logging.getLogger(__name__)
@@ -43,21 +43,9 @@ log = logging.getLogger(__name__)
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
-def _resolve_dir(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    path = value if value.is_absolute() or base is None else Path(base) / value
-    if not path.is_dir():
-        raise ValueError(f"folder not found: {path}")
-    return path.resolve()
-
-
-InputDir = Annotated[Path, AfterValidator(_resolve_dir)]
-"""A path to an existing folder, relative to the spec file's folder."""
-
-
 class ImageFolderConfig(StageConfig):
     kind: Literal["image_folder"] = "image_folder"
-    path: InputDir = Field(description="Folder of PNG/DICOM files, relative to the spec file")
+    path: InputFolder = Field(description="Folder of PNG/DICOM files, relative to the spec file")
     labels: Literal["subfolders", "csv"] = Field("subfolders", description="Where labels come from")
     labels_csv: InputFile | None = Field(None, description="CSV with `file` and `label` columns (labels: csv)")
     classes: list[str] | None = Field(None, min_length=1, description="Known labels, in label_id order")

@@ -38,11 +38,10 @@ from generators.image.diffusion import (
     torch_runtime_env,
     torch_threads,
 )
-from generators.image.folder import InputDir
 from generators.image.records import make_record, to_table
 from synth.errors import SpecError
 from synth.registry import register
-from synth.spec import StageConfig
+from synth.spec import InputFolder, StageConfig
 from synth.stage import GlobalStage, StageContext, derive_seed
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ log = logging.getLogger(__name__)
 class DiffusionSampleConfig(StageConfig):
     kind: Literal["diffusion_sample"] = "diffusion_sample"
     model: str = Field("diffusion_train", description="Name of the diffusion_train stage of this run")
-    model_dir: InputDir | None = Field(None, description="A model folder diffusion_train saved elsewhere (overrides model)")
+    model_dir: InputFolder | None = Field(None, description="A model folder diffusion_train saved elsewhere (overrides model)")
     labels: list[str] | None = Field(None, description="Labels to sample (default: every class of the model)")
     images_per_class: int = Field(64, ge=1)
     steps: int = Field(25, ge=1, description="DDIM steps")

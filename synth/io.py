@@ -17,16 +17,30 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import ray.data
 from ray.data.datasource import FilenameProvider
 
 from synth.stage import DROP_REASON
 
 
 class PartNames(FilenameProvider):
-    """`part-TTTTT-BBBBB.parquet`: sorted names follow the dataset's order, so reads are stable."""
+    """`part-TTTTTT.parquet`: sorted names follow the dataset's order, so reads are stable."""
 
-    def get_filename_for_block(self, block: Any, write_uuid: str, task_index: int, block_index: int) -> str:
-        return f"part-{task_index:05d}-{block_index:05d}.parquet"
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return f"part-{task_index:06d}.parquet"
+
+
+def write_parts(ds: ray.data.Dataset, folder: Path, min_rows_per_file: int) -> None:
+    """Write `ds` as ordered Parquet parts into `folder` (a temporary path the caller renames).
+
+    Order is set on the dataset's own context, not only the process-wide one: the write's
+    executor reads it from there, and records written in task-completion order would move
+    between runs of the same spec and seed.
+    """
+    ds.context.execution_options.preserve_order = True
+    # OVERWRITE lets part names leave out Ray's per-write UUID; `folder` is new, so nothing is replaced.
+    ds.write_parquet(str(folder), filename_provider=PartNames(), min_rows_per_file=min_rows_per_file,
+                     mode=ray.data.SaveMode.OVERWRITE)
 
 
 def temp_sibling(path: Path) -> Path:
@@ -63,7 +77,7 @@ def parquet_files(folder: Path) -> list[Path]:
 def write_empty_part(folder: Path, schema: pa.Schema) -> None:
     """Ray writes no file for an empty dataset; one empty part keeps the schema readable."""
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(schema.empty_table(), folder / "part-00000-00000.parquet")
+    pq.write_table(schema.empty_table(), folder / "part-000000.parquet")
 
 
 def drop_counts(folder: Path) -> tuple[int, Counter]:

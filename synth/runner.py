@@ -203,7 +203,7 @@ def _run_stage(
     stage = stage_class(config.kind)(config, ctx)
     ds = _apply(stage, upstream)
     tmp = io.temp_sibling(folder)
-    ds.write_parquet(str(tmp), filename_provider=io.PartNames(), min_rows_per_file=10_000)
+    io.write_parts(ds, tmp, min_rows_per_file=10_000)
     if not io.parquet_files(tmp):
         io.write_empty_part(tmp, _empty_schema(ds))
     total, dropped = io.drop_counts(tmp)
@@ -318,7 +318,7 @@ def _write_data(target: Path, last_stage: Path) -> None:
     io.remove_temp_siblings(target)
     tmp = io.temp_sibling(target)
     ds = _kept_rows(last_stage)
-    ds.write_parquet(str(tmp), filename_provider=io.PartNames(), min_rows_per_file=50_000)
+    io.write_parts(ds, tmp, min_rows_per_file=50_000)
     io.commit_dir(tmp, target)
 
 
@@ -338,9 +338,7 @@ def _write_dropped(output: Path, spec: RunSpec, reports: list[StageReport]) -> N
         io.remove_temp_siblings(target)
         tmp = io.temp_sibling(target)
         ds = _read_stage(_stage_dir(output, report.index, report.name))
-        ds.map_batches(_only_dropped, batch_format="pyarrow").write_parquet(
-            str(tmp), filename_provider=io.PartNames(), min_rows_per_file=50_000
-        )
+        io.write_parts(ds.map_batches(_only_dropped, batch_format="pyarrow"), tmp, min_rows_per_file=50_000)
         io.commit_dir(tmp, target)
 
 

@@ -79,14 +79,16 @@ class SlowDoubler(MapStage):
     class Config(StageConfig):
         kind: Literal["test_slow_doubler"] = "test_slow_doubler"
         sleep_s: float = 0.0
+        jitter_s: float = 0.0  # extra random sleep, so batches finish out of order
 
     def setup(self) -> None:
         self.calls = 0
 
     def process(self, batch):
+        import random
         import time
 
-        time.sleep(self.config.sleep_s)
+        time.sleep(self.config.sleep_s + random.uniform(0, self.config.jitter_s))
         self.calls += 1
         self.ctx.count(batches=1)
         return batch.append_column("double", pc.multiply(batch.column("n"), 2))

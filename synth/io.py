@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
@@ -30,17 +31,55 @@ class PartNames(FilenameProvider):
         return f"part-{task_index:06d}.parquet"
 
 
-def write_parts(ds: ray.data.Dataset, folder: Path, min_rows_per_file: int) -> None:
-    """Write `ds` as ordered Parquet parts into `folder` (a temporary path the caller renames).
-
-    Order is set on the dataset's own context, not only the process-wide one: the write's
-    executor reads it from there, and records written in task-completion order would move
-    between runs of the same spec and seed.
-    """
+def write_parts(ds: ray.data.Dataset, folder: Path, min_rows_per_file: int, row_group_size: int) -> None:
+    """Write `ds` as Parquet parts named in its block order into `folder` (a new temporary path)."""
     ds.context.execution_options.preserve_order = True
     # OVERWRITE lets part names leave out Ray's per-write UUID; `folder` is new, so nothing is replaced.
     ds.write_parquet(str(folder), filename_provider=PartNames(), min_rows_per_file=min_rows_per_file,
-                     mode=ray.data.SaveMode.OVERWRITE)
+                     row_group_size=row_group_size, mode=ray.data.SaveMode.OVERWRITE)  # fmt: skip
+
+
+def copy_rows(source: Path, target: Path, *, dropped: bool, rows_per_file: int = 500_000) -> None:
+    """Copy a stage folder's kept rows (without `_drop_reason`), or its dropped rows, into `target`.
+
+    Streams row groups in file order in this process: the dataset keeps the stage's order, and
+    no Ray scheduling can move it.
+    """
+    files = parquet_files(source)
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive").remove_metadata()
+    if not dropped and DROP_REASON in schema.names:
+        schema = schema.remove(schema.get_field_index(DROP_REASON))
+    target.mkdir(parents=True)
+    writer, part, rows_in_part = None, 0, 0
+    for path in files:
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group)
+            if DROP_REASON in table.column_names:
+                reasons = table.column(DROP_REASON)
+                table = table.filter(pc.is_valid(reasons) if dropped else pc.is_null(reasons))
+            if table.num_rows == 0:
+                continue
+            if writer is None or rows_in_part >= rows_per_file:
+                if writer is not None:
+                    writer.close()
+                writer = pq.ParquetWriter(target / f"part-{part:06d}.parquet", schema)
+                part, rows_in_part = part + 1, 0
+            writer.write_table(conform(table, schema))
+            rows_in_part += table.num_rows
+    if writer is None:
+        pq.write_table(schema.empty_table(), target / "part-000000.parquet")
+    else:
+        writer.close()
+
+
+def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """`table` with `target`'s columns, in its order and types; a missing column is null."""
+    columns = [
+        table.column(field.name).cast(field.type) if field.name in table.column_names else pa.nulls(len(table), field.type)
+        for field in target
+    ]
+    return pa.Table.from_arrays(columns, schema=target)
 
 
 def temp_sibling(path: Path) -> Path:

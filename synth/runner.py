@@ -11,6 +11,9 @@ Layout of an output folder:
     OUTPUT/README.md                 the dataset card
     OUTPUT/_manifest.json            provenance; written last, marks the dataset finished
 
+A map stage runs on numbered units of its input (synth/units.py), each written as its own part,
+so the order of the records does not depend on which Ray worker finishes first.
+
 A stage whose _SUCCESS.json carries the fingerprint of the spec up to that stage is not run
 again: a killed run restarts from the first unfinished stage.
 """
@@ -26,19 +29,33 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from synth import io
+from synth import io, units
 from synth.card import write_card
 from synth.errors import OutputExistsError, SynthError
 from synth.filter_report import write_filter_report
-from synth.manifest import MANIFEST, StageReport, git_revision, llm_totals, package_versions
+from synth.manifest import (
+    MANIFEST,
+    StageReport,
+    git_revision,
+    llm_totals,
+    package_versions,
+)
 from synth.ray_session import init_ray
 from synth.registry import stage_class
 from synth.spec import RunSpec, StageConfig, spec_to_dict
-from synth.stage import DROP_REASON, FilterStage, GlobalStage, MapStage, SourceStage, Stage, StageContext
+from synth.stage import (
+    DROP_REASON,
+    FilterStage,
+    GlobalStage,
+    MapStage,
+    SourceStage,
+    Stage,
+    StageContext,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +126,14 @@ def run(
     run_id = f"{spec.name}-{spec.fingerprint()[:12]}"
 
     reports: list[StageReport] = []
-    ds: ray.data.Dataset | None = None
+    upstream: Path | None = None
     for index, config in enumerate(spec.stages[: None if until_stage is None else until_stage + 1]):
         ctx = StageContext(
             run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=spec.stage_names[index],
             stage_index=index, output_dir=output, llm_specs=dict(spec.llm), stats_actor=stats,
         )
         progress.stage_started(index, len(spec.stages), ctx.stage_name, config.kind)
-        report = _run_stage(config, ctx, ds, spec.fingerprint(index), rows_in=reports[-1].kept if reports else 0)
+        report = _run_stage(config, ctx, upstream, spec.fingerprint(index), rows_in=reports[-1].kept if reports else 0)
         reports.append(report)
         progress.stage_finished(report)
         if report.kept == 0:
@@ -124,7 +141,7 @@ def run(
                 f"stage {report.name!r} kept no records (dropped: {dict(report.dropped) or 'none'}); "
                 "nothing is left for the stages after it"
             )
-        ds = _kept_rows(_stage_dir(output, index, ctx.stage_name))
+        upstream = _stage_dir(output, index, ctx.stage_name)
     if until_stage is not None:
         return RunResult(output=output, manifest=None, stages=reports)
 
@@ -149,7 +166,9 @@ def _finished_by(output: Path, spec: RunSpec) -> bool:
 
 
 def _train(spec: RunSpec, output: Path, overwrite: bool, ray_address: str | None) -> None:
-    from synth.train import run_training  # torch and transformers load only for a train: section
+    from synth.train import (
+        run_training,  # torch and transformers load only for a train: section
+    )
 
     run_training(spec.train, output / "data", overwrite=overwrite, ray_address=ray_address)
 
@@ -188,7 +207,7 @@ def _stage_dir(output: Path, index: int, name: str) -> Path:
 
 
 def _run_stage(
-    config: StageConfig, ctx: StageContext, upstream: ray.data.Dataset | None, fingerprint: str, rows_in: int
+    config: StageConfig, ctx: StageContext, upstream: Path | None, fingerprint: str, rows_in: int
 ) -> StageReport:
     folder = _stage_dir(ctx.output_dir, ctx.stage_index, ctx.stage_name)
     done = folder / SUCCESS
@@ -201,11 +220,8 @@ def _run_stage(
     io.remove_temp_siblings(folder)
     started = time.perf_counter()
     stage = stage_class(config.kind)(config, ctx)
-    ds = _apply(stage, upstream)
     tmp = io.temp_sibling(folder)
-    io.write_parts(ds, tmp, min_rows_per_file=10_000)
-    if not io.parquet_files(tmp):
-        io.write_empty_part(tmp, _empty_schema(ds))
+    _execute(stage, upstream, tmp)
     total, dropped = io.drop_counts(tmp)
     counters = ray.get(ctx.stats_actor.get.remote(ctx.stage_name)) if ctx.stats_actor else {}
     report = StageReport(
@@ -218,62 +234,99 @@ def _run_stage(
     return report
 
 
-def _apply(stage: Stage, upstream: ray.data.Dataset | None) -> ray.data.Dataset:
+def _execute(stage: Stage, upstream: Path | None, target: Path) -> None:
+    """Run one stage from the upstream stage's folder into `target` (a temporary folder)."""
     if isinstance(stage, SourceStage):
         if upstream is not None:
             raise SynthError(f"stage {stage.ctx.stage_name!r} ({stage.kind}) is a source: it must come first")
-        return stage.read().map_batches(_with_reason_column, batch_format="pyarrow")
+        _write_dataset(stage.read(), target)
+        return
     if upstream is None:
         raise SynthError(f"stage {stage.ctx.stage_name!r} ({stage.kind}) needs input: put a source stage first")
     if isinstance(stage, GlobalStage):
-        return stage.apply(upstream).map_batches(_with_reason_column, batch_format="pyarrow")
-    if isinstance(stage, MapStage):
-        return _map_stage(stage, upstream)
-    raise TypeError(f"{type(stage).__name__} is not a SourceStage, MapStage or GlobalStage")
+        _write_dataset(stage.apply(_ordered_dataset(upstream)), target)
+    elif isinstance(stage, MapStage):
+        _run_map_stage(stage, upstream, target)
+    else:
+        raise TypeError(f"{type(stage).__name__} is not a SourceStage, MapStage or GlobalStage")
+
+
+def _write_dataset(ds: ray.data.Dataset, target: Path) -> None:
+    ds = ds.map_batches(_with_reason_column, batch_format="pyarrow")
+    io.write_parts(ds, target, min_rows_per_file=10_000, row_group_size=units.DEFAULT_UNIT_ROWS)
+    if not io.parquet_files(target):
+        io.write_empty_part(target, _empty_schema(ds))
+
+
+def _ordered_dataset(folder: Path) -> ray.data.Dataset:
+    """A stage's kept rows for a whole-dataset stage, block by block in the stage's order.
+
+    The driver reads the blocks and hands Ray their references, so their order is fixed here
+    rather than by which read task finishes first.
+    """
+    return ray.data.from_arrow_refs([ray.put(units.read_unit(u)) for u in units.plan_units(folder, None)])
+
+
+# ---------------------------------------------------------------- map stages
 
 
 class _StageWorker:
     """Holds one stage instance per Ray actor, so setup() (model loading) runs once per actor."""
 
-    def __init__(self, stage_cls: type[MapStage], config: StageConfig, ctx: StageContext):
+    def __init__(self, stage_cls: type[MapStage], config: StageConfig, ctx: StageContext, plan: list, target: str):
         self.stage = stage_cls(config, ctx)
         self.stage.setup()
+        self.plan, self.target = plan, Path(target)
         self.rows_done = 0
         self.started = time.perf_counter()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = _with_reason_column(self.stage.process(batch))
-        # Model stages take minutes per block; a line per batch shows they move (Ray forwards it).
-        self.rows_done += batch.num_rows
+        rows = [_run_unit(self.stage, self.plan, self.target, index) for index in batch.column("unit").to_pylist()]
+        # Model stages take minutes per unit; a line per unit shows they move (Ray forwards it).
+        self.rows_done += sum(rows)
         log.info("%s: %d rows done by this worker in %.0f s", self.stage.ctx.stage_name, self.rows_done,
                  time.perf_counter() - self.started)
-        return out
-
-
-def _map_stage(stage: MapStage, upstream: ray.data.Dataset) -> ray.data.Dataset:
-    res = stage.config.resources
-    remote_args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None, "resources": res.resources or None}
-    remote_args = {k: v for k, v in remote_args.items() if v is not None}
-    if stage.stateful:
-        return upstream.map_batches(
-            _StageWorker,
-            fn_constructor_args=(type(stage), stage.config, stage.ctx),
-            compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-            batch_size=res.batch_size,
-            batch_format="pyarrow",
-            **remote_args,
-        )
-    stage.setup()
-    worker = _StatelessWorker(stage)
-    return upstream.map_batches(worker, batch_size=res.batch_size, batch_format="pyarrow", **remote_args)
+        return pa.table({"unit": batch.column("unit"), "rows": rows})
 
 
 class _StatelessWorker:
-    def __init__(self, stage: MapStage):
-        self.stage = stage
+    def __init__(self, stage: MapStage, plan: list, target: str):
+        self.stage, self.plan, self.target = stage, plan, Path(target)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _with_reason_column(self.stage.process(batch))
+        rows = [_run_unit(self.stage, self.plan, self.target, index) for index in batch.column("unit").to_pylist()]
+        return pa.table({"unit": batch.column("unit"), "rows": rows})
+
+
+def _run_unit(stage: MapStage, plan: list, target: Path, index: int) -> int:
+    """Process unit `index` and write its part; returns the input rows done."""
+    rows = units.read_unit(plan[index])
+    pq.write_table(_with_reason_column(stage.process(rows)), units.unit_file(target, index))
+    return rows.num_rows
+
+
+def _run_map_stage(stage: MapStage, upstream: Path, target: Path) -> None:
+    res = stage.config.resources
+    plan = units.plan_units(upstream, res.batch_size)
+    target.mkdir(parents=True)
+    remote_args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None, "resources": res.resources or None}
+    remote_args = {k: v for k, v in remote_args.items() if v is not None}
+    work = ray.data.from_items([{"unit": i} for i in range(len(plan))], override_num_blocks=max(1, len(plan)))
+    if stage.stateful:
+        work = work.map_batches(
+            _StageWorker,
+            fn_constructor_args=(type(stage), stage.config, stage.ctx, plan, str(target)),
+            compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+            batch_size=1,
+            batch_format="pyarrow",
+            **remote_args,
+        )
+    else:
+        stage.setup()
+        work = work.map_batches(_StatelessWorker(stage, plan, str(target)), batch_size=1, batch_format="pyarrow",
+                                **remote_args)  # fmt: skip
+    work.materialize()
+    units.unify_parts(target)
 
 
 def _with_reason_column(batch: pa.Table) -> pa.Table:
@@ -293,32 +346,13 @@ def _empty_schema(ds: ray.data.Dataset) -> pa.Schema:
     return pa.schema(zip(schema.names, schema.types))
 
 
-def _read_stage(folder: Path) -> ray.data.Dataset:
-    # Files by name, which is the order they were written in: given a folder, Ray reads them in
-    # directory order, which on most file systems is a hash order, and the records would move.
-    return ray.data.read_parquet([str(f) for f in io.parquet_files(folder)])
-
-
-def _kept_rows(folder: Path) -> ray.data.Dataset:
-    return _read_stage(folder).map_batches(_only_kept, batch_format="pyarrow")
-
-
-def _only_kept(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch.column(DROP_REASON))).drop_columns([DROP_REASON])
-
-
-def _only_dropped(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_valid(batch.column(DROP_REASON)))
-
-
 # ---------------------------------------------------------------- sink
 
 
 def _write_data(target: Path, last_stage: Path) -> None:
     io.remove_temp_siblings(target)
     tmp = io.temp_sibling(target)
-    ds = _kept_rows(last_stage)
-    io.write_parts(ds, tmp, min_rows_per_file=50_000)
+    io.copy_rows(last_stage, tmp, dropped=False)
     io.commit_dir(tmp, target)
 
 
@@ -337,8 +371,7 @@ def _write_dropped(output: Path, spec: RunSpec, reports: list[StageReport]) -> N
         target = output / "_dropped" / report.name
         io.remove_temp_siblings(target)
         tmp = io.temp_sibling(target)
-        ds = _read_stage(_stage_dir(output, report.index, report.name))
-        io.write_parts(ds.map_batches(_only_dropped, batch_format="pyarrow"), tmp, min_rows_per_file=50_000)
+        io.copy_rows(_stage_dir(output, report.index, report.name), tmp, dropped=True)
         io.commit_dir(tmp, target)
 
 

@@ -140,4 +140,4 @@ def test_the_shipped_pipeline_spec_validates():
     spec = load_spec(Path(__file__).resolve().parents[1] / "pipelines" / "code.yaml")
     kinds = [s.kind for s in spec.stages]
     assert kinds == ["code_functions", "code_inputs", "code_execute", "code_checks", "code_determinism",
-                     "case2code", "exact_dedup", "minhash_dedup"]  # fmt: skip
+                     "case2code", "text_heuristics", "exact_dedup", "minhash_dedup"]  # fmt: skip

@@ -144,8 +144,25 @@ def test_a_stage_folder_is_read_in_file_name_order_not_directory_order(ray_sessi
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from synth.runner import _read_stage
+    from synth.runner import _ordered_dataset
 
     for i in reversed(range(12)):  # directory order is a hash order on most file systems
-        pq.write_table(pa.table({"n": [i]}), tmp_path / f"part-{i:05d}-00000.parquet")
-    assert [row["n"] for row in _read_stage(tmp_path).iter_rows()] == list(range(12))
+        pq.write_table(pa.table({"n": [i]}), tmp_path / f"part-{i:06d}.parquet")
+    assert [row["n"] for row in _ordered_dataset(tmp_path).iter_rows()] == list(range(12))
+
+
+def test_units_hold_the_kept_rows_in_file_row_group_and_row_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synth.units import plan_units, read_unit
+
+    reasons = [None if n % 3 else "multiple_of_3" for n in range(40)]
+    table = pa.table({"n": list(range(40)), "_drop_reason": pa.array(reasons, pa.string())})
+    pq.write_table(table.slice(0, 25), tmp_path / "part-000000.parquet", row_group_size=10)
+    pq.write_table(table.slice(25), tmp_path / "part-000001.parquet", row_group_size=10)
+    plan = plan_units(tmp_path, 7)
+    tables = [read_unit(u) for u in plan]
+    assert [t.num_rows for t in tables] == [7, 7, 7, 5]
+    assert "_drop_reason" not in tables[0].column_names
+    assert sum((t.column("n").to_pylist() for t in tables), []) == [n for n in range(40) if n % 3]

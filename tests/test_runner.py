@@ -166,3 +166,23 @@ def test_units_hold_the_kept_rows_in_file_row_group_and_row_order(tmp_path):
     assert [t.num_rows for t in tables] == [7, 7, 7, 5]
     assert "_drop_reason" not in tables[0].column_names
     assert sum((t.column("n").to_pylist() for t in tables), []) == [n for n in range(40) if n % 3]
+
+
+def test_parts_whose_column_was_all_null_get_the_type_of_the_others(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synth.io import copy_rows
+    from synth.units import unify_parts
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    reasons = pa.array([None, None], pa.string())
+    pq.write_table(pa.table({"n": [1, 2], "note": pa.nulls(2), "_drop_reason": reasons}), stage / "part-000000.parquet")
+    pq.write_table(pa.table({"n": [3, 4], "note": ["a", None], "_drop_reason": pa.array([None, "bad"])}),
+                   stage / "part-000001.parquet")  # fmt: skip
+    unify_parts(stage)
+    assert pq.read_schema(stage / "part-000000.parquet").field("note").type == pa.string()
+    copy_rows(stage, tmp_path / "data", dropped=False)
+    data = pq.read_table(tmp_path / "data")
+    assert data.column_names == ["n", "note"] and data.column("n").to_pylist() == [1, 2, 3]

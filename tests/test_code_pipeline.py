@@ -139,5 +139,5 @@ def test_written_outputs_are_reproduced_by_a_fresh_sandbox_on_their_input_alone(
 def test_the_shipped_pipeline_spec_validates():
     spec = load_spec(Path(__file__).resolve().parents[1] / "pipelines" / "code.yaml")
     kinds = [s.kind for s in spec.stages]
-    assert kinds == ["code_functions", "code_inputs", "code_execute", "code_checks", "code_determinism",
-                     "case2code", "text_heuristics", "exact_dedup", "minhash_dedup"]  # fmt: skip
+    assert kinds == ["code_functions", "minhash_dedup", "code_inputs", "code_execute", "code_checks",
+                     "code_determinism", "case2code", "text_heuristics", "exact_dedup"]  # fmt: skip

@@ -69,7 +69,11 @@ class StageContext:
         actor, stage = self.stats_actor, self.stage_name
         if actor is None:
             return lambda counters: None
-        return lambda counters: actor.add.remote(stage, counters)
+        import ray  # only a run with a stats actor has Ray up
+
+        # Wait for the add: a worker's call still in flight when its task returns would miss the
+        # runner's read of the stage's counters.
+        return lambda counters: ray.get(actor.add.remote(stage, counters))
 
     def count(self, **counters: float) -> None:
         self.stat_sink()(counters)

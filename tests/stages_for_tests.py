@@ -39,17 +39,24 @@ class Numbers(SourceStage):
 
 @register
 class Sentences(SourceStage):
-    """`count` short English sentences in a `text` column: data a model can pretrain on."""
+    """`count` short English sentences in a `text` column: data a model can pretrain on.
+
+    With `duplicates`, each sentence is followed by an exact copy and a near copy (one word added),
+    for dedup stages to find.
+    """
 
     kind = "test_sentences"
 
     class Config(StageConfig):
         kind: Literal["test_sentences"] = "test_sentences"
         count: int = 40
+        duplicates: bool = False
 
     def read(self) -> ray.data.Dataset:
         animals = ["cat", "dog", "bird", "fish", "horse"]
         texts = [f"The {animals[i % 5]} number {i} sleeps in the sun all day long." for i in range(self.config.count)]
+        if self.config.duplicates:
+            texts = [t for text in texts for t in (text, text, text.replace(" long.", " long today."))]
         return ray.data.from_arrow(pa.table({"id": [f"s{i:03d}" for i in range(len(texts))], "text": texts}))
 
 

@@ -208,3 +208,25 @@ def test_a_stage_asking_for_a_custom_resource_runs_on_the_node_that_has_it(clust
     tables = [pads.dataset(str(tmp_path / name / "data"), format="parquet").to_table()
               for name in ("cluster", "embedded")]
     assert tables[0].num_rows == 30 and tables[0].equals(tables[1])
+
+
+def test_dedup_runs_unchanged_on_the_cluster_and_drops_what_the_embedded_run_drops(cluster, tmp_path):
+    spec = tmp_path / "dedup.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "cluster-dedup", "seed": 5,
+        "ray": {"num_cpus": 2, "object_store_memory": 200_000_000},  # for the embedded run only
+        "stages": [
+            {"kind": "test_sentences", "count": 30, "duplicates": True},
+            {"kind": "exact_dedup"},
+            {"kind": "minhash_dedup"},
+        ],
+    }))  # fmt: skip
+    env = plugin_env(tmp_path / "plugin")
+    on_cluster = synth_generate(spec, tmp_path / "cluster", env, "--ray-address", cluster.address)
+    embedded = synth_generate(spec, tmp_path / "embedded", env)
+    assert on_cluster["ray"] == cluster.address and embedded["ray"] == "embedded"
+    assert on_cluster["drops"] == embedded["drops"] == {"exact_dedup": {"exact_duplicate": 30},
+                                                        "minhash_dedup": {"near_duplicate": 30}}  # fmt: skip
+    tables = [pads.dataset(str(tmp_path / name / "data"), format="parquet").to_table()
+              for name in ("cluster", "embedded")]  # fmt: skip
+    assert tables[0].num_rows == 30 and tables[0].equals(tables[1])

@@ -46,7 +46,7 @@ def copy_rows(source: Path, target: Path, *, dropped: bool, rows_per_file: int =
     no Ray scheduling can move it.
     """
     files = parquet_files(source)
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive").remove_metadata()
+    schema = unified_schema([pq.read_schema(f) for f in files])
     if not dropped and DROP_REASON in schema.names:
         schema = schema.remove(schema.get_field_index(DROP_REASON))
     target.mkdir(parents=True)
@@ -71,6 +71,11 @@ def copy_rows(source: Path, target: Path, *, dropped: bool, rows_per_file: int =
         pq.write_table(schema.empty_table(), target / "part-000000.parquet")
     else:
         writer.close()
+
+
+def unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for parts whose types differ only where a part had a column all null."""
+    return pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
 
 
 def conform(table: pa.Table, target: pa.Schema) -> pa.Table:

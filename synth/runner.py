@@ -37,25 +37,11 @@ from synth import io, units
 from synth.card import write_card
 from synth.errors import OutputExistsError, SynthError
 from synth.filter_report import write_filter_report
-from synth.manifest import (
-    MANIFEST,
-    StageReport,
-    git_revision,
-    llm_totals,
-    package_versions,
-)
+from synth.manifest import MANIFEST, StageReport, git_revision, llm_totals, package_versions
 from synth.ray_session import init_ray
 from synth.registry import stage_class
 from synth.spec import RunSpec, StageConfig, spec_to_dict
-from synth.stage import (
-    DROP_REASON,
-    FilterStage,
-    GlobalStage,
-    MapStage,
-    SourceStage,
-    Stage,
-    StageContext,
-)
+from synth.stage import DROP_REASON, FilterStage, GlobalStage, MapStage, SourceStage, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +152,7 @@ def _finished_by(output: Path, spec: RunSpec) -> bool:
 
 
 def _train(spec: RunSpec, output: Path, overwrite: bool, ray_address: str | None) -> None:
-    from synth.train import (
-        run_training,  # torch and transformers load only for a train: section
-    )
+    from synth.train import run_training  # torch and transformers load only for a train: section
 
     run_training(spec.train, output / "data", overwrite=overwrite, ray_address=ray_address)
 
@@ -270,32 +254,33 @@ def _ordered_dataset(folder: Path) -> ray.data.Dataset:
 # ---------------------------------------------------------------- map stages
 
 
-class _StageWorker:
-    """Holds one stage instance per Ray actor, so setup() (model loading) runs once per actor."""
+class _UnitWorker:
+    """Runs a map stage on the units it is handed, each written as its own part."""
 
-    def __init__(self, stage_cls: type[MapStage], config: StageConfig, ctx: StageContext, plan: list, target: str):
-        self.stage = stage_cls(config, ctx)
-        self.stage.setup()
-        self.plan, self.target = plan, Path(target)
-        self.rows_done = 0
-        self.started = time.perf_counter()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [_run_unit(self.stage, self.plan, self.target, index) for index in batch.column("unit").to_pylist()]
-        # Model stages take minutes per unit; a line per unit shows they move (Ray forwards it).
-        self.rows_done += sum(rows)
-        log.info("%s: %d rows done by this worker in %.0f s", self.stage.ctx.stage_name, self.rows_done,
-                 time.perf_counter() - self.started)
-        return pa.table({"unit": batch.column("unit"), "rows": rows})
-
-
-class _StatelessWorker:
     def __init__(self, stage: MapStage, plan: list, target: str):
         self.stage, self.plan, self.target = stage, plan, Path(target)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [_run_unit(self.stage, self.plan, self.target, index) for index in batch.column("unit").to_pylist()]
         return pa.table({"unit": batch.column("unit"), "rows": rows})
+
+
+class _StageWorker(_UnitWorker):
+    """Holds one stage instance per Ray actor, so setup() (model loading) runs once per actor."""
+
+    def __init__(self, stage_cls: type[MapStage], config: StageConfig, ctx: StageContext, plan: list, target: str):
+        super().__init__(stage_cls(config, ctx), plan, target)
+        self.stage.setup()
+        self.rows_done = 0
+        self.started = time.perf_counter()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        done = super().__call__(batch)
+        # Model stages take minutes per unit; a line per unit shows they move (Ray forwards it).
+        self.rows_done += sum(done.column("rows").to_pylist())
+        log.info("%s: %d rows done by this worker in %.0f s", self.stage.ctx.stage_name, self.rows_done,
+                 time.perf_counter() - self.started)
+        return done
 
 
 def _run_unit(stage: MapStage, plan: list, target: Path, index: int) -> int:
@@ -323,7 +308,7 @@ def _run_map_stage(stage: MapStage, upstream: Path, target: Path) -> None:
         )
     else:
         stage.setup()
-        work = work.map_batches(_StatelessWorker(stage, plan, str(target)), batch_size=1, batch_format="pyarrow",
+        work = work.map_batches(_UnitWorker(stage, plan, str(target)), batch_size=1, batch_format="pyarrow",
                                 **remote_args)  # fmt: skip
     work.materialize()
     units.unify_parts(target)

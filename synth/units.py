@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synth.io import conform, parquet_files
+from synth.io import conform, parquet_files, unified_schema
 from synth.stage import DROP_REASON
 
 DEFAULT_UNIT_ROWS = 1024
@@ -88,9 +88,7 @@ def unify_parts(folder: Path) -> None:
     """Give every part one schema: a unit whose column was all null wrote it as type null."""
     files = parquet_files(folder)
     schemas = [pq.read_schema(f) for f in files]
-    if len({s.remove_metadata() for s in schemas}) <= 1:
-        return
-    target = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
+    target = unified_schema(schemas)
     for path, schema in zip(files, schemas):
         if schema.remove_metadata() != target:
             pq.write_table(conform(pq.read_table(path), target), path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,27 +27,23 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _resolve_input_file(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    path = value if value.is_absolute() or base is None else Path(base) / value
-    if not path.is_file():
-        raise ValueError(f"file not found: {path}")
-    return path.resolve()
+def existing_path(exists: Callable[[Path], bool], error: str) -> AfterValidator:
+    """A path relative to the spec file's folder that must pass `exists`; `error` names `{path}`."""
+
+    def resolve(value: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        path = value if value.is_absolute() or base is None else Path(base) / value
+        if not exists(path):
+            raise ValueError(error.format(path=path))
+        return path.resolve()
+
+    return AfterValidator(resolve)
 
 
-InputFile = Annotated[Path, AfterValidator(_resolve_input_file)]
+InputFile = Annotated[Path, existing_path(Path.is_file, "file not found: {path}")]
 """A path to an existing file, relative to the spec file's folder."""
 
-
-def _resolve_input_folder(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    path = value if value.is_absolute() or base is None else Path(base) / value
-    if not path.is_dir():
-        raise ValueError(f"folder not found: {path}")
-    return path.resolve()
-
-
-InputFolder = Annotated[Path, AfterValidator(_resolve_input_folder)]
+InputFolder = Annotated[Path, existing_path(Path.is_dir, "folder not found: {path}")]
 """A path to an existing folder, relative to the spec file's folder."""
 
 

@@ -5,26 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, ValidationInfo
+from pydantic import Field
 
-from synth.spec import StageConfig
+from synth.spec import StageConfig, existing_path
 
-
-def _existing(expected: str) -> AfterValidator:
-    """A path that must exist, relative to the spec file's folder."""
-
-    def resolve(value: Path, info: ValidationInfo) -> Path:
-        base = (info.context or {}).get("base_dir")
-        path = value if value.is_absolute() or base is None else Path(base) / value
-        if not path.exists():
-            raise ValueError(f"not found: {path} (expected {expected})")
-        return path.resolve()
-
-    return AfterValidator(resolve)
-
-
-ExistingData = Annotated[Path, _existing("an earlier synth output folder, a Parquet folder or file")]
-ModelFolder = Annotated[Path, _existing("a sentence-transformers model folder")]
+ExistingData = Annotated[
+    Path, existing_path(Path.exists, "not found: {path} (expected an earlier synth output folder, a Parquet folder or file)")
+]
+ModelFolder = Annotated[Path, existing_path(Path.exists, "not found: {path} (expected a sentence-transformers model folder)")]
 
 
 class DedupConfig(StageConfig):

@@ -182,6 +182,11 @@ def synth_generate(spec: Path, output: Path, env: dict[str, str], *args: str) ->
     return json.loads((output / "_manifest.json").read_text())
 
 
+def datasets(folder: Path, *outputs: str) -> list:
+    """The `data/` table of each named output folder under `folder`."""
+    return [pads.dataset(str(folder / name / "data"), format="parquet").to_table() for name in outputs]
+
+
 def test_a_stage_asking_for_a_custom_resource_runs_on_the_node_that_has_it(cluster, tmp_path):
     spec = tmp_path / "cluster.yaml"
     spec.write_text(yaml.safe_dump({
@@ -205,9 +210,8 @@ def test_a_stage_asking_for_a_custom_resource_runs_on_the_node_that_has_it(clust
     assert embedded["ray"] == "embedded" and embedded["run_id"] == on_cluster["run_id"]
     [embedded_node] = [key.removeprefix("rows_on_") for key in embedded["stages"][2]["counters"]]
     assert embedded_node not in {n["id"] for n in cluster.nodes}
-    tables = [pads.dataset(str(tmp_path / name / "data"), format="parquet").to_table()
-              for name in ("cluster", "embedded")]
-    assert tables[0].num_rows == 30 and tables[0].equals(tables[1])
+    on_cluster_data, embedded_data = datasets(tmp_path, "cluster", "embedded")
+    assert on_cluster_data.num_rows == 30 and on_cluster_data.equals(embedded_data)
 
 
 def test_dedup_runs_unchanged_on_the_cluster_and_drops_what_the_embedded_run_drops(cluster, tmp_path):
@@ -227,6 +231,5 @@ def test_dedup_runs_unchanged_on_the_cluster_and_drops_what_the_embedded_run_dro
     assert on_cluster["ray"] == cluster.address and embedded["ray"] == "embedded"
     assert on_cluster["drops"] == embedded["drops"] == {"exact_dedup": {"exact_duplicate": 30},
                                                         "minhash_dedup": {"near_duplicate": 30}}  # fmt: skip
-    tables = [pads.dataset(str(tmp_path / name / "data"), format="parquet").to_table()
-              for name in ("cluster", "embedded")]  # fmt: skip
-    assert tables[0].num_rows == 30 and tables[0].equals(tables[1])
+    on_cluster_data, embedded_data = datasets(tmp_path, "cluster", "embedded")
+    assert on_cluster_data.num_rows == 30 and on_cluster_data.equals(embedded_data)

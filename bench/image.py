@@ -7,6 +7,7 @@ features), label agreement, the drops per filter, and whether the goals are met:
 the baseline's (under half) and label agreement at least 0.95.
 
     python bench/image.py [--spec pipelines/image.yaml] [--output /tmp/synth-bench-image] [--json out.json]
+                          [--train-steps N] [--no-inception]
 
 A killed bench resumes where it stopped (training from its last checkpoint) when run again with
 the same output folder and `--resume`.
@@ -81,15 +82,27 @@ def report(n: dict) -> str:
     return "\n".join(lines)
 
 
+def _adjusted(stage, args: argparse.Namespace):
+    """The spec's stage with the command line's changes."""
+    if stage.kind == "diffusion_train" and args.train_steps:
+        return stage.model_copy(update={"steps": args.train_steps})
+    if stage.kind == "image_eval" and args.no_inception:
+        return stage.model_copy(update={"inception": False})
+    return stage
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(ROOT / "pipelines" / "image.yaml"))
     parser.add_argument("--output", default="/tmp/synth-bench-image")
     parser.add_argument("--resume", action="store_true", help="Continue an unfinished run in --output")
     parser.add_argument("--json", help="Also write the numbers here")
+    parser.add_argument("--train-steps", type=int, help="Train this many steps instead of the spec's (a short lease)")
+    parser.add_argument("--no-inception", action="store_true", help="Skip Inception FID (where its weights are missing)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     spec = load_spec(args.spec, overrides={"output": args.output})
+    spec = spec.model_copy(update={"stages": [_adjusted(s, args) for s in spec.stages]})
     started = time.perf_counter()
     result = run(spec, overwrite=not args.resume)
     n = numbers(result.output, result.manifest, time.perf_counter() - started)

@@ -26,7 +26,7 @@ import transformers
 
 from synth.train import TrainSpec, run_training
 from synth.train.data import IGNORE, Encoder, Packer, Source, TrainStream, parquet_files
-from synth.train.metrics import read_metrics
+from synth.train.metrics import flops_per_token, peak_flops, read_metrics
 from synth.train.model import load_model, load_tokenizer
 
 DEFAULT_DATA = Path("output/instruct")
@@ -62,6 +62,20 @@ def main() -> None:
         print(f"{name:12}{_rate(steps):28.1f}{max(t / s for t, s in steps):26.1f}")
     best = max(t / s for t, s in ours) / max(t / s for t, s in theirs)
     print(f"{'ours / HF':12}{_rate(ours) / _rate(theirs):28.2f}{best:26.2f}")
+    if device == "cuda":
+        _print_mfu(spec, {"ours": ours, "HF Trainer": theirs})
+
+
+def _print_mfu(spec: TrainSpec, rates: dict[str, list[tuple[int, float]]]) -> None:
+    """Model FLOPs utilisation of each side at its all-steps rate (PaLM's FLOPs per token)."""
+    model = load_model(spec.model, load_tokenizer(spec.model), spec.seq_len, spec.seed)
+    per_token, peak = flops_per_token(model, spec.seq_len), peak_flops(torch.device("cuda"), None)
+    name = torch.cuda.get_device_name()
+    if peak is None:
+        print(f"MFU: no bf16 peak known for {name}")
+        return
+    print(f"MFU on {name} (bf16 peak {peak / 1e12:.0f} TFLOP/s): "
+          + ", ".join(f"{side} {_rate(steps) * per_token / peak:.1%}" for side, steps in rates.items()))
 
 
 def _rate(steps: list[tuple[int, float]]) -> float:

@@ -22,6 +22,7 @@ from synth.train.data import (
     IGNORE,
     Encoder,
     Packer,
+    Prefetcher,
     Source,
     TrainStream,
     parquet_files,
@@ -165,6 +166,28 @@ def test_train_stream_never_yields_eval_rows_and_resumes_from_its_state(dataset,
     assert held_out and not held_out & set(encoded)
     assert sorted(first_epoch) == sorted({f"row{i:03d}" for i in range(60)} - held_out)
     assert first_epoch != sorted(first_epoch)  # shuffled
+
+
+def test_prefetched_batches_are_the_streams_batches_with_the_state_after_each(dataset, tokenizer):
+    source, encoder = source_and_encoder(dataset, tokenizer, eval_fraction=0.15)
+    packer = lambda: Packer(96, tokenizer.pad_token_id, cut_documents=False)
+    plain = iter(TrainStream(source, encoder, packer(), seed=1))
+    expected = [[next(plain).input_ids.tolist() for _ in range(3)] for _ in range(12)]
+
+    with Prefetcher(TrainStream(source, encoder, packer(), seed=1), batch_size=3) as batches:
+        got = [batches.next() for _ in range(12)]
+    assert [[s.input_ids.tolist() for s in batch] for batch, _ in got] == expected
+    # The state handed with batch 5 resumes at batch 6, however far the thread has read ahead.
+    resumed = iter(TrainStream(source, encoder, packer(), seed=1, state=got[4][1]))
+    assert [next(resumed).input_ids.tolist() for _ in range(3)] == expected[5]
+
+
+def test_a_prefetch_error_is_raised_in_the_training_thread(dataset, tokenizer):
+    source, encoder = source_and_encoder(dataset, tokenizer)
+    source.is_eval = lambda key: True  # every row held out: the stream has nothing to train on
+    with Prefetcher(TrainStream(source, encoder, Packer(96, tokenizer.pad_token_id, False), seed=1), 2) as batches:
+        with pytest.raises(TrainError, match="no rows are left for training"):
+            batches.next()
 
 
 # ---------------------------------------------------------------- errors

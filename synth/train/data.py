@@ -23,10 +23,12 @@ exact: a stream built from it yields the very sequences the first one would have
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -282,6 +284,56 @@ class TrainStream:
     def _ready(self) -> Iterator[Sequence]:
         while (sequence := self.packer.pop()) is not None:
             yield sequence
+
+
+class Prefetcher:
+    """A step's batch of sequences, read and packed by a background thread ahead of the step.
+
+    Tokenizing and packing a step's documents takes as long as a GPU step of a small model; a
+    thread overlaps it with the step before. Each batch comes with the stream's state after it,
+    so a checkpoint records where the trained batches end, not where the read-ahead stands.
+    """
+
+    def __init__(self, stream: TrainStream, batch_size: int, depth: int = 2):
+        self._stream, self._batch_size = stream, batch_size
+        self._ready: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="train-data", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            sequences = iter(self._stream)
+            while not self._stop.is_set():
+                batch = [next(sequences) for _ in range(self._batch_size)]
+                self._put((batch, self._stream.state()))
+        except Exception as exc:  # noqa: BLE001 - handed to the training thread, which raises it
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> tuple[list[Sequence], dict]:
+        """The next batch and the stream's state after it."""
+        item = self._ready.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def eval_sequences(source: Source, encoder: Encoder, packer: Packer, limit: int) -> list[Sequence]:

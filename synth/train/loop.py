@@ -126,44 +126,44 @@ def _train(spec: TrainSpec, paths: RunPaths, worker: Worker) -> dict:
         _log_eval(metrics, 0, evaluate(loss_model, eval_set, spec.micro_batch_size, worker, autocast))
 
     # ------------------------------------------------------------ steps
-    sequences = iter(stream)
     tokens_seen = state["tokens_seen"] if state else 0
     last: dict = {}
-    for step in range(start + 1, spec.steps + 1):
-        t0 = time.perf_counter()
-        batch = [next(sequences) for _ in range(spec.batch_size)]
-        loss = train_step(spec, step_model, batch, worker, autocast)
-        norms = grad_norms(model) if worker.leader else {}
-        total_norm = torch.nn.utils.clip_grad_norm_(params, spec.grad_clip or math.inf)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if worker.device.type == "cuda":
-            torch.cuda.synchronize(worker.device)
-        seconds = time.perf_counter() - t0
-        tokens = sum(s.tokens for s in batch)
-        tokens_seen += tokens
-        last = {"step": step, "loss": round(loss, 6), "lr": lr, "tokens": tokens,
-                "tokens_per_s": round(tokens / seconds, 2), "grad_norm": round(float(total_norm), 6),
-                "grad_norms": norms}
-        if peak:
-            last["mfu"] = round(flops * spec.seq_len * spec.batch_size / seconds / (peak * worker.world), 4)
-        if metrics:
-            metrics.write(last)
-        if worker.leader and (step % spec.log_every == 0 or step == 1):
-            log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", step, spec.steps, loss, lr, last["tokens_per_s"])
+    with D.Prefetcher(stream, spec.batch_size) as batches:  # the next batches are read while a step runs
+        for step in range(start + 1, spec.steps + 1):
+            t0 = time.perf_counter()
+            batch, data_state = batches.next()
+            loss = train_step(spec, step_model, batch, worker, autocast)
+            norms = grad_norms(model) if worker.leader else {}
+            total_norm = torch.nn.utils.clip_grad_norm_(params, spec.grad_clip or math.inf)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if worker.device.type == "cuda":
+                torch.cuda.synchronize(worker.device)
+            seconds = time.perf_counter() - t0
+            tokens = sum(s.tokens for s in batch)
+            tokens_seen += tokens
+            last = {"step": step, "loss": round(loss, 6), "lr": lr, "tokens": tokens,
+                    "tokens_per_s": round(tokens / seconds, 2), "grad_norm": round(float(total_norm), 6),
+                    "grad_norms": norms}
+            if peak:
+                last["mfu"] = round(flops * spec.seq_len * spec.batch_size / seconds / (peak * worker.world), 4)
+            if metrics:
+                metrics.write(last)
+            if worker.leader and (step % spec.log_every == 0 or step == 1):
+                log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s", step, spec.steps, loss, lr, last["tokens_per_s"])
 
-        # -------------------------------------------------------- eval
-        if eval_set and (step % spec.eval_every == 0 or step == spec.steps):
-            last["eval_loss"] = evaluate(loss_model, eval_set, spec.micro_batch_size, worker, autocast)
-            _log_eval(metrics, step, last["eval_loss"])
+            # -------------------------------------------------------- eval
+            if eval_set and (step % spec.eval_every == 0 or step == spec.steps):
+                last["eval_loss"] = evaluate(loss_model, eval_set, spec.micro_batch_size, worker, autocast)
+                _log_eval(metrics, step, last["eval_loss"])
 
-        # -------------------------------------------------------- save
-        if step % spec.checkpoint_every == 0 and step < spec.steps:
-            save_checkpoint(paths, spec, step, model, optimizer, scheduler, stream, tokens_seen, worker)
-            if worker.report:
-                worker.report({k: v for k, v in last.items() if k != "grad_norms"})
+            # -------------------------------------------------------- save
+            if step % spec.checkpoint_every == 0 and step < spec.steps:
+                save_checkpoint(paths, spec, step, model, optimizer, scheduler, data_state, tokens_seen, worker)
+                if worker.report:
+                    worker.report({k: v for k, v in last.items() if k != "grad_norms"})
 
     # ------------------------------------------------------------ finish
     summary = {"model": str(paths.model), "steps": spec.steps, "tokens": tokens_seen,
@@ -239,13 +239,13 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def save_checkpoint(paths: RunPaths, spec: TrainSpec, step: int, model: torch.nn.Module, optimizer, scheduler,
-                    stream: D.TrainStream, tokens_seen: int, worker: Worker) -> None:
+                    data_state: dict, tokens_seen: int, worker: Worker) -> None:
     rng = _gather(_rng_state(worker.device), worker)
     if not worker.leader:
         return
     state = {"step": step, "fingerprint": paths.fingerprint, "model": trainable_state(model),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-             "data": stream.state(), "tokens_seen": tokens_seen}
+             "data": data_state, "tokens_seen": tokens_seen}
     final = paths.checkpoints / f"step-{step:07d}"
     tmp = paths.checkpoints / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)

@@ -123,12 +123,20 @@ class Sandbox:
 
         Returns once every process of the sandbox has exited.
         """
+        return self._run(argv, stdin, env, prlimit=True)
+
+    def run_python(self, code: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> SandboxResult:
+        """Run Python `code` like `run`. The interpreter sets the rlimits itself before `code`
+        runs: the same limits as `prlimit`, one exec fewer (~2.5 ms of a ~10 ms sandbox start)."""
+        return self._run(self.python_argv(self._rlimit_lines() + code), stdin, env, prlimit=False)
+
+    def _run(self, argv: list[str], stdin: bytes, env: dict[str, str] | None, prlimit: bool) -> SandboxResult:
         started = time.monotonic()
         deadline = started + self.limits.wall_s
         info_read, info_write = os.pipe()
         try:
             with _stdin_file(stdin) as stdin_fd:
-                process = self._start(self.command(argv, env, info_write), stdin_fd, info_write)
+                process = self._start(self.command(argv, env, info_write, prlimit), stdin_fd, info_write)
         finally:
             os.close(info_write)
         init_pid = None
@@ -152,16 +160,27 @@ class Sandbox:
         """The interpreter running `code`: no site, no user site, no bytecode written."""
         return [self.python, "-S", "-s", "-B", "-c", code]
 
-    def run_python(self, code: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> SandboxResult:
-        return self.run(self.python_argv(code), stdin, env)
+    def _rlimits(self) -> dict[str, tuple[int, int]]:
+        """(soft, hard) per limit; the CPU limit's hard one a second later, so SIGXCPU comes first."""
+        lim = self.limits
+        return {"CPU": (lim.cpu_s, lim.cpu_s + 1), "AS": (lim.memory_mb << 20,) * 2,
+                "NPROC": (lim.processes,) * 2, "FSIZE": (lim.file_mb << 20,) * 2,
+                "NOFILE": (lim.open_files,) * 2, "CORE": (0, 0)}  # fmt: skip
 
-    def command(self, argv: list[str], env: dict[str, str] | None = None, info_fd: int | None = None) -> list[str]:
+    def _rlimit_lines(self) -> str:
+        """One line of Python that sets `_rlimits` on its own process (children inherit them)."""
+        calls = "; ".join(f"_r.setrlimit(_r.RLIMIT_{name}, {limits})" for name, limits in self._rlimits().items())
+        return f"import resource as _r; {calls}; del _r\n"
+
+    def command(self, argv: list[str], env: dict[str, str] | None = None, info_fd: int | None = None,
+                prlimit: bool = True) -> list[str]:  # fmt: skip
         """The full command line: bwrap (as the sandbox user when we are root), prlimit, `argv`.
 
-        bwrap writes its init's pid to `info_fd`. The rlimits are set by `prlimit` inside the
-        namespaces: set on bwrap itself, the process limit would count every process of the
-        sandbox user on the host, other sandboxes included (and the parent cannot set them on the
-        sandbox from outside without CAP_SYS_RESOURCE, which containers often lack).
+        bwrap writes its init's pid to `info_fd`. The rlimits are set inside the namespaces, by
+        `prlimit` (or, with `prlimit=False`, by `argv` itself: `run_python`): set on bwrap itself,
+        the process limit would count every process of the sandbox user on the host, other
+        sandboxes included (and the parent cannot set them on the sandbox from outside without
+        CAP_SYS_RESOURCE, which containers often lack).
         """
         lim = self.limits
         isolation = [
@@ -175,10 +194,8 @@ class Sandbox:
         ]  # fmt: skip
         variables = {**SANDBOX_ENV, **(env or {})}
         environment = ["--clearenv"] + [arg for k, v in variables.items() for arg in ("--setenv", k, v)]
-        rlimits = [
-            self.prlimit, f"--cpu={lim.cpu_s}:{lim.cpu_s + 1}", f"--as={lim.memory_mb << 20}",
-            f"--nproc={lim.processes}", f"--fsize={lim.file_mb << 20}", f"--nofile={lim.open_files}", "--core=0", "--",
-        ]  # fmt: skip
+        rlimits = [self.prlimit, *(f"--{name.lower()}={soft}:{hard}" for name, (soft, hard) in self._rlimits().items()),
+                   "--"] if prlimit else []  # fmt: skip
         return [*self.launcher, self.bwrap, *isolation, *info, *filesystem, *environment, "--", *rlimits, *argv]
 
     def _collect(self, process: subprocess.Popen, deadline: float) -> tuple[bytes, bytes, str | None]:

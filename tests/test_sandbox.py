@@ -31,6 +31,22 @@ def test_runs_python_with_stdin_and_env(sandbox):
     assert result.status == "ok" and result.stdout == b"HELLO given\n"
 
 
+def test_python_and_other_commands_get_the_same_rlimits(sandbox):
+    """`run_python` sets the limits from inside the interpreter, `run` through prlimit: same values."""
+    expected = {"Max cpu time": ("2", "3"), "Max address space": (str(256 << 20),) * 2,
+                "Max processes": ("8", "8"), "Max file size": (str(8 << 20),) * 2,
+                "Max open files": ("64", "64"), "Max core file size": ("0", "0")}  # fmt: skip
+
+    def limits(text: str) -> dict[str, tuple[str, str]]:  # /proc/self/limits: fixed-width columns
+        rows = {line[:26].strip(): (line[26:47].strip(), line[47:68].strip()) for line in text.splitlines()}
+        return {name: row for name, row in rows.items() if name in expected}
+
+    python = sandbox.run_python("print(open('/proc/self/limits').read())")
+    other = sandbox.run(["/usr/bin/cat", "/proc/self/limits"])
+    assert python.ok and other.ok
+    assert limits(python.stdout.decode()) == limits(other.stdout.decode()) == expected
+
+
 def test_exit_codes_and_signals_are_reported(sandbox):
     assert sandbox.run_python("raise SystemExit(3)").status == "exit_error"
     killed = sandbox.run_python("import os, signal\nos.kill(os.getpid(), signal.SIGABRT)")

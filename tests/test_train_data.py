@@ -185,9 +185,9 @@ def test_prefetched_batches_are_the_streams_batches_with_the_state_after_each(da
 def test_a_prefetch_error_is_raised_in_the_training_thread(dataset, tokenizer):
     source, encoder = source_and_encoder(dataset, tokenizer)
     source.is_eval = lambda key: True  # every row held out: the stream has nothing to train on
-    with Prefetcher(TrainStream(source, encoder, Packer(96, tokenizer.pad_token_id, False), seed=1), 2) as batches:
-        with pytest.raises(TrainError, match="no rows are left for training"):
-            batches.next()
+    stream = TrainStream(source, encoder, Packer(96, tokenizer.pad_token_id, False), seed=1)
+    with Prefetcher(stream, batch_size=2) as batches, pytest.raises(TrainError, match="no rows are left for training"):
+        batches.next()
 
 
 # ---------------------------------------------------------------- errors

@@ -16,6 +16,7 @@ From rows to batches, one row group at a time (never the whole dataset in memory
    mask: a document never attends to, nor predicts, its neighbour. `sft` documents are never cut
    (one that does not fit starts the next sequence; the rest is padding); `pretrain` documents
    are cut at sequence boundaries.
+5. **Prefetcher**: a background thread assembles the next steps' batches while a step runs.
 
 The stream's `state()` (epoch, block, row, and the packer's unfinished documents) is small and
 exact: a stream built from it yields the very sequences the first one would have yielded next.

@@ -182,22 +182,24 @@ def synth_generate(spec: Path, output: Path, env: dict[str, str], *args: str) ->
     return json.loads((output / "_manifest.json").read_text())
 
 
+def write_spec(path: Path, name: str, stages: list[dict]) -> Path:
+    """A pipeline spec run both on the cluster and embedded; its `ray:` options apply to the embedded run only."""
+    path.write_text(yaml.safe_dump({"name": name, "seed": 5, "stages": stages,
+                                    "ray": {"num_cpus": 2, "object_store_memory": 200_000_000}}))  # fmt: skip
+    return path
+
+
 def datasets(folder: Path, *outputs: str) -> list:
     """The `data/` table of each named output folder under `folder`."""
     return [pads.dataset(str(folder / name / "data"), format="parquet").to_table() for name in outputs]
 
 
 def test_a_stage_asking_for_a_custom_resource_runs_on_the_node_that_has_it(cluster, tmp_path):
-    spec = tmp_path / "cluster.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "cluster-numbers", "seed": 5,
-        "ray": {"num_cpus": 2, "object_store_memory": 200_000_000},  # for the embedded run only
-        "stages": [
-            {"kind": "test_numbers", "count": 40},
-            {"kind": "test_drop_multiples", "of": 4},
-            {"kind": "test_node_counter", "resources": {"num_cpus": 0.5, "resources": {"synth_worker": 1}}},
-        ],
-    }))
+    spec = write_spec(tmp_path / "cluster.yaml", "cluster-numbers", [
+        {"kind": "test_numbers", "count": 40},
+        {"kind": "test_drop_multiples", "of": 4},
+        {"kind": "test_node_counter", "resources": {"num_cpus": 0.5, "resources": {"synth_worker": 1}}},
+    ])  # fmt: skip
     env = plugin_env(tmp_path / "plugin")
 
     on_cluster = synth_generate(spec, tmp_path / "cluster", env, "--ray-address", cluster.address)
@@ -215,16 +217,11 @@ def test_a_stage_asking_for_a_custom_resource_runs_on_the_node_that_has_it(clust
 
 
 def test_dedup_runs_unchanged_on_the_cluster_and_drops_what_the_embedded_run_drops(cluster, tmp_path):
-    spec = tmp_path / "dedup.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "cluster-dedup", "seed": 5,
-        "ray": {"num_cpus": 2, "object_store_memory": 200_000_000},  # for the embedded run only
-        "stages": [
-            {"kind": "test_sentences", "count": 30, "duplicates": True},
-            {"kind": "exact_dedup"},
-            {"kind": "minhash_dedup"},
-        ],
-    }))  # fmt: skip
+    spec = write_spec(tmp_path / "dedup.yaml", "cluster-dedup", [
+        {"kind": "test_sentences", "count": 30, "duplicates": True},
+        {"kind": "exact_dedup"},
+        {"kind": "minhash_dedup"},
+    ])  # fmt: skip
     env = plugin_env(tmp_path / "plugin")
     on_cluster = synth_generate(spec, tmp_path / "cluster", env, "--ray-address", cluster.address)
     embedded = synth_generate(spec, tmp_path / "embedded", env)

@@ -62,12 +62,12 @@ def grad_norms(model: torch.nn.Module) -> dict[str, float]:
     named = [(layer_group(name), p.grad.detach()) for name, p in model.named_parameters() if p.grad is not None]
     if not named:
         return {}
-    groups = list(dict.fromkeys(group for group, _ in named))
-    index = torch.tensor([groups.index(group) for group, _ in named], device=named[0][1].device)
+    slot: dict[str, int] = {}  # group -> its position, in first-seen order
+    index = torch.tensor([slot.setdefault(group, len(slot)) for group, _ in named], device=named[0][1].device)
     # One fused kernel for all norms and one copy to the host: a GPU step pays no sync per tensor.
     squares = torch.stack(torch._foreach_norm([g.float() for _, g in named])) ** 2
-    norms = torch.zeros(len(groups), device=squares.device).index_add_(0, index, squares).sqrt().tolist()
-    return {group: round(norm, 6) for group, norm in zip(groups, norms)}
+    norms = torch.zeros(len(slot), device=squares.device).index_add_(0, index, squares).sqrt().tolist()
+    return {group: round(norm, 6) for group, norm in zip(slot, norms)}
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:

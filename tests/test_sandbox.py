@@ -100,10 +100,13 @@ def test_as_root_the_sandboxed_processes_are_nobody_on_the_host(sandbox):
     thread = threading.Thread(target=sandbox.run_python, args=(code,))
     thread.start()
     try:
+        # Wait for the command itself (argv[0] is the marker): before that, the launcher that
+        # drops root (setpriv, also holding the marker in its arguments) may still be running.
         uids = []
         for _ in range(100):
-            uids = [_uid_of(pid) for pid in _pids_with(marker)]
-            if uids:
+            pids = _pids_with(marker)
+            if any(_argv0(pid) == marker for pid in pids):
+                uids = [_uid_of(pid) for pid in pids]
                 break
             time.sleep(0.05)
     finally:
@@ -120,6 +123,13 @@ def _pids_with(marker: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def _argv0(pid: int) -> str:
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") or [b""])[0].decode()
+    except OSError:
+        return ""
 
 
 def _uid_of(pid: int) -> int:

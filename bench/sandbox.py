@@ -35,6 +35,7 @@ from generators.code.calls import Signature, parse_call  # noqa: E402
 from generators.code.corpus import STDLIB_SKIP, folder_modules, function_candidates, stdlib_folder  # noqa: E402
 from generators.code.execute import ExecutionOptions, harness_source, run_all, run_function  # noqa: E402
 from generators.code.inputs import function_node, signature_calls  # noqa: E402
+from synth.forkserver import ForkServer  # noqa: E402
 from synth.sandbox import Sandbox  # noqa: E402
 
 FUNCTION = "import re\n\ndef slug(text, sep='-'):\n    return re.sub(r'[^a-z0-9]+', sep, text.lower()).strip(sep)\n"
@@ -68,6 +69,27 @@ def stdlib_workload(count: int, inputs: int) -> list[dict]:
     return workload
 
 
+def end_to_end(sandbox: Sandbox, workload: list[dict], cases: int, options: ExecutionOptions, name: str) -> None:
+    started = time.perf_counter()
+    runs = run_all(sandbox, workload, options, hash_seed=0)
+    once = time.perf_counter() - started
+    started = time.perf_counter()
+    run_all(sandbox, workload, options, hash_seed=1)
+    twice = once + time.perf_counter() - started
+    # The pipeline re-runs only the functions code_checks keeps (most raise or return one constant).
+    checks = CodeChecksConfig()
+    passing = [row for row, run in zip(workload, runs)
+               if drop_reason(run.status, run.case_status, run.outputs, checks) is None]  # fmt: skip
+    started = time.perf_counter()
+    run_all(sandbox, [{**row, "inputs": row["inputs"][::-1]} for row in passing], options, hash_seed=1)
+    pipeline = once + time.perf_counter() - started
+    failed = sum(r.status != "ok" for r in runs)
+    print(f"  {name:15s}   one run {cases / once:5.0f} cases/s ({once / len(workload) * 1000:4.1f} ms/function, "
+          f"{failed} failed as a whole)   re-running every function {cases / twice:5.0f} cases/s")  # fmt: skip
+    print(f"  {'':15s}   as the pipeline does (code_checks, then re-run the {len(passing)} functions it keeps) "
+          f"{cases / pipeline:5.0f} cases/s (goal > 1000)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=30)
@@ -92,35 +114,22 @@ def main() -> None:
     options = ExecutionOptions()
     one, many = ["slug('Hello, World!')"], [f"slug('Item number {i}!')" for i in range(65)]
     bare_one = median_ms(lambda: bare_harness(python, one), n)
-    ours_one = median_ms(lambda: run_function(sandbox, FUNCTION, "slug", one, options), n)
-    ours_many = median_ms(lambda: run_function(sandbox, FUNCTION, "slug", many, options), n)
-    print(f"per function:       bare harness {bare_one:6.1f} ms   in our sandbox {ours_one:6.1f} ms   "
-          f"overhead {ours_one - bare_one:5.1f} ms (goal < 10)")  # fmt: skip
-    print(f"per case:           {(ours_many - ours_one) / 64:6.2f} ms")
+    with ForkServer(sandbox, env={"PYTHONHASHSEED": "0"}) as server:
+        forked_py_ms = median_ms(lambda: server.run_python("pass"), n)
+        print(f"forked sandbox:     python -c pass {forked_py_ms:6.1f} ms (from a zygote: no interpreter start)")
+        print(f"per function:       bare harness {bare_one:6.1f} ms (a plain subprocess of the interpreter)")
+        for name, runner in (("bwrap per run", sandbox), ("forked", server)):
+            ours_one = median_ms(lambda r=runner: run_function(r, FUNCTION, "slug", one, options), n)
+            ours_many = median_ms(lambda r=runner: run_function(r, FUNCTION, "slug", many, options), n)
+            print(f"  {name:15s}   in our sandbox {ours_one:6.1f} ms   overhead {ours_one - bare_one:5.1f} ms "
+                  f"(goal < 10)   per case {(ours_many - ours_one) / 64:5.2f} ms")  # fmt: skip
 
-    options = options.model_copy(update={"parallel": args.parallel})
     workload = stdlib_workload(args.functions, args.inputs)
     cases = sum(len(r["inputs"]) for r in workload)
-    started = time.perf_counter()
-    runs = run_all(sandbox, workload, options, hash_seed=0)
-    once = time.perf_counter() - started
-    started = time.perf_counter()
-    run_all(sandbox, workload, options, hash_seed=1)
-    twice = once + time.perf_counter() - started
-    # The pipeline re-runs only the functions code_checks keeps (most raise or return one constant).
-    checks = CodeChecksConfig()
-    passing = [row for row, run in zip(workload, runs)
-               if drop_reason(run.status, run.case_status, run.outputs, checks) is None]
-    started = time.perf_counter()
-    run_all(sandbox, [{**row, "inputs": row["inputs"][::-1]} for row in passing], options, hash_seed=1)
-    pipeline = once + time.perf_counter() - started
-    failed = sum(r.status != "ok" for r in runs)
-    print(f"end to end:         {len(workload)} stdlib functions, {cases} cases, {options.parallel} sandboxes "
-          f"at a time ({failed} functions failed as a whole)")  # fmt: skip
-    print(f"                    one run {cases / once:7.0f} cases/s ({once / len(workload) * 1000:.1f} ms/function)   "
-          f"re-running every function {cases / twice:7.0f} cases/s")  # fmt: skip
-    print(f"                    as the pipeline does (code_checks, then re-run the {len(passing)} functions it keeps) "
-          f"{cases / pipeline:7.0f} cases/s (goal > 1000)")  # fmt: skip
+    print(f"end to end:         {len(workload)} stdlib functions, {cases} cases, {args.parallel} sandboxes at a time")
+    for fork_server in (False, True):
+        options = ExecutionOptions(parallel=args.parallel, fork_server=fork_server)
+        end_to_end(sandbox, workload, cases, options, "forked" if fork_server else "bwrap per run")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

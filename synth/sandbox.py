@@ -114,7 +114,7 @@ class Sandbox:
         self.launcher = _launcher(_require_tool("setpriv", "the Debian package `util-linux`")) if as_root else []
         self.python = python or default_python(as_root)
         self.binds = _system_binds() + _prefix_bind(self.python)
-        self._probe()
+        probe(self.run_python, self.python)
 
     # ------------------------------------------------------------ running
 
@@ -173,8 +173,11 @@ class Sandbox:
         return f"import resource as _r; {calls}; del _r\n"
 
     def command(self, argv: list[str], env: dict[str, str] | None = None, info_fd: int | None = None,
-                prlimit: bool = True) -> list[str]:  # fmt: skip
+                prlimit: bool = True, user_namespaces: bool = False) -> list[str]:  # fmt: skip
         """The full command line: bwrap (as the sandbox user when we are root), prlimit, `argv`.
+
+        `user_namespaces=True` lets `argv` create user namespaces: only for a fork server's
+        zygote (`synth.forkserver`), which builds each sandbox's in a namespace of its own.
 
         bwrap writes its init's pid to `info_fd`. The rlimits are set inside the namespaces, by
         `prlimit` (or, with `prlimit=False`, by `argv` itself: `run_python`): set on bwrap itself,
@@ -184,7 +187,7 @@ class Sandbox:
         """
         lim = self.limits
         isolation = [
-            "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid",
+            "--unshare-all", "--unshare-user", *([] if user_namespaces else ["--disable-userns"]), "--uid", str(SANDBOX_UID), "--gid",
             str(SANDBOX_UID), "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--hostname", "sandbox",
         ]  # fmt: skip
         info = ["--info-fd", str(info_fd)] if info_fd is not None else []
@@ -223,25 +226,24 @@ class Sandbox:
         out, err = (b"".join(parts) for parts in chunks.values())
         return out, err, stopped
 
-    # ------------------------------------------------------------ checking the sandbox works
 
-    def _probe(self) -> None:
-        """Run a tiny program inside; refuse unless it ran as a non-root uid with no capabilities."""
-        code = "import os\nprint(os.getuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
-        result = self.run_python(code)
-        if not result.ok:
-            raise SandboxUnavailable(
-                f"bubblewrap could not start a sandbox ({result.status}: "
-                f"{result.stderr.decode(errors='replace').strip() or result.detail}). It needs unprivileged "
-                "user namespaces (sysctl user.max_user_namespaces > 0; on Debian also "
-                "kernel.unprivileged_userns_clone=1) and an interpreter the sandbox user can read; "
-                f"interpreter: {self.python}; {_NEVER_UNSANDBOXED}"
-            )
-        uid, caps = result.stdout.decode().split()
-        if int(uid) == 0 or int(caps, 16) != 0:
-            raise SandboxUnavailable(
-                f"the sandbox runs with uid {uid} and capabilities {caps}; expected a non-root uid and none"
-            )
+def probe(run_python, python: str) -> None:
+    """Run a tiny program through `run_python`; refuse unless it ran as a non-root uid with no capabilities."""
+    code = "import os\nprint(os.getuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
+    result = run_python(code)
+    if not result.ok:
+        raise SandboxUnavailable(
+            f"bubblewrap could not start a sandbox ({result.status}: "
+            f"{result.stderr.decode(errors='replace').strip() or result.detail}). It needs unprivileged "
+            "user namespaces (sysctl user.max_user_namespaces > 0; on Debian also "
+            "kernel.unprivileged_userns_clone=1) and an interpreter the sandbox user can read; "
+            f"interpreter: {python}; {_NEVER_UNSANDBOXED}"
+        )
+    uid, caps = result.stdout.decode().split()
+    if int(uid) == 0 or int(caps, 16) != 0:
+        raise SandboxUnavailable(
+            f"the sandbox runs with uid {uid} and capabilities {caps}; expected a non-root uid and none"
+        )
 
 
 def default_python(as_other_user: bool) -> str:
@@ -354,8 +356,9 @@ def _kill_sandbox(process: subprocess.Popen, init_pid: int | None) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    process.stdout.close()
-    process.stderr.close()
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
     if init_pid is not None:
         _wait_exited(init_pid, time.monotonic() + _TEARDOWN_S)
 

@@ -1,0 +1,296 @@
+"""The program of a fork server's zygote: it runs INSIDE an outer bubblewrap sandbox (see
+`synth.forkserver`) and builds one fresh sandbox per request by forking itself.
+
+`synth.forkserver` passes this file's text to the sandboxed interpreter (`python -S -c`), with one
+argument: `marshal.dumps(config).hex()`, config a dict of `limits` (the rlimits, `wall_s`,
+`tmpfs_mb`, `output_kb`) and `preload` (standard-library modules imported once, here, so that
+every sandbox starts with them). It cannot import the project, which is not in the sandbox.
+
+Protocol on stdin/stdout, frames of a 4-byte little-endian length and a marshal payload:
+request `(code, stdin, env)`, reply `(returncode, stdout, stderr, stopped, seconds)` with bwrap's
+convention for `returncode` (128 + N for a death by signal N) and `stopped` None, "timeout" or
+"output_limit".
+
+Per request the zygote forks a child that, before any untrusted code runs:
+1. enters a new user namespace (the sandbox uid, 65534, mapped to its own), sets that
+   namespace's user-namespace limit to 0 (so the code can create none), then new mount, PID,
+   network, IPC, UTS and cgroup namespaces;
+2. forks the sandbox's init (PID 1 of the new PID namespace: when it exits, the kernel kills
+   everything left in the namespace, daemons too), which mounts a private /tmp tmpfs and a /proc
+   of its own and sets the hostname;
+3. the init forks the process that runs the code, which takes its stdin/stdout/stderr, closes
+   every other fd, sets the rlimits, clears the capability bounding set and drops every
+   capability, and runs the code as `python -c` would.
+The outer sandbox already gives the rest: a read-only system, no host files, no_new_privs, an
+environment that started empty. The zygote enforces the wall clock and the output cap by
+SIGKILLing the init; its parent enforces a wall clock on the zygote itself.
+"""
+
+import ctypes
+import marshal
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+_CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET, _CLONE_NEWCGROUP = 0x10000000, 0x20000000, 0x40000000, 0x02000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
+_PR_CAPBSET_DROP, _SYS_CAPSET, _CAP_VERSION_3 = 24, 126, 0x20080522
+_SANDBOX_ID = 65534
+_SETUP_FAILED = 125
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result, what):
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, what + ": " + os.strerror(errno))
+
+
+def _write(path, text):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- inside the new sandbox
+
+
+def _enter_namespaces():
+    outer_uid, outer_gid = os.getuid(), os.getgid()
+    _check(_libc.unshare(_CLONE_NEWUSER), "unshare(user)")
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", "%d %d 1" % (_SANDBOX_ID, outer_uid))
+    _write("/proc/self/gid_map", "%d %d 1" % (_SANDBOX_ID, outer_gid))
+    _write("/proc/sys/user/max_user_namespaces", "0")
+    flags = _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
+    _check(_libc.unshare(flags), "unshare(mount, pid, net, ipc, uts, cgroup)")
+
+
+def _set_up_init(config):
+    """As the new namespaces' PID 1, still holding capabilities in them: the mounts and hostname."""
+    _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    tmpfs = ("size=%d,mode=1777" % (config["tmpfs_mb"] << 20)).encode()
+    _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, tmpfs), "mount /tmp")
+    _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None), "mount /proc")
+    socket.sethostname("sandbox")
+
+
+def _confine(config, stdin_fd, out_fd, err_fd):
+    """The process that runs the code: its fds, rlimits, and no capabilities at all."""
+    os.chdir("/tmp")
+    for target, fd in enumerate((stdin_fd, out_fd, err_fd)):
+        os.dup2(fd, target)
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    for name, (soft, hard) in config["limits"].items():
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (soft, hard))
+    for cap in range(64):
+        if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # past the last capability this kernel has
+    header, data = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0), (ctypes.c_uint32 * 6)()
+    _check(_libc.syscall(_SYS_CAPSET, header, data), "capset")
+
+
+def _run_code(code, env):
+    """What `python -c code` would do, in this already running interpreter; returns the exit code."""
+    os.environ.clear()
+    os.environ.update(env, PWD=os.getcwd())  # bwrap's --chdir sets PWD too
+    sys.argv = ["-c"]
+    main = type(sys)("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(compile(code, "<string>", "exec"), main.__dict__)
+        return 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException as exc:  # printed as `python -c` would, without this file's frame
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        return 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+
+
+def _child(config, code, env, stdin_fd, out_fd, err_fd, info_fd):
+    """The forked child: new namespaces, their init, and under it the code. Never returns.
+
+    The code runs as PID 2, not 1: a namespace's PID 1 ignores the signals it has no handler for,
+    so the code's own `os.kill(os.getpid(), ...)` would do nothing. The init reports the code's
+    wait status on `info_fd` (this child, the init's pid first) and exits; the kernel then kills
+    whatever is left in the namespace."""
+    try:
+        os.dup2(err_fd, 2)
+        os.dup2(info_fd, 1)  # nothing of the protocol's pipes stays open in here
+        os.close(0)
+        _enter_namespaces()
+        init = os.fork()
+        if init == 0:
+            _init(config, code, env, stdin_fd, out_fd, err_fd)
+        for fd in (stdin_fd, out_fd, err_fd, info_fd, 2):
+            os.close(fd)
+        os.write(1, b"init %d\n" % init)
+        os.waitpid(init, 0)
+        os._exit(0)
+    except BaseException as exc:
+        _fail(exc)
+
+
+def _init(config, code, env, stdin_fd, out_fd, err_fd):
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1: ignored when sent from inside
+        _set_up_init(config)
+        runner = os.fork()
+        if runner == 0:
+            try:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                _confine(config, stdin_fd, out_fd, err_fd)
+            except BaseException as exc:
+                _fail(exc)
+            os._exit(_run_code(code, env) & 0xFF)
+        for fd in (stdin_fd, out_fd, err_fd):
+            os.close(fd)
+        _, status = os.waitpid(runner, 0)
+        os.write(1, b"status %d\n" % status)
+        os._exit(0)
+    except BaseException as exc:
+        _fail(exc)
+
+
+def _fail(exc):
+    try:
+        os.write(2, ("sandbox setup failed: %r\n" % (exc,)).encode())
+    finally:
+        os._exit(_SETUP_FAILED)
+
+
+# ---------------------------------------------------------------- the zygote
+
+
+def _run(config, code, stdin, env):
+    started = time.monotonic()
+    deadline = started + config["wall_s"]
+    stdin_fd = os.memfd_create("sandbox-stdin")
+    os.write(stdin_fd, stdin)
+    os.lseek(stdin_fd, 0, os.SEEK_SET)
+    (out_r, out_w), (err_r, err_w), (info_r, info_w) = os.pipe(), os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:
+        for fd in (out_r, err_r, info_r):
+            os.close(fd)
+        _child(config, code, env, stdin_fd, out_w, err_w, info_w)
+    for fd in (stdin_fd, out_w, err_w, info_w):
+        os.close(fd)
+    stdout, stderr, stopped, info = _collect(config, out_r, err_r, info_r, deadline)
+    os.waitpid(child, 0)  # the child waits for the init, which waits for everything in its namespace
+    info += _read_all(info_r)
+    for fd in (out_r, err_r, info_r):
+        os.close(fd)
+    return _returncode(info), stdout, stderr, stopped, time.monotonic() - started
+
+
+def _collect(config, out_r, err_r, info_r, deadline):
+    """stdout and stderr until both close; SIGKILL the init at the deadline or past the output cap.
+
+    `info_r` brings the init's pid and the code's wait status, as lines `init N` and `status N`."""
+    chunks, info = {out_r: [], err_r: []}, b""
+    budget, stopped, init, killed = config["output_kb"] << 10, None, None, False
+    reading = {out_r, err_r, info_r}
+    while out_r in reading or err_r in reading:
+        timeout = None if stopped else max(deadline - time.monotonic(), 0)
+        ready = select.select(list(reading), [], [], timeout)[0]
+        if not ready:
+            stopped = "timeout"
+        for fd in ready:
+            data = os.read(fd, 65536)
+            if not data:
+                reading.discard(fd)
+            elif fd == info_r:
+                info += data
+            else:
+                chunks[fd].append(data[: max(budget, 0)])
+                budget -= len(data)
+                if budget < 0 and stopped is None:
+                    stopped = "output_limit"
+        if init is None:
+            init = _info(info).get(b"init")
+        if stopped and init is not None and not killed:
+            _kill(init)
+            killed = True
+    return b"".join(chunks[out_r]), b"".join(chunks[err_r]), stopped, info
+
+
+def _kill(pid):
+    if pid <= 1:  # never this namespace's init, nor a process group
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _read_all(fd):
+    data = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _info(info):
+    """The complete `name value` lines the child (`init`) and the init (`status`) wrote, in either order."""
+    lines = (line.split() for line in info.split(b"\n")[:-1])
+    return {line[0]: int(line[1]) for line in lines if len(line) == 2}
+
+
+def _returncode(info):
+    """bwrap's convention from the code's wait status; SIGKILL where the init was killed first."""
+    values = _info(info)
+    if b"status" not in values:
+        return 128 + signal.SIGKILL if b"init" in values else _SETUP_FAILED
+    status = values[b"status"]
+    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _read_frame():
+    header = _read_exactly(4)
+    return None if header is None else marshal.loads(_read_exactly(int.from_bytes(header, "little")))
+
+
+def _read_exactly(size):
+    data = b""
+    while len(data) < size:
+        chunk = os.read(0, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def main():
+    config = marshal.loads(bytes.fromhex(sys.argv[1]))
+    for name in config["preload"]:
+        __import__(name)
+    while True:
+        request = _read_frame()
+        if request is None:
+            return
+        reply = marshal.dumps(_run(config, *request))
+        os.write(1, len(reply).to_bytes(4, "little") + reply)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""synth.forkserver: a forked sandbox gives the code what a bwrap run gives it, and runs share nothing.
+
+The attack suite (test_sandbox_attacks.py) runs every attack against both; this file checks the
+plain behaviour, the server's own life (hash seed, a zygote that dies, concurrency) and refusal.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import synth.forkserver as forkserver
+from generators.code.execute import ExecutionOptions, run_all
+from synth.forkserver import ForkServer
+from synth.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
+
+LIMITS = SandboxLimits(wall_s=3, cpu_s=2, memory_mb=256, processes=8, tmpfs_mb=4, output_kb=64)
+
+WHAT_IT_SEES = """
+import json, os, socket
+status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines())
+limits = [line[:68].split('  ')[0] + line[26:68] for line in open('/proc/self/limits').read().splitlines()]
+print(json.dumps({
+    'ids': [os.getuid(), os.geteuid(), os.getgid(), os.getgroups()], 'pid': os.getpid(),
+    'pids': sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()),
+    'root': sorted(os.listdir('/')), 'cwd': os.getcwd(), 'host': socket.gethostname(),
+    'tmp': sorted(os.listdir('/tmp')), 'env': dict(os.environ), 'limits': limits,
+    'caps': [status[k].strip() for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs')],
+    'interfaces': [name for _, name in socket.if_nameindex()],
+    'writable': [p for p in ('/', '/usr', '/dev', '/proc/sys', '/tmp') if os.access(p, os.W_OK)],
+}, sort_keys=True))
+"""
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    return Sandbox(LIMITS)
+
+
+@pytest.fixture(scope="module")
+def server(sandbox):
+    with ForkServer(sandbox, size=2, env={"PYTHONHASHSEED": "7"}) as server:
+        yield server
+
+
+def test_a_forked_sandbox_sees_what_a_bwrap_run_sees(sandbox, server):
+    forked = server.run_python(WHAT_IT_SEES, env={"EXTRA": "1", "PYTHONHASHSEED": "7"})
+    bwrap = sandbox.run_python(WHAT_IT_SEES, env={"EXTRA": "1", "PYTHONHASHSEED": "7"})
+    assert forked.ok and bwrap.ok, (forked.stderr, bwrap.stderr)
+    assert forked.stdout == bwrap.stdout  # ids, pids, files, limits, capabilities, environment...
+
+
+def test_exit_codes_signals_and_limits_are_reported_alike(sandbox, server):
+    programs = {
+        "raise SystemExit(3)": ("exit_error", "exit code 3"),
+        "1/0": ("exit_error", "exit code 1"),
+        "import os, signal\nos.kill(os.getpid(), signal.SIGABRT)": ("signal", "SIGABRT"),
+        "while True: pass": ("signal", "SIGXCPU"),
+        "import sys\nsys.stdout.write('x' * 200_000)": ("output_limit", "killed by the parent: output_limit"),
+    }
+    for code, expected in programs.items():
+        for runner in (server, sandbox):
+            result = runner.run_python(code)
+            assert (result.status, result.detail) == expected, (code, runner, result)
+    crashed = server.run_python("1/0")
+    assert crashed.stderr.decode().startswith("Traceback") and "zygote" not in crashed.stderr.decode()
+
+
+def test_past_the_wall_clock_the_whole_sandbox_is_killed(server):
+    started = time.monotonic()
+    result = server.run_python("import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(60)")
+    assert result.status == "timeout" and time.monotonic() - started < LIMITS.wall_s + 1.5
+    assert server.run_python("print(1)").stdout == b"1\n", "the zygote serves the next run"
+
+
+def test_runs_share_no_files_or_processes(server):
+    left = server.run_python(
+        "import os, subprocess\nopen('/tmp/left-behind', 'w').write('x')\n"
+        "subprocess.Popen(['/usr/bin/sleep', '30'], start_new_session=True)"
+    )
+    seen = server.run_python("import os\nprint(os.listdir('/tmp'), [p for p in os.listdir('/proc') if p.isdigit()])")
+    assert left.ok and seen.stdout == b"[] ['1', '2']\n"
+
+
+def test_the_hash_seed_is_the_servers(sandbox, server):
+    code = "print(hash('synth'))"
+    assert server.run_python(code).stdout == sandbox.run_python(code, env={"PYTHONHASHSEED": "7"}).stdout
+    with pytest.raises(ValueError, match="PYTHONHASHSEED"):
+        server.run_python(code, env={"PYTHONHASHSEED": "8"})
+
+
+def test_concurrent_runs_take_different_zygotes(server):
+    results, started = [], time.monotonic()
+    threads = [threading.Thread(target=lambda: results.append(server.run_python("import time\ntime.sleep(0.6)")))
+               for _ in range(2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.status for r in results] == ["ok", "ok"] and time.monotonic() - started < 1.1
+
+
+def test_a_zygote_that_dies_is_replaced(sandbox):
+    with ForkServer(sandbox, size=1) as server:
+        server._zygotes[0].process.kill()  # bwrap of the zygote's outer sandbox: it all goes
+        failed = server.run_python("print(1)")
+        assert not failed.ok and b"zygote stopped" in failed.stderr
+        assert server.run_python("print(2)").stdout == b"2\n"
+
+
+def test_refuses_where_a_zygote_cannot_build_sandboxes_and_run_all_falls_back(sandbox, monkeypatch, caplog):
+    """A zygote whose user namespaces fail (as where nested ones are not allowed): refused at start."""
+    source = forkserver.zygote_source().replace("_libc.unshare(_CLONE_NEWUSER)", "_libc.unshare(-1)")
+    monkeypatch.setattr(forkserver, "zygote_source", lambda: source)
+    with pytest.raises(SandboxUnavailable, match="sandbox setup failed"):
+        ForkServer(sandbox)
+    rows = [{"source": "def double(x):\n    return 2 * x\n", "name": "double", "inputs": ["double(4)"]}]
+    runs = run_all(sandbox, rows, ExecutionOptions(limits=LIMITS), hash_seed=0)
+    assert runs[0].outputs == ["8"] and "no fork server here" in caplog.text

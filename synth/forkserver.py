@@ -8,8 +8,10 @@ Each `run_python` forks a zygote, and the fork builds a sandbox of its own befor
 (`synth.zygote` says how): its own user, mount, PID, network, IPC, UTS and cgroup namespaces,
 a private /tmp tmpfs and /proc, the rlimits, no capabilities and no way to create user
 namespaces; when its init exits, everything it started dies with it. Runs never share a
-process, a namespace or a writable file, and the zygote holds nothing the code may not see:
-it started with an empty environment, in the same outer sandbox.
+process, a namespace or a writable file, and the zygote holds nothing from the host: it started
+with an empty environment, in the same outer sandbox. One thing differs from a bwrap run: a
+run's memory starts as a copy of its zygote's, where freed bytes of earlier runs' requests and
+outputs may linger; code can read them (never change them: each run has its own copy).
 
 The interpreter's start-up environment (PYTHONHASHSEED, say) is the server's `env`, fixed when
 its zygotes start; a run's `env` only fills `os.environ`, and one that names a different
@@ -30,6 +32,7 @@ from functools import cache
 from pathlib import Path
 
 from synth.sandbox import (
+    _READ_CHUNK,
     _TEARDOWN_S,
     SANDBOX_ENV,
     Sandbox,
@@ -40,6 +43,7 @@ from synth.sandbox import (
     _result,
     probe,
 )
+from synth.zygote import REPLY, STOPPED
 
 PRELOAD = ("collections", "functools", "itertools", "math", "operator", "re", "string", "types")
 """Standard-library modules every zygote imports once, so runs start with them (trusted code only)."""
@@ -135,7 +139,7 @@ class _Zygote:
             self.process.stdin.write(len(request).to_bytes(4, "little") + request)
             self.process.stdin.flush()
             reply = self._read_reply(started + wall_s + _ZYGOTE_GRACE_S)
-        except BrokenPipeError:
+        except (BrokenPipeError, IndexError, ValueError):  # IndexError, ValueError: not a reply
             reply = None
         if reply is None:  # the zygote died or hung: its whole sandbox goes, a fresh one next run
             why = self._stderr_tail()
@@ -143,12 +147,19 @@ class _Zygote:
             stopped = "timeout" if time.monotonic() - started >= wall_s else None
             return _result(70, b"", f"the fork server's zygote stopped: {why}".encode(), stopped,
                            time.monotonic() - started)  # fmt: skip
-        returncode, stdout, stderr, stopped, seconds = marshal.loads(reply)
-        return _result(returncode, stdout, stderr, stopped, seconds)
+        return reply
 
-    def _read_reply(self, deadline: float) -> bytes | None:
-        header = self._read_exactly(4, deadline)
-        return None if header is None else self._read_exactly(int.from_bytes(header, "little"), deadline)
+    def _read_reply(self, deadline: float) -> SandboxResult | None:
+        header = self._read_exactly(REPLY.size, deadline)
+        if header is None:
+            return None
+        returncode, stopped, seconds, out_size, err_size = REPLY.unpack(header)
+        if out_size + err_size > (self.sandbox.limits.output_kb << 10) + _READ_CHUNK:
+            return None  # the zygote caps what it relays: this is not one of its replies
+        output = self._read_exactly(out_size + err_size, deadline)
+        if output is None:
+            return None
+        return _result(returncode, output[:out_size], output[out_size:], STOPPED[stopped], seconds)
 
     def _read_exactly(self, size: int, deadline: float) -> bytes | None:
         fd, data = self.process.stdout.fileno(), b""

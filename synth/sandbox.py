@@ -29,6 +29,9 @@ by that user; the default is the running base interpreter when it is, else `/usr
 
 Where bubblewrap is missing or cannot build the sandbox (no unprivileged user namespaces, say),
 constructing a `Sandbox` raises `SandboxUnavailable` saying what is missing.
+
+`synth.forkserver.ForkServer` builds the same kind of sandbox per run by forking a warm
+interpreter that waits inside one of these, sparing each run the interpreter start.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ argument: `marshal.dumps(config).hex()`, config a dict of `limits` (the rlimits,
 `tmpfs_mb`, `output_kb`) and `preload` (standard-library modules imported once, here, so that
 every sandbox starts with them). It cannot import the project, which is not in the sandbox.
 
-Protocol on stdin/stdout, frames of a 4-byte little-endian length and a marshal payload:
-request `(code, stdin, env)`, reply `(returncode, stdout, stderr, stopped, seconds)` with bwrap's
-convention for `returncode` (128 + N for a death by signal N) and `stopped` None, "timeout" or
-"output_limit".
+Protocol on stdin/stdout. Request: a 4-byte little-endian length and `marshal.dumps((code,
+stdin, env))`. Reply: `REPLY` (returncode in bwrap's convention, 128 + N for a death by signal
+N; `STOPPED` index; seconds; the lengths of stdout and stderr), then stdout and stderr: plain
+fields the parent unpacks without trusting anything the sandboxed code wrote.
 
 Per request the zygote forks a child that, before any untrusted code runs:
 1. enters a new user namespace (the sandbox uid, 65534, mapped to its own), sets that
@@ -33,6 +33,7 @@ import resource
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -42,6 +43,8 @@ _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET, _CLONE_NEWCGROUP = 0x10000000, 0x2
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
 _PR_CAPBSET_DROP, _SYS_CAPSET, _CAP_VERSION_3 = 24, 126, 0x20080522
 _SANDBOX_ID = 65534
+REPLY = struct.Struct("<iBdII")
+STOPPED = (None, "timeout", "output_limit")
 _SETUP_FAILED = 125
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -288,8 +291,15 @@ def main():
         request = _read_frame()
         if request is None:
             return
-        reply = marshal.dumps(_run(config, *request))
-        os.write(1, len(reply).to_bytes(4, "little") + reply)
+        returncode, stdout, stderr, stopped, seconds = _run(config, *request)
+        header = REPLY.pack(returncode, STOPPED.index(stopped), seconds, len(stdout), len(stderr))
+        _write_all(header + stdout + stderr)
+
+
+def _write_all(data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view) :]
 
 
 if __name__ == "__main__":

@@ -88,3 +88,10 @@ def test_sampling_is_seeded_and_blocks_carry_the_requested_labels(data, tmp_path
     assert len({b["seed"] for b in blocks}) == len(blocks)
     with pytest.raises(SpecError, match="unknown label 'tumour'; the model knows: normal, bright_lesion, dark_lesion"):
         plan_blocks(DiffusionSampleConfig(labels=["tumour"]), model.classes, stage_seed=9)
+
+
+def test_min_snr_weights_only_the_nearly_clean_timesteps_down():
+    predicted, noise = torch.ones(3, 1, 2, 2), torch.zeros(3, 1, 2, 2)
+    abar_t = torch.tensor([0.5, 0.8, 0.99])  # SNR 1, 4, 99
+    assert diffusion._loss(predicted, noise, abar_t, None).item() == pytest.approx(1.0)
+    assert diffusion._loss(predicted, noise, abar_t, 5.0).item() == pytest.approx((1 + 1 + 5 / 99) / 3)

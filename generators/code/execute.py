@@ -2,8 +2,8 @@
 
 `run_function` is the whole protocol: the harness (`generators.code.harness`) and the function's
 inputs go into a sandbox; per input, a status and a text come back (see the harness for the
-statuses). One sandbox per function, not per input: a function cannot see another's state or
-outputs. By default (`fork_server`) each function's sandbox is forked from a warm zygote
+statuses). One sandbox per function, not per input: a function cannot change another's state
+or outputs. By default (`fork_server`) each function's sandbox is forked from a warm zygote
 (`synth.forkserver`), which spares the interpreter start a `synth.sandbox.Sandbox` run pays;
 where a zygote cannot build sandboxes, a warning says so and each function gets a bwrap run.
 
@@ -166,7 +166,7 @@ class CodeExecuteConfig(StageConfig):
 class CodeExecute(MapStage):
     kind = "code_execute"
     Config = CodeExecuteConfig
-    description = "Run every function on its inputs in one bubblewrap sandbox per function"
+    description = "Run every function on its inputs in one sandbox per function, forked from a warm zygote"
 
     def setup(self) -> None:
         self.sandbox = self.config.execution.sandbox()

@@ -11,7 +11,7 @@ The loop (`train`), top to bottom:
   batch, timesteps, noise and label dropout from a generator seeded by (seed, s), so a resumed
   run draws exactly what an uninterrupted one would.
 - step: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM, Ho et al., 2020); the network
-  predicts eps; MSE loss; AdamW with linear warmup then cosine decay to 10%; gradients clipped
+  predicts eps; MSE loss (optionally Min-SNR-gamma weighted); AdamW with linear warmup then cosine decay to 10%; gradients clipped
   to `grad_clip`; an EMA of the weights. bf16 autocast on CUDA (fp16 with a grad scaler where
   bf16 is missing), fp32 on CPU.
 - log: mean loss and seconds per step every `log_every` steps.
@@ -86,6 +86,9 @@ class DiffusionTrainConfig(StageConfig):
     grad_clip: float = Field(1.0, gt=0, description="Clip the gradient norm to this")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay; ramps up from 0.1 over the first steps")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Chance a label is dropped (classifier-free guidance)")
+    snr_gamma: float | None = Field(
+        None, gt=0, description="Min-SNR-gamma loss weights, min(SNR_t, gamma) / SNR_t per sample (none: plain MSE)"
+    )
     channels: list[int] = Field([32, 64, 64], min_length=1, description="UNet block_out_channels")
     layers_per_block: int = Field(1, ge=1)
     attention: bool = Field(False, description="Self-attention in the lowest-resolution blocks")
@@ -266,7 +269,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
         with autocast:
-            loss = F.mse_loss(unet(x_t, t, class_labels=y).sample.float(), noise)
+            loss = _loss(unet(x_t, t, class_labels=y).sample.float(), noise, abar[t], cfg.snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -285,6 +288,16 @@ def train(
     meta = {"fingerprint": tag, "steps": cfg.steps, "seconds_per_step": seconds / max(1, cfg.steps - start)}
     save_model(folder / "model", ema.to("cpu"), scheduler, classes, size, meta)
     return TrainResult(cfg.steps - start, start, seconds, float(np.mean(losses[-cfg.log_every :])) if losses else None)
+
+
+def _loss(predicted: torch.Tensor, noise: torch.Tensor, abar_t: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
+    """MSE on the noise; with `snr_gamma`, each sample's weighted by min(SNR, gamma) / SNR so the
+    nearly clean timesteps (high SNR, easy) stop dominating the gradient (Hang et al., 2023)."""
+    if snr_gamma is None:
+        return F.mse_loss(predicted, noise)
+    snr = abar_t / (1 - abar_t)
+    weight = snr.clamp(max=snr_gamma) / snr
+    return (weight * (predicted - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
 def _noised_batch(

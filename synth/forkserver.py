@@ -67,7 +67,7 @@ class ForkServer:
                  preload: tuple[str, ...] = PRELOAD):  # fmt: skip
         self.sandbox, self.env = sandbox, dict(env or {})
         limits = sandbox.limits
-        config = {"limits": sandbox._rlimits(), "wall_s": limits.wall_s, "tmpfs_mb": limits.tmpfs_mb,
+        config = {"limits": sandbox.rlimits(), "wall_s": limits.wall_s, "tmpfs_mb": limits.tmpfs_mb,
                   "output_kb": limits.output_kb, "preload": list(preload)}  # fmt: skip
         self._argv = sandbox.python_argv(zygote_source()) + [marshal.dumps(config).hex()]
         self._zygotes = [_Zygote(sandbox, self._argv, self.env) for _ in range(size)]

@@ -163,7 +163,7 @@ class Sandbox:
         """The interpreter running `code`: no site, no user site, no bytecode written."""
         return [self.python, "-S", "-s", "-B", "-c", code]
 
-    def _rlimits(self) -> dict[str, tuple[int, int]]:
+    def rlimits(self) -> dict[str, tuple[int, int]]:
         """(soft, hard) per limit; the CPU limit's hard one a second later, so SIGXCPU comes first."""
         lim = self.limits
         return {"CPU": (lim.cpu_s, lim.cpu_s + 1), "AS": (lim.memory_mb << 20,) * 2,
@@ -172,7 +172,7 @@ class Sandbox:
 
     def _rlimit_lines(self) -> str:
         """One line of Python that sets `_rlimits` on its own process (children inherit them)."""
-        calls = "; ".join(f"_r.setrlimit(_r.RLIMIT_{name}, {limits})" for name, limits in self._rlimits().items())
+        calls = "; ".join(f"_r.setrlimit(_r.RLIMIT_{name}, {limits})" for name, limits in self.rlimits().items())
         return f"import resource as _r; {calls}; del _r\n"
 
     def command(self, argv: list[str], env: dict[str, str] | None = None, info_fd: int | None = None,
@@ -200,7 +200,7 @@ class Sandbox:
         ]  # fmt: skip
         variables = {**SANDBOX_ENV, **(env or {})}
         environment = ["--clearenv"] + [arg for k, v in variables.items() for arg in ("--setenv", k, v)]
-        rlimits = [self.prlimit, *(f"--{name.lower()}={soft}:{hard}" for name, (soft, hard) in self._rlimits().items()),
+        rlimits = [self.prlimit, *(f"--{name.lower()}={soft}:{hard}" for name, (soft, hard) in self.rlimits().items()),
                    "--"] if prlimit else []  # fmt: skip
         return [*self.launcher, self.bwrap, *isolation, *info, *filesystem, *environment, "--", *rlimits, *argv]
 

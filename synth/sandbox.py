@@ -171,7 +171,7 @@ class Sandbox:
                 "NOFILE": (lim.open_files,) * 2, "CORE": (0, 0)}  # fmt: skip
 
     def _rlimit_lines(self) -> str:
-        """One line of Python that sets `_rlimits` on its own process (children inherit them)."""
+        """One line of Python that sets `rlimits` on its own process (children inherit them)."""
         calls = "; ".join(f"_r.setrlimit(_r.RLIMIT_{name}, {limits})" for name, limits in self.rlimits().items())
         return f"import resource as _r; {calls}; del _r\n"
 

@@ -205,13 +205,16 @@ def _run(config, code, stdin, env):
 
 
 def _collect(config, out_r, err_r, info_r, deadline):
-    """stdout and stderr until both close; SIGKILL the init at the deadline or past the output cap.
+    """stdout and stderr until all three pipes close; SIGKILL the init at the deadline or past the
+    output cap.
 
-    `info_r` brings the init's pid and the code's wait status, as lines `init N` and `status N`."""
+    `info_r` brings the init's pid and the code's wait status, as lines `init N` and `status N`;
+    it closes when the child and the init have exited, so code that closes its stdout and stderr
+    still meets the wall clock."""
     chunks, info = {out_r: [], err_r: []}, b""
     budget, stopped, init, killed = config["output_kb"] << 10, None, None, False
     reading = {out_r, err_r, info_r}
-    while out_r in reading or err_r in reading:
+    while reading:
         timeout = None if stopped else max(deadline - time.monotonic(), 0)
         ready = select.select(list(reading), [], [], timeout)[0]
         if not ready:

@@ -147,3 +147,10 @@ def test_standard_library_functions_give_the_same_outputs_in_both_sandboxes(sand
     steady = [i for i, (a, b) in enumerate(zip(bwrap, again)) if seen(a) == seen(b)]
     assert len(steady) > 30 and sum(forked[i].status == "ok" for i in steady) > 20
     assert [rows[i]["name"] for i in steady if seen(forked[i]) != seen(bwrap[i])] == []
+
+
+def test_closing_stdout_and_stderr_does_not_escape_the_wall_clock(server):
+    started = time.monotonic()
+    result = server.run_python("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)")
+    assert (result.status, result.detail) == ("timeout", "killed by the parent: timeout")  # not the zygote's
+    assert time.monotonic() - started < LIMITS.wall_s + 1

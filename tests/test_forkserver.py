@@ -153,4 +153,4 @@ def test_closing_stdout_and_stderr_does_not_escape_the_wall_clock(server):
     started = time.monotonic()
     result = server.run_python("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)")
     assert (result.status, result.detail) == ("timeout", "killed by the parent: timeout")  # not the zygote's
-    assert time.monotonic() - started < LIMITS.wall_s + 1
+    assert time.monotonic() - started < LIMITS.wall_s + 1.5

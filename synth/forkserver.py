@@ -8,10 +8,10 @@ Each `run_python` forks a zygote, and the fork builds a sandbox of its own befor
 (`synth.zygote` says how): its own user, mount, PID, network, IPC, UTS and cgroup namespaces,
 a private /tmp tmpfs and /proc, the rlimits, no capabilities and no way to create user
 namespaces; when its init exits, everything it started dies with it. Runs never share a
-process, a namespace or a writable file, and the zygote holds nothing from the host: it started
-with an empty environment, in the same outer sandbox. One thing differs from a bwrap run: a
-run's memory starts as a copy of its zygote's, where freed bytes of earlier runs' requests and
-outputs may linger; code can read them (never change them: each run has its own copy).
+process, a namespace or a writable file, and the zygote holds nothing from the host (it started
+with an empty environment, in the same outer sandbox) nor from earlier runs: a run's stdin,
+stdout and stderr go to it as file descriptors it only hands on, and back comes a pidfd of the
+run's init, through which the wall clock and the output cap are enforced here, as for `Sandbox`.
 
 The interpreter's start-up environment (PYTHONHASHSEED, say) is the server's `env`, fixed when
 its zygotes start; a run's `env` only fills `os.environ`, and one that names a different
@@ -25,6 +25,8 @@ import marshal
 import os
 import queue
 import select
+import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -32,18 +34,19 @@ from functools import cache
 from pathlib import Path
 
 from synth.sandbox import (
-    _READ_CHUNK,
     _TEARDOWN_S,
     SANDBOX_ENV,
     Sandbox,
+    SandboxLimits,
     SandboxResult,
     SandboxUnavailable,
     _kill_sandbox,
     _read_init_pid,
     _result,
+    collect,
     probe,
 )
-from synth.zygote import REPLY, STOPPED
+from synth.zygote import DONE, MAX_REQUEST
 
 PRELOAD = ("collections", "functools", "itertools", "math", "operator", "re", "string", "types")
 """Standard-library modules every zygote imports once, so runs start with them (trusted code only)."""
@@ -66,9 +69,7 @@ class ForkServer:
     def __init__(self, sandbox: Sandbox, size: int = 1, env: dict[str, str] | None = None,
                  preload: tuple[str, ...] = PRELOAD):  # fmt: skip
         self.sandbox, self.env = sandbox, dict(env or {})
-        limits = sandbox.limits
-        config = {"limits": sandbox.rlimits(), "wall_s": limits.wall_s, "tmpfs_mb": limits.tmpfs_mb,
-                  "output_kb": limits.output_kb, "preload": list(preload)}  # fmt: skip
+        config = {"limits": sandbox.rlimits(), "tmpfs_mb": sandbox.limits.tmpfs_mb, "preload": list(preload)}
         self._argv = sandbox.python_argv(zygote_source()) + [marshal.dumps(config).hex()]
         self._zygotes = [_Zygote(sandbox, self._argv, self.env) for _ in range(size)]
         self._idle: queue.Queue[_Zygote] = queue.Queue()
@@ -92,7 +93,7 @@ class ForkServer:
                 )
         zygote = self._idle.get()
         try:
-            return zygote.run(code, stdin, {**SANDBOX_ENV, **self.env, **env}, self.sandbox.limits.wall_s)
+            return zygote.run(code, stdin, {**SANDBOX_ENV, **self.env, **env}, self.sandbox.limits)
         finally:
             self._idle.put(zygote)
 
@@ -107,8 +108,15 @@ class ForkServer:
         self.close()
 
 
+class _ZygoteLost(Exception):
+    """The zygote died or stopped answering."""
+
+
 class _Zygote:
-    """One zygote process in its outer sandbox; restarted after it fails to answer in time."""
+    """One zygote process in its outer sandbox; restarted after it fails to answer in time.
+
+    A run's stdin, stdout and stderr go to the zygote as fds, and back comes a pidfd of the run's
+    init: the wall clock and the output cap are enforced here, as for a bwrap run."""
 
     def __init__(self, sandbox: Sandbox, argv: list[str], env: dict[str, str]):
         self.sandbox, self.argv, self.env = sandbox, argv, env
@@ -116,61 +124,84 @@ class _Zygote:
         self.init_pid: int | None = None
 
     def start(self) -> None:
+        self.control, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         info_read, info_write = os.pipe()
         self.stderr = tempfile.TemporaryFile()
         try:
             command = self.sandbox.command(self.argv, self.env, info_write, prlimit=False, user_namespaces=True)
             self.process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env={},
+                command, stdin=zygote_end.fileno(), stdout=subprocess.DEVNULL, stderr=self.stderr, env={},
                 close_fds=True, pass_fds=(info_write,), start_new_session=True,
             )  # fmt: skip
         except OSError as exc:
             raise SandboxUnavailable(f"cannot start {command[0]}: {exc}; untrusted code is never run unsandboxed")
         finally:
             os.close(info_write)
+            zygote_end.close()
         self.init_pid = _read_init_pid(info_read, time.monotonic() + _TEARDOWN_S)
 
-    def run(self, code: str, stdin: bytes, env: dict[str, str], wall_s: float) -> SandboxResult:
+    def run(self, code: str, stdin: bytes, env: dict[str, str], limits: SandboxLimits) -> SandboxResult:
         if self.process is None:
             self.start()
         started = time.monotonic()
-        request = marshal.dumps((code, stdin, env))
+        deadline = started + limits.wall_s
+        request = marshal.dumps((code, env))
+        if len(request) > MAX_REQUEST:
+            raise ValueError(f"code and env of {len(request)} bytes; a fork server takes up to {MAX_REQUEST}")
+        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
         try:
-            self.process.stdin.write(len(request).to_bytes(4, "little") + request)
-            self.process.stdin.flush()
-            reply = self._read_reply(started + wall_s + _ZYGOTE_GRACE_S)
-        except (BrokenPipeError, IndexError, ValueError):  # IndexError, ValueError: not a reply
-            reply = None
-        if reply is None:  # the zygote died or hung: its whole sandbox goes, a fresh one next run
+            stdin_fd = _memfd(stdin)
+            try:
+                socket.send_fds(self.control, [request], [stdin_fd, out_w, err_w])
+            finally:
+                for fd in (stdin_fd, out_w, err_w):
+                    os.close(fd)
+            pidfd = self._started(deadline + _ZYGOTE_GRACE_S)
+            try:
+                stdout, stderr, stopped = collect(out_r, err_r, deadline, limits.output_kb << 10)
+                returncode = None if stopped else self._done(deadline)
+                if returncode is None:  # past the wall clock or the output cap: the whole run goes
+                    stopped = stopped or "timeout"
+                    _kill(pidfd)
+                    returncode = self._done(time.monotonic() + _ZYGOTE_GRACE_S)
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
+            if returncode is None:
+                raise _ZygoteLost
+        except (OSError, _ZygoteLost):  # its whole sandbox goes; a fresh zygote for the next run
             why = self._stderr_tail()
             self.stop()
-            stopped = "timeout" if time.monotonic() - started >= wall_s else None
+            stopped = "timeout" if time.monotonic() - started >= limits.wall_s else None
             return _result(70, b"", f"the fork server's zygote stopped: {why}".encode(), stopped,
                            time.monotonic() - started)  # fmt: skip
-        return reply
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        return _result(returncode, stdout, stderr, stopped, time.monotonic() - started)
 
-    def _read_reply(self, deadline: float) -> SandboxResult | None:
-        header = self._read_exactly(REPLY.size, deadline)
-        if header is None:
-            return None
-        returncode, stopped, seconds, out_size, err_size = REPLY.unpack(header)
-        if out_size + err_size > (self.sandbox.limits.output_kb << 10) + _READ_CHUNK:
-            return None  # the zygote caps what it relays: this is not one of its replies
-        output = self._read_exactly(out_size + err_size, deadline)
-        if output is None:
-            return None
-        return _result(returncode, output[:out_size], output[out_size:], STOPPED[stopped], seconds)
+    def _started(self, deadline: float) -> int | None:
+        """The pidfd of the run's init (None where its set-up failed before the init existed)."""
+        if not self._readable(deadline):
+            raise _ZygoteLost
+        message, fds, _, _ = socket.recv_fds(self.control, 64, 1)
+        if message != b"started":
+            for fd in fds:
+                os.close(fd)
+            raise _ZygoteLost
+        return fds[0] if fds else None
 
-    def _read_exactly(self, size: int, deadline: float) -> bytes | None:
-        fd, data = self.process.stdout.fileno(), b""
-        while len(data) < size:
-            if not select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
-                return None
-            chunk = os.read(fd, size - len(data))
-            if not chunk:
-                return None
-            data += chunk
-        return data
+    def _done(self, deadline: float) -> int | None:
+        """The run's exit code once all of it is gone; None if the zygote has not said by `deadline`."""
+        if not self._readable(deadline):
+            return None
+        message = self.control.recv(64)
+        if len(message) != DONE.size:
+            raise _ZygoteLost
+        return DONE.unpack(message)[0]
+
+    def _readable(self, deadline: float) -> bool:
+        return bool(select.select([self.control], [], [], max(deadline - time.monotonic(), 0))[0])
 
     def _stderr_tail(self) -> str:
         self.stderr.seek(0)
@@ -179,12 +210,28 @@ class _Zygote:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.stdin.close()  # end of requests: an idle zygote exits by itself
+        self.control.close()  # end of requests: an idle zygote exits by itself
         try:
             self.process.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             pass
-        self.process.stdin = None
         _kill_sandbox(self.process, self.init_pid)
         self.stderr.close()
         self.process = self.init_pid = None
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("sandbox-stdin")
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _kill(pidfd: int | None) -> None:
+    """SIGKILL a run's init (and so everything in its PID namespace) through its pidfd."""
+    if pidfd is None:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

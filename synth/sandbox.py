@@ -205,29 +205,35 @@ class Sandbox:
         return [*self.launcher, self.bwrap, *isolation, *info, *filesystem, *environment, "--", *rlimits, *argv]
 
     def _collect(self, process: subprocess.Popen, deadline: float) -> tuple[bytes, bytes, str | None]:
-        """Read stdout and stderr until both close; stop early at the deadline or the output cap."""
-        chunks: dict[int, list[bytes]] = {process.stdout.fileno(): [], process.stderr.fileno(): []}
-        budget, stopped = self.limits.output_kb << 10, None
-        with selectors.DefaultSelector() as selector:
-            for pipe in (process.stdout, process.stderr):
-                selector.register(pipe, selectors.EVENT_READ)
-            while selector.get_map() and stopped is None:
-                left = deadline - time.monotonic()
-                events = selector.select(left) if left > 0 else []
-                if not events:
-                    stopped = "timeout"
-                for key, _ in events:
-                    data = os.read(key.fd, _READ_CHUNK)
-                    if not data:
-                        selector.unregister(key.fileobj)
-                    chunks[key.fd].append(data[: max(budget, 0)])
-                    budget -= len(data)
-                    if budget < 0:
-                        stopped = "output_limit"
+        fds = (process.stdout.fileno(), process.stderr.fileno())
+        out, err, stopped = collect(*fds, deadline, self.limits.output_kb << 10)
         if stopped is None and not _wait(process, deadline):
             stopped = "timeout"
-        out, err = (b"".join(parts) for parts in chunks.values())
         return out, err, stopped
+
+
+def collect(out_fd: int, err_fd: int, deadline: float, budget: int) -> tuple[bytes, bytes, str | None]:
+    """Read stdout and stderr until both close; stop early ("timeout", "output_limit") at the
+    deadline or past `budget` bytes. Closes neither fd."""
+    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    stopped = None
+    with selectors.DefaultSelector() as selector:
+        for fd in (out_fd, err_fd):
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map() and stopped is None:
+            left = deadline - time.monotonic()
+            events = selector.select(left) if left > 0 else []
+            if not events:
+                stopped = "timeout"
+            for key, _ in events:
+                data = os.read(key.fd, _READ_CHUNK)
+                if not data:
+                    selector.unregister(key.fileobj)
+                chunks[key.fd].append(data[: max(budget, 0)])
+                budget -= len(data)
+                if budget < 0:
+                    stopped = "output_limit"
+    return b"".join(chunks[out_fd]), b"".join(chunks[err_fd]), stopped
 
 
 def probe(run_python, python: str) -> None:

@@ -2,14 +2,17 @@
 `synth.forkserver`) and builds one fresh sandbox per request by forking itself.
 
 `synth.forkserver` passes this file's text to the sandboxed interpreter (`python -S -c`), with one
-argument: `marshal.dumps(config).hex()`, config a dict of `limits` (the rlimits, `wall_s`,
-`tmpfs_mb`, `output_kb`) and `preload` (standard-library modules imported once, here, so that
-every sandbox starts with them). It cannot import the project, which is not in the sandbox.
+argument: `marshal.dumps(config).hex()`, config a dict of `limits` (the rlimits), `tmpfs_mb` and
+`preload` (standard-library modules imported once, here, so that every sandbox starts with
+them). It cannot import the project, which is not in the sandbox.
 
-Protocol on stdin/stdout. Request: a 4-byte little-endian length and `marshal.dumps((code,
-stdin, env))`. Reply: `REPLY` (returncode in bwrap's convention, 128 + N for a death by signal
-N; `STOPPED` index; seconds; the lengths of stdout and stderr), then stdout and stderr: plain
-fields the parent unpacks without trusting anything the sandboxed code wrote.
+Protocol on fd 0, a SOCK_SEQPACKET unix socket to the parent. Request: `marshal.dumps((code,
+env))` with three fds attached (SCM_RIGHTS): the run's stdin, stdout and stderr. The zygote never
+reads or writes them, so nothing of a run's input or output passes through its memory (which
+every later run starts as a copy of). Replies: `started`, with a pidfd of the run's init attached
+(none where the set-up failed before it), through which the parent enforces the wall clock and
+the output cap; then `DONE` (the exit code in bwrap's convention, 128 + N for a death by signal
+N) once every process of the run is gone.
 
 Per request the zygote forks a child that, before any untrusted code runs:
 1. enters a new user namespace (the sandbox uid, 65534, mapped to its own), sets that
@@ -22,20 +25,17 @@ Per request the zygote forks a child that, before any untrusted code runs:
    every other fd, sets the rlimits, clears the capability bounding set and drops every
    capability, and runs the code as `python -c` would.
 The outer sandbox already gives the rest: a read-only system, no host files, no_new_privs, an
-environment that started empty. The zygote enforces the wall clock and the output cap by
-SIGKILLing the init; its parent enforces a wall clock on the zygote itself.
+environment that started empty.
 """
 
 import ctypes
 import marshal
 import os
 import resource
-import select
 import signal
 import socket
 import struct
 import sys
-import time
 import traceback
 
 _CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -43,8 +43,8 @@ _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET, _CLONE_NEWCGROUP = 0x10000000, 0x2
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
 _PR_CAPBSET_DROP, _SYS_CAPSET, _CAP_VERSION_3 = 24, 126, 0x20080522
 _SANDBOX_ID = 65534
-REPLY = struct.Struct("<iBdII")
-STOPPED = (None, "timeout", "output_limit")
+DONE = struct.Struct("<i")
+MAX_REQUEST = 1 << 20
 _SETUP_FAILED = 125
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -182,69 +182,39 @@ def _fail(exc):
 # ---------------------------------------------------------------- the zygote
 
 
-def _run(config, code, stdin, env):
-    started = time.monotonic()
-    deadline = started + config["wall_s"]
-    stdin_fd = os.memfd_create("sandbox-stdin")
-    os.write(stdin_fd, stdin)
-    os.lseek(stdin_fd, 0, os.SEEK_SET)
-    (out_r, out_w), (err_r, err_w), (info_r, info_w) = os.pipe(), os.pipe(), os.pipe()
+def _serve(config, control, code, env, stdin_fd, out_fd, err_fd):
+    """One run: fork its child, hand the parent a pidfd of its init, report its exit when all is gone."""
+    info_r, info_w = os.pipe()
     child = os.fork()
     if child == 0:
-        for fd in (out_r, err_r, info_r):
-            os.close(fd)
-        _child(config, code, env, stdin_fd, out_w, err_w, info_w)
-    for fd in (stdin_fd, out_w, err_w, info_w):
+        os.close(info_r)
+        _child(config, code, env, stdin_fd, out_fd, err_fd, info_w)
+    for fd in (stdin_fd, out_fd, err_fd, info_w):
         os.close(fd)
-    stdout, stderr, stopped, info = _collect(config, out_r, err_r, info_r, deadline)
-    os.waitpid(child, 0)  # the child waits for the init, which waits for everything in its namespace
-    info += _read_all(info_r)
-    for fd in (out_r, err_r, info_r):
+    info = _read_line(info_r)
+    pidfds = []
+    if b"init" in _info(info):
+        try:
+            pidfds.append(os.pidfd_open(_info(info)[b"init"]))
+        except ProcessLookupError:  # already over: nothing left to kill
+            pass
+    socket.send_fds(control, [b"started"], pidfds)
+    for fd in pidfds:
         os.close(fd)
-    return _returncode(info), stdout, stderr, stopped, time.monotonic() - started
+    info += _read_all(info_r)  # until the child and the init have exited
+    os.close(info_r)
+    os.waitpid(child, 0)
+    control.send(DONE.pack(_returncode(info)))
 
 
-def _collect(config, out_r, err_r, info_r, deadline):
-    """stdout and stderr until all three pipes close; SIGKILL the init at the deadline or past the
-    output cap.
-
-    `info_r` brings the init's pid and the code's wait status, as lines `init N` and `status N`;
-    it closes when the child and the init have exited, so code that closes its stdout and stderr
-    still meets the wall clock."""
-    chunks, info = {out_r: [], err_r: []}, b""
-    budget, stopped, init, killed = config["output_kb"] << 10, None, None, False
-    reading = {out_r, err_r, info_r}
-    while reading:
-        timeout = None if stopped else max(deadline - time.monotonic(), 0)
-        ready = select.select(list(reading), [], [], timeout)[0]
-        if not ready:
-            stopped = "timeout"
-        for fd in ready:
-            data = os.read(fd, 65536)
-            if not data:
-                reading.discard(fd)
-            elif fd == info_r:
-                info += data
-            else:
-                chunks[fd].append(data[: max(budget, 0)])
-                budget -= len(data)
-                if budget < 0 and stopped is None:
-                    stopped = "output_limit"
-        if init is None:
-            init = _info(info).get(b"init")
-        if stopped and init is not None and not killed:
-            _kill(init)
-            killed = True
-    return b"".join(chunks[out_r]), b"".join(chunks[err_r]), stopped, info
-
-
-def _kill(pid):
-    if pid <= 1:  # never this namespace's init, nor a process group
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _read_line(fd):
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _read_all(fd):
@@ -271,38 +241,19 @@ def _returncode(info):
     return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def _read_frame():
-    header = _read_exactly(4)
-    return None if header is None else marshal.loads(_read_exactly(int.from_bytes(header, "little")))
-
-
-def _read_exactly(size):
-    data = b""
-    while len(data) < size:
-        chunk = os.read(0, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
 def main():
     config = marshal.loads(bytes.fromhex(sys.argv[1]))
     for name in config["preload"]:
         __import__(name)
+    control = socket.socket(fileno=0)
     while True:
-        request = _read_frame()
-        if request is None:
+        message, fds, _, _ = socket.recv_fds(control, MAX_REQUEST, 3)
+        if not message:
             return
-        returncode, stdout, stderr, stopped, seconds = _run(config, *request)
-        header = REPLY.pack(returncode, STOPPED.index(stopped), seconds, len(stdout), len(stderr))
-        _write_all(header + stdout + stderr)
-
-
-def _write_all(data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view) :]
+        if len(fds) != 3:
+            raise SystemExit("expected stdin, stdout and stderr with each request, got %d fds" % len(fds))
+        code, env = marshal.loads(message)
+        _serve(config, control, code, env, *fds)
 
 
 if __name__ == "__main__":

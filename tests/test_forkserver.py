@@ -6,9 +6,11 @@ plain behaviour, the server's own life (hash seed, a zygote that dies, concurren
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +156,34 @@ def test_closing_stdout_and_stderr_does_not_escape_the_wall_clock(server):
     result = server.run_python("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)")
     assert (result.status, result.detail) == ("timeout", "killed by the parent: timeout")  # not the zygote's
     assert time.monotonic() - started < LIMITS.wall_s + 1.5
+
+
+def test_no_run_input_or_output_passes_through_the_zygotes_memory(sandbox):
+    """Every later run starts as a copy of the zygote: it must never have held a run's data."""
+    secret_in, secret_out = f"synth-in-{os.urandom(8).hex()}", f"synth-out-{os.urandom(8).hex()}"
+    with ForkServer(sandbox) as server:
+        run = server.run_python(f"import sys\nsys.stdin.read()\nprint('{secret_out[::-1]}'[::-1])",
+                                stdin=secret_in.encode())  # fmt: skip
+        assert run.stdout.decode().strip() == secret_out
+        init = server._zygotes[0].init_pid
+        zygote = int(Path(f"/proc/{init}/task/{init}/children").read_text().split()[0])
+        memory = _readable_memory(zygote)
+    # "synth-out-" itself: the code holds only the output's reversal
+    found = [marker for marker in (secret_in.encode(), b"synth-out-") if marker in memory]
+    assert len(memory) > 1 << 20 and found == []
+
+
+def _readable_memory(pid: int) -> bytes:
+    """Every readable mapping of `pid` (we are root, or its owner)."""
+    chunks = []
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            span, perms = line.split()[:2]
+            if perms.startswith("r") and "[vvar" not in line and "[vsyscall" not in line:
+                start, end = (int(x, 16) for x in span.split("-"))
+                try:
+                    mem.seek(start)
+                    chunks.append(mem.read(end - start))
+                except OSError:
+                    continue
+    return b"".join(chunks)

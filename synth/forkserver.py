@@ -39,11 +39,11 @@ from synth.sandbox import (
     Sandbox,
     SandboxLimits,
     SandboxResult,
-    SandboxUnavailable,
     _kill_sandbox,
     _read_init_pid,
     _result,
     collect,
+    memfd,
     probe,
 )
 from synth.zygote import DONE, MAX_REQUEST
@@ -70,8 +70,8 @@ class ForkServer:
                  preload: tuple[str, ...] = PRELOAD):  # fmt: skip
         self.sandbox, self.env = sandbox, dict(env or {})
         config = {"limits": sandbox.rlimits(), "tmpfs_mb": sandbox.limits.tmpfs_mb, "preload": list(preload)}
-        self._argv = sandbox.python_argv(zygote_source()) + [marshal.dumps(config).hex()]
-        self._zygotes = [_Zygote(sandbox, self._argv, self.env) for _ in range(size)]
+        argv = sandbox.python_argv(zygote_source()) + [marshal.dumps(config).hex()]
+        self._zygotes = [_Zygote(sandbox, argv, self.env) for _ in range(size)]
         self._idle: queue.Queue[_Zygote] = queue.Queue()
         try:
             for zygote in self._zygotes:
@@ -129,12 +129,7 @@ class _Zygote:
         self.stderr = tempfile.TemporaryFile()
         try:
             command = self.sandbox.command(self.argv, self.env, info_write, prlimit=False, user_namespaces=True)
-            self.process = subprocess.Popen(
-                command, stdin=zygote_end.fileno(), stdout=subprocess.DEVNULL, stderr=self.stderr, env={},
-                close_fds=True, pass_fds=(info_write,), start_new_session=True,
-            )  # fmt: skip
-        except OSError as exc:
-            raise SandboxUnavailable(f"cannot start {command[0]}: {exc}; untrusted code is never run unsandboxed")
+            self.process = self.sandbox._start(command, zygote_end.fileno(), info_write, subprocess.DEVNULL, self.stderr)
         finally:
             os.close(info_write)
             zygote_end.close()
@@ -150,7 +145,7 @@ class _Zygote:
             raise ValueError(f"code and env of {len(request)} bytes; a fork server takes up to {MAX_REQUEST}")
         (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
         try:
-            stdin_fd = _memfd(stdin)
+            stdin_fd = memfd(stdin)
             try:
                 socket.send_fds(self.control, [request], [stdin_fd, out_w, err_w])
             finally:
@@ -218,13 +213,6 @@ class _Zygote:
         _kill_sandbox(self.process, self.init_pid)
         self.stderr.close()
         self.process = self.init_pid = None
-
-
-def _memfd(data: bytes) -> int:
-    fd = os.memfd_create("sandbox-stdin")
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
 
 
 def _kill(pidfd: int | None) -> None:

@@ -150,10 +150,12 @@ class Sandbox:
             _kill_sandbox(process, init_pid)
         return _result(process.returncode, stdout, stderr, stopped, time.monotonic() - started)
 
-    def _start(self, command: list[str], stdin_fd: int, info_fd: int) -> subprocess.Popen:
+    def _start(self, command: list[str], stdin_fd: int, info_fd: int, stdout=subprocess.PIPE,
+               stderr=subprocess.PIPE) -> subprocess.Popen:  # fmt: skip
+        """Start `command` (from `command()`) with an empty environment, in a session of its own."""
         try:
             return subprocess.Popen(
-                command, stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={},
+                command, stdin=stdin_fd, stdout=stdout, stderr=stderr, env={},
                 close_fds=True, pass_fds=(info_fd,), start_new_session=True,
             )  # fmt: skip
         except OSError as exc:
@@ -308,6 +310,14 @@ def _prefix_bind(python: str) -> list[str]:
     return [] if prefix == Path("/usr") or Path("/usr") in prefix.parents else ["--ro-bind", str(prefix), str(prefix)]
 
 
+def memfd(data: bytes) -> int:
+    """An in-memory file holding `data`, positioned at its start; the caller closes it."""
+    fd = os.memfd_create("sandbox-stdin")
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 class _stdin_file:
     """stdin as an in-memory file, so a command that never reads it cannot block the parent."""
 
@@ -317,9 +327,7 @@ class _stdin_file:
     def __enter__(self) -> int:
         if not self.data:
             return subprocess.DEVNULL
-        self.fd = os.memfd_create("sandbox-stdin")
-        os.write(self.fd, self.data)
-        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.fd = memfd(self.data)
         return self.fd
 
     def __exit__(self, *exc) -> None:

@@ -192,10 +192,10 @@ def _serve(config, control, code, env, stdin_fd, out_fd, err_fd):
     for fd in (stdin_fd, out_fd, err_fd, info_w):
         os.close(fd)
     info = _read_line(info_r)
-    pidfds = []
-    if b"init" in _info(info):
+    init, pidfds = _info(info).get(b"init"), []
+    if init is not None:
         try:
-            pidfds.append(os.pidfd_open(_info(info)[b"init"]))
+            pidfds.append(os.pidfd_open(init))
         except ProcessLookupError:  # already over: nothing left to kill
             pass
     socket.send_fds(control, [b"started"], pidfds)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -72,6 +73,22 @@ def test_exit_codes_signals_and_limits_are_reported_alike(sandbox, server):
             assert (result.status, result.detail) == expected, (code, runner, result)
     crashed = server.run_python("1/0")
     assert crashed.stderr.decode().startswith("Traceback") and "zygote" not in crashed.stderr.decode()
+
+
+def test_a_program_that_does_not_compile_cleanly_reports_as_in_a_bwrap_run(sandbox, server):
+    # The zygote compiles each program once for all its runs; an error or a warning stays the run's.
+    programs = ["def broken(:\n    pass", "x = 1\nprint(x is 1)", "print(sum(range(10)))"]
+    for code in programs * 2:  # the second time from the zygote's compiled programs
+        forked, bwrap = server.run_python(code), sandbox.run_python(code)
+        assert (forked.returncode, forked.stdout) == (bwrap.returncode, bwrap.stdout)
+        # Line numbers differ by one: a bwrap run's program starts with a line that sets the rlimits.
+        assert _without_line_numbers(forked.stderr) == _without_line_numbers(bwrap.stderr)
+    assert b"SyntaxError" in server.run_python(programs[0]).stderr
+    assert b"SyntaxWarning" in server.run_python(programs[1]).stderr
+
+
+def _without_line_numbers(stderr: bytes) -> bytes:
+    return re.sub(rb'(<string>:|File "<string>", line )\d+', rb"\1N", stderr)
 
 
 def test_past_the_wall_clock_the_whole_sandbox_is_killed(server):

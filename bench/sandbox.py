@@ -1,6 +1,6 @@
 """What the sandbox costs: bare subprocess vs bare bwrap vs our sandbox, per function, per case, end to end.
 
-    .venv/bin/python bench/sandbox.py [--repeat 30] [--functions 120] [--inputs 8] [--parallel 2]
+    .venv/bin/python bench/sandbox.py [--repeat 30] [--functions 120] [--inputs 8] [--rounds 5] [--parallel 2]
 
 Prints, in one run (medians of `--repeat` starts):
 1. bare subprocess: `true`, and the interpreter starting and exiting (`python -S -c pass`);
@@ -11,7 +11,8 @@ Prints, in one run (medians of `--repeat` starts):
 4. per case: the extra time of one more input, from the same function with 1 and 65 inputs;
 5. end to end: real standard-library functions with fallback inputs through `run_all` (one
    sandbox per function, `parallel` at a time): one run; with every function re-run under another
-   hash seed; and as the pipeline does it, re-running only the functions `code_checks` keeps.
+   hash seed; and as the pipeline does it, re-running only the functions `code_checks` keeps;
+   medians of `--rounds` rounds, the two paths taking turns.
 Goals (the issue): under 10 ms overhead per function over a bare subprocess; over 1,000 cases/s
 on 2 cores. The machine's load average is printed: other work on the cores skews every number.
 """
@@ -69,7 +70,8 @@ def stdlib_workload(count: int, inputs: int) -> list[dict]:
     return workload
 
 
-def end_to_end(sandbox: Sandbox, workload: list[dict], cases: int, options: ExecutionOptions, name: str) -> None:
+def end_to_end(sandbox: Sandbox, workload: list[dict], options: ExecutionOptions) -> dict[str, float]:
+    """Seconds for one run, for a re-run of every function, and as the pipeline does it."""
     started = time.perf_counter()
     runs = run_all(sandbox, workload, options, hash_seed=0)
     once = time.perf_counter() - started
@@ -83,11 +85,20 @@ def end_to_end(sandbox: Sandbox, workload: list[dict], cases: int, options: Exec
     started = time.perf_counter()
     run_all(sandbox, [{**row, "inputs": row["inputs"][::-1]} for row in passing], options, hash_seed=1)
     pipeline = once + time.perf_counter() - started
-    failed = sum(r.status != "ok" for r in runs)
-    print(f"  {name:15s}   one run {cases / once:5.0f} cases/s ({once / len(workload) * 1000:4.1f} ms/function, "
-          f"{failed} failed as a whole)   re-running every function {cases / twice:5.0f} cases/s")  # fmt: skip
-    print(f"  {'':15s}   as the pipeline does (code_checks, then re-run the {len(passing)} functions it keeps) "
+    return {"once": once, "twice": twice, "pipeline": pipeline, "kept": len(passing),
+            "failed": sum(r.status != "ok" for r in runs)}  # fmt: skip
+
+
+def print_end_to_end(name: str, rounds: list[dict[str, float]], functions: int, cases: int) -> None:
+    """Medians over the rounds: this machine's speed drifts by a third within minutes."""
+    once, twice, pipeline = (statistics.median(r[key] for r in rounds) for key in ("once", "twice", "pipeline"))
+    last = rounds[-1]
+    print(f"  {name:15s}   one run {cases / once:5.0f} cases/s ({once / functions * 1000:4.1f} ms/function, "
+          f"{last['failed']:.0f} failed as a whole)   re-running every function {cases / twice:5.0f} cases/s")  # fmt: skip
+    print(f"  {'':15s}   as the pipeline does (code_checks, then re-run the {last['kept']:.0f} functions it keeps) "
           f"{cases / pipeline:5.0f} cases/s (goal > 1000)")  # fmt: skip
+    spread = [round(cases / r["pipeline"]) for r in rounds]
+    print(f"  {'':15s}   as the pipeline does, each round: {spread}")
 
 
 def main() -> None:
@@ -95,6 +106,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--functions", type=int, default=120)
     parser.add_argument("--inputs", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="End-to-end rounds per path (medians)")
     parser.add_argument("--parallel", type=int, default=ExecutionOptions().parallel, help="Sandboxes at a time")
     args = parser.parse_args()
     sandbox = Sandbox()
@@ -126,10 +138,16 @@ def main() -> None:
 
     workload = stdlib_workload(args.functions, args.inputs)
     cases = sum(len(r["inputs"]) for r in workload)
-    print(f"end to end:         {len(workload)} stdlib functions, {cases} cases, {args.parallel} sandboxes at a time")
-    for fork_server in (False, True):
-        options = ExecutionOptions(parallel=args.parallel, fork_server=fork_server)
-        end_to_end(sandbox, workload, cases, options, "forked" if fork_server else "bwrap per run")
+    print(f"end to end:         {len(workload)} stdlib functions, {cases} cases, {args.parallel} sandboxes at a time, "
+          f"medians of {args.rounds} rounds (the two paths take turns)")  # fmt: skip
+    paths = {"bwrap per run": False, "forked": True}
+    rounds: dict[str, list] = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, fork_server in paths.items():
+            options = ExecutionOptions(parallel=args.parallel, fork_server=fork_server)
+            rounds[name].append(end_to_end(sandbox, workload, options))
+    for name in paths:
+        print_end_to_end(name, rounds[name], len(workload), cases)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

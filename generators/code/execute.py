@@ -37,6 +37,7 @@ from pydantic import Field
 from generators.code.calls import parse_call
 from synth.registry import register
 from synth.forkserver import PRELOAD, ForkServer
+from synth.forkserver_pool import shared_server
 from synth.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailable
 from synth.spec import StageConfig, StrictModel
 from synth.stage import MapStage, set_column
@@ -138,16 +139,16 @@ def run_all(
     sandbox: Sandbox, rows: list[dict], options: ExecutionOptions, hash_seed: int
 ) -> list[FunctionRun]:
     """`run_function` for each row (`source`, `name`, `inputs`), `options.parallel` at a time,
-    through a fork server of `parallel` zygotes where `options.fork_server`."""
+    through a fork server of `parallel` zygotes where `options.fork_server` (kept for the next
+    call with the same settings: see `synth.forkserver_pool`)."""
     if not options.fork_server:
         return _run_each(sandbox, rows, options, hash_seed)
     try:
-        server = ForkServer(sandbox, options.parallel, env={"PYTHONHASHSEED": str(hash_seed)}, preload=HARNESS_PRELOAD)
-    except SandboxUnavailable as exc:  # still sandboxed, only slower
+        with shared_server(sandbox, options.parallel, {"PYTHONHASHSEED": str(hash_seed)}, HARNESS_PRELOAD) as server:
+            return _run_each(server, rows, options, hash_seed)
+    except SandboxUnavailable as exc:  # only a server's start refuses; still sandboxed, only slower
         log.warning("no fork server here (%s): one bubblewrap sandbox and interpreter per function", exc)
         return _run_each(sandbox, rows, options, hash_seed)
-    with server:
-        return _run_each(server, rows, options, hash_seed)
 
 
 def _run_each(sandbox: Sandbox | ForkServer, rows: list[dict], options: ExecutionOptions, hash_seed: int) -> list[FunctionRun]:

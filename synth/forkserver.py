@@ -5,11 +5,12 @@ most of the cost of running one function on a few inputs. A `ForkServer` starts 
 each a Python inside one long-lived bubblewrap sandbox (the same command line as `Sandbox`,
 except that the zygote may create user namespaces), with standard-library modules preloaded.
 Each `run_python` forks a zygote, and the fork builds a sandbox of its own before the code runs
-(`synth.zygote` says how): its own user, mount, PID, network, IPC, UTS and cgroup namespaces,
-a private /tmp tmpfs and /proc, the rlimits, no capabilities and no way to create user
-namespaces; when its init exits, everything it started dies with it. Runs never share a
-process, a namespace or a writable file, and the zygote holds nothing from the host (it started
-with an empty environment, in the same outer sandbox) nor from earlier runs: a run's stdin,
+(`synth.zygote` says how): its own PID, mount, network, IPC, UTS, cgroup and user namespaces
+(under the zygote's), a private /tmp tmpfs and /proc, the rlimits, no capabilities and no way to
+create user namespaces; when its init exits, everything it started dies with it. Runs never
+share a process, a namespace of their own or a writable file, and the zygote holds nothing from
+the host (it started with an empty environment, in the same outer sandbox) nor from earlier
+runs (only the programs it compiled for them): a run's stdin,
 stdout and stderr go to it as file descriptors it only hands on, and back comes a pidfd of the
 run's init, through which the wall clock and the output cap are enforced here, as for `Sandbox`.
 
@@ -34,11 +35,13 @@ from functools import cache
 from pathlib import Path
 
 from synth.sandbox import (
+    _NEVER_UNSANDBOXED,
     _TEARDOWN_S,
     SANDBOX_ENV,
     Sandbox,
     SandboxLimits,
     SandboxResult,
+    SandboxUnavailable,
     _kill_sandbox,
     _read_init_pid,
     _result,
@@ -46,13 +49,14 @@ from synth.sandbox import (
     memfd,
     probe,
 )
-from synth.zygote import DONE, MAX_REQUEST
+from synth.zygote import DONE, MAX_REQUEST, READY
 
 PRELOAD = ("collections", "functools", "itertools", "math", "operator", "re", "string", "types")
 """Standard-library modules every zygote imports once, so runs start with them (trusted code only)."""
 
 _START_ENV_KEYS = ("PYTHONHASHSEED",)
 _ZYGOTE_GRACE_S = 2.0  # past a run's own wall clock, how long the zygote may take to answer
+_START_S = 30.0  # for a zygote to start serving (an interpreter start and imports: ~30 ms idle)
 
 
 @cache
@@ -144,7 +148,13 @@ class _Zygote:
             zygote_end.close()
 
     def await_start(self) -> None:
+        """Wait until the zygote serves; refuse with its reason if it cannot."""
         self.init_pid = _read_init_pid(self._info_read, time.monotonic() + _TEARDOWN_S)
+        if self._readable(time.monotonic() + _START_S) and self.control.recv(64) == READY:
+            return
+        why = self._stderr_tail()
+        self.stop()
+        raise SandboxUnavailable(f"a fork server's zygote did not start: {why}; {_NEVER_UNSANDBOXED}")
 
     def run(self, code: str, stdin: bytes, env: dict[str, str], limits: SandboxLimits) -> SandboxResult:
         if self.process is None:

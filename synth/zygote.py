@@ -6,24 +6,27 @@ argument: `marshal.dumps(config).hex()`, config a dict of `limits` (the rlimits)
 `preload` (standard-library modules imported once, here, so that every sandbox starts with
 them). It cannot import the project, which is not in the sandbox.
 
-Protocol on fd 0, a SOCK_SEQPACKET unix socket to the parent. Request: `marshal.dumps((code,
+Protocol on fd 0, a SOCK_SEQPACKET unix socket to the parent. First the zygote says `ready` (or
+exits, its reason on stderr). Request: `marshal.dumps((code,
 env))` with three fds attached (SCM_RIGHTS): the run's stdin, stdout and stderr. The zygote never
 reads or writes them, so nothing of a run's input or output passes through its memory (which
-every later run starts as a copy of). Replies: `started`, with a pidfd of the run's init attached
-(none where the set-up failed before it), through which the parent enforces the wall clock and
-the output cap; then `DONE` (the exit code in bwrap's convention, 128 + N for a death by signal
-N) once every process of the run is gone.
+every later run starts as a copy of). Replies: `started`, with a pidfd of the run's init attached,
+through which the parent enforces the wall clock and the output cap; then `DONE` (the exit code
+in bwrap's convention, 128 + N for a death by signal N) once every process of the run is gone.
 
-Per request the zygote forks a child that, before any untrusted code runs:
-1. enters a new user namespace (the sandbox uid, 65534, mapped to its own), sets that
-   namespace's user-namespace limit to 0 (so the code can create none), then new mount, PID,
-   network, IPC, UTS and cgroup namespaces;
-2. forks the sandbox's init (PID 1 of the new PID namespace: when it exits, the kernel kills
-   everything left in the namespace, daemons too), which mounts a private /tmp tmpfs and a /proc
-   of its own and sets the hostname;
-3. the init forks the process that runs the code, which takes its stdin/stdout/stderr, closes
-   every other fd, sets the rlimits, clears the capability bounding set and drops every
-   capability, and runs the code as `python -c` would.
+At start the zygote enters a user namespace of its own (the sandbox uid, 65534, mapped to the
+outer one), where it holds capabilities, and a PID namespace whose PID 1 is the forked process
+that then serves requests (so it may make new PID namespaces under its own, run after run).
+Per request it forks the sandbox's init, PID 1 of a new PID namespace (when it exits, the kernel
+kills everything left in the namespace, daemons too), which, before any untrusted code runs:
+1. enters new mount, network, IPC, UTS and cgroup namespaces, mounts a private /tmp tmpfs and a
+   /proc of its own and sets the hostname;
+2. enters a new user namespace of its own (65534 again), whose user-namespace limit it sets to
+   0, so the code can create none; the run shares no user namespace, so no keyring or process
+   count, with any other run;
+3. forks the process that runs the code, which takes its stdin/stdout/stderr, closes every
+   other fd, sets the rlimits, clears the capability bounding set and drops every capability,
+   and runs the code as `python -c` would.
 The outer sandbox already gives the rest: a read-only system, no host files, no_new_privs, an
 environment that started empty.
 """
@@ -45,9 +48,11 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000,
 _PR_CAPBSET_DROP, _SYS_CAPSET, _CAP_VERSION_3 = 24, 126, 0x20080522
 _SANDBOX_ID = 65534
 DONE = struct.Struct("<i")
+READY = b"ready"
 MAX_REQUEST = 1 << 20
 _SETUP_FAILED = 125
 _libc = ctypes.CDLL(None, use_errno=True)
+_PID_NAMESPACE = []  # an fd of the server's own PID namespace, once it serves
 
 
 def _check(result, what):
@@ -67,24 +72,27 @@ def _write(path, text):
 # ---------------------------------------------------------------- inside the new sandbox
 
 
-def _enter_namespaces():
+def _enter_user_namespace():
+    """A new user namespace with the sandbox uid and gid mapped to the current ones."""
     outer_uid, outer_gid = os.getuid(), os.getgid()
     _check(_libc.unshare(_CLONE_NEWUSER), "unshare(user)")
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", "%d %d 1" % (_SANDBOX_ID, outer_uid))
     _write("/proc/self/gid_map", "%d %d 1" % (_SANDBOX_ID, outer_gid))
-    _write("/proc/sys/user/max_user_namespaces", "0")
-    flags = _CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
-    _check(_libc.unshare(flags), "unshare(mount, pid, net, ipc, uts, cgroup)")
 
 
 def _set_up_init(config):
-    """As the new namespaces' PID 1, still holding capabilities in them: the mounts and hostname."""
+    """As the new PID namespace's PID 1, with the zygote's capabilities: the other namespaces,
+    the mounts and hostname; then a user namespace of the run's own, where none can be made."""
+    flags = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
+    _check(_libc.unshare(flags), "unshare(mount, net, ipc, uts, cgroup)")
     _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
     tmpfs = ("size=%d,mode=1777" % (config["tmpfs_mb"] << 20)).encode()
     _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, tmpfs), "mount /tmp")
     _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None), "mount /proc")
     socket.sethostname("sandbox")
+    _enter_user_namespace()
+    _write("/proc/sys/user/max_user_namespaces", "0")
 
 
 def _confine(config, stdin_fd, out_fd, err_fd):
@@ -131,32 +139,17 @@ def _run_code(program, env):
                 pass
 
 
-def _child(config, program, env, stdin_fd, out_fd, err_fd, info_fd):
-    """The forked child: new namespaces, their init, and under it the code. Never returns.
+def _init(config, program, env, stdin_fd, out_fd, err_fd, status_fd):
+    """The run's init, PID 1 of its PID namespace. Never returns.
 
     The code runs as PID 2, not 1: a namespace's PID 1 ignores the signals it has no handler for,
-    so the code's own `os.kill(os.getpid(), ...)` would do nothing. The init reports the code's
-    wait status on `info_fd` (this child, the init's pid first) and exits; the kernel then kills
-    whatever is left in the namespace."""
+    so the code's own `os.kill(os.getpid(), ...)` would do nothing. The init writes the code's
+    wait status on `status_fd` and exits; the kernel then kills whatever is left in the namespace."""
     try:
         os.dup2(err_fd, 2)
-        os.dup2(info_fd, 1)  # nothing of the protocol's pipes stays open in here
-        os.close(0)
-        _enter_namespaces()
-        init = os.fork()
-        if init == 0:
-            _init(config, program, env, stdin_fd, out_fd, err_fd)
-        for fd in (stdin_fd, out_fd, err_fd, info_fd, 2):
+        os.dup2(status_fd, 1)  # nothing of the protocol's socket or pipes stays open in here
+        for fd in (0, status_fd, _PID_NAMESPACE[0]):
             os.close(fd)
-        os.write(1, b"init %d\n" % init)
-        os.waitpid(init, 0)
-        os._exit(0)
-    except BaseException as exc:
-        _fail(exc)
-
-
-def _init(config, program, env, stdin_fd, out_fd, err_fd):
-    try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1: ignored when sent from inside
         _set_up_init(config)
         runner = os.fork()
@@ -167,10 +160,10 @@ def _init(config, program, env, stdin_fd, out_fd, err_fd):
             except BaseException as exc:
                 _fail(exc)
             os._exit(_run_code(program, env) & 0xFF)
-        for fd in (stdin_fd, out_fd, err_fd):
+        for fd in (stdin_fd, out_fd, err_fd, 2):
             os.close(fd)
         _, status = os.waitpid(runner, 0)
-        os.write(1, b"status %d\n" % status)
+        os.write(1, b"%d" % status)
         os._exit(0)
     except BaseException as exc:
         _fail(exc)
@@ -208,39 +201,28 @@ def _compiled(code):
 
 
 def _serve(config, control, code, env, stdin_fd, out_fd, err_fd):
-    """One run: fork its child, hand the parent a pidfd of its init, report its exit when all is gone."""
+    """One run: fork its init, hand the parent a pidfd of it, report the exit when all is gone."""
     program = _compiled(code)
-    info_r, info_w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(info_r)
-        _child(config, program, env, stdin_fd, out_fd, err_fd, info_w)
-    for fd in (stdin_fd, out_fd, err_fd, info_w):
+    status_r, status_w = os.pipe()
+    _check(_libc.unshare(_CLONE_NEWPID), "unshare(pid)")  # for the next child only
+    try:
+        init = os.fork()
+        if init == 0:
+            os.close(status_r)
+            _init(config, program, env, stdin_fd, out_fd, err_fd, status_w)
+    finally:  # later children in our own PID namespace again, so the next unshare may make one
+        _check(_libc.setns(_PID_NAMESPACE[0], _CLONE_NEWPID), "setns(pid)")
+    for fd in (stdin_fd, out_fd, err_fd, status_w):
         os.close(fd)
-    info = _read_line(info_r)
-    init, pidfds = _info(info).get(b"init"), []
-    if init is not None:
-        try:
-            pidfds.append(os.pidfd_open(init))
-        except ProcessLookupError:  # already over: nothing left to kill
-            pass
-    socket.send_fds(control, [b"started"], pidfds)
-    for fd in pidfds:
-        os.close(fd)
-    info += _read_all(info_r)  # until the child and the init have exited
-    os.close(info_r)
-    os.waitpid(child, 0)
-    control.send(DONE.pack(_returncode(info)))
-
-
-def _read_line(fd):
-    data = b""
-    while b"\n" not in data:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
+    pidfd = os.pidfd_open(init)  # a zombie until we reap it below, so it is there
+    try:
+        socket.send_fds(control, [b"started"], [pidfd])
+    finally:
+        os.close(pidfd)
+    status = _read_all(status_r)  # until the init and the code have exited
+    os.close(status_r)
+    _, init_status = os.waitpid(init, 0)
+    control.send(DONE.pack(_returncode(status, init_status)))
 
 
 def _read_all(fd):
@@ -252,26 +234,40 @@ def _read_all(fd):
         data += chunk
 
 
-def _info(info):
-    """The complete `name value` lines the child (`init`) and the init (`status`) wrote, in either order."""
-    lines = (line.split() for line in info.split(b"\n")[:-1])
-    return {line[0]: int(line[1]) for line in lines if len(line) == 2}
-
-
-def _returncode(info):
-    """bwrap's convention from the code's wait status; SIGKILL where the init was killed first."""
-    values = _info(info)
-    if b"status" not in values:
-        return 128 + signal.SIGKILL if b"init" in values else _SETUP_FAILED
-    status = values[b"status"]
+def _returncode(status, init_status):
+    """bwrap's convention from the code's wait status; SIGKILL where the init was killed first,
+    the set-up's failure where the init exited before it reported."""
+    if not status:
+        return 128 + os.WTERMSIG(init_status) if os.WIFSIGNALED(init_status) else _SETUP_FAILED
+    status = int(status)
     return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _become_server():
+    """Enter a user namespace (capabilities in it) and become PID 1 of a new PID namespace under
+    it, as a forked child; this process only waits for that child, so bwrap's sandbox lives as
+    long as the server does."""
+    _enter_user_namespace()
+    _check(_libc.unshare(_CLONE_NEWPID), "unshare(pid)")
+    server = os.fork()
+    if server == 0:
+        _PID_NAMESPACE.append(os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC))
+        return
+    os.close(0)
+    _, status = os.waitpid(server, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def main():
     config = marshal.loads(bytes.fromhex(sys.argv[1]))
     for name in config["preload"]:
         __import__(name)
+    try:
+        _become_server()
+    except BaseException as exc:  # no sandboxes can be made here: the parent reads why
+        _fail(exc)
     control = socket.socket(fileno=0)
+    control.send(READY)
     while True:
         message, fds, _, _ = socket.recv_fds(control, MAX_REQUEST, 3)
         if not message:

@@ -49,7 +49,8 @@ def host(tmp_path):
     yield
     for path, text in canaries.items():
         assert path.read_text() == text, f"{path} changed"
-    assert _sandbox_user_processes() <= before, "a sandboxed process outlived its sandbox"
+    outlived = _sandbox_user_processes() - before
+    assert not outlived, f"a sandboxed process outlived its sandbox: {[_describe(pid) for pid in outlived]}"
     assert subprocess.run(["/usr/bin/true"]).returncode == 0, "the host can no longer start processes"
 
 
@@ -64,6 +65,15 @@ def _sandbox_user_processes() -> set[int]:
         if f"Uid:\t{SANDBOX_UID}\t" in status and "State:\tZ" not in status:
             pids.add(int(entry.name))
     return pids
+
+
+def _describe(pid: int) -> str:
+    try:
+        command = (Path("/proc") / str(pid) / "cmdline").read_bytes()[:80].replace(b"\0", b" ").decode(errors="replace")
+        status = dict(line.split(":\t", 1) for line in (Path("/proc") / str(pid) / "status").read_text().splitlines())
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} {command!r} parent {status['PPid']} pids {status['NSpid']} {status['State']}"
 
 
 def attack(sandbox: Sandbox, source: str, *calls: str) -> tuple[FunctionRun, str | None]:

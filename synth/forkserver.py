@@ -89,7 +89,9 @@ class ForkServer:
             raise
 
     def run_python(self, code: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> SandboxResult:
-        """Run Python `code` in a fresh sandbox forked from a zygote; returns once all of it is gone."""
+        """Run Python `code` in a fresh sandbox forked from a zygote; returns once all of it is gone.
+
+        A zygote that stopped is started again first; where that is refused, SandboxUnavailable."""
         env = env or {}
         for key in _START_ENV_KEYS:
             if key in env and env[key] != self.env.get(key):

@@ -35,19 +35,19 @@ from functools import cache
 from pathlib import Path
 
 from synth.sandbox import (
-    _NEVER_UNSANDBOXED,
-    _TEARDOWN_S,
+    NEVER_UNSANDBOXED,
     SANDBOX_ENV,
+    TEARDOWN_S,
     Sandbox,
     SandboxLimits,
     SandboxResult,
     SandboxUnavailable,
-    _kill_sandbox,
-    _read_init_pid,
-    _result,
     collect,
+    kill_sandbox,
     memfd,
     probe,
+    read_init_pid,
+    sandbox_result,
 )
 from synth.zygote import DONE, MAX_REQUEST, READY
 
@@ -144,19 +144,19 @@ class _Zygote:
         self.stderr = tempfile.TemporaryFile()
         try:
             command = self.sandbox.command(self.argv, self.env, info_write, prlimit=False, user_namespaces=True)
-            self.process = self.sandbox._start(command, zygote_end.fileno(), info_write, subprocess.DEVNULL, self.stderr)
+            self.process = self.sandbox.start_process(command, zygote_end.fileno(), info_write, subprocess.DEVNULL, self.stderr)
         finally:
             os.close(info_write)
             zygote_end.close()
 
     def await_start(self) -> None:
         """Wait until the zygote serves; refuse with its reason if it cannot."""
-        self.init_pid = _read_init_pid(self._info_read, time.monotonic() + _TEARDOWN_S)
+        self.init_pid = read_init_pid(self._info_read, time.monotonic() + TEARDOWN_S)
         if self._readable(time.monotonic() + _START_S) and self.control.recv(64) == READY:
             return
         why = self._stderr_tail()
         self.stop()
-        raise SandboxUnavailable(f"a fork server's zygote did not start: {why}; {_NEVER_UNSANDBOXED}")
+        raise SandboxUnavailable(f"a fork server's zygote did not start: {why}; {NEVER_UNSANDBOXED}")
 
     def run(self, code: str, stdin: bytes, env: dict[str, str], limits: SandboxLimits) -> SandboxResult:
         if self.process is None:
@@ -191,12 +191,12 @@ class _Zygote:
             why = self._stderr_tail()
             self.stop()
             stopped = "timeout" if time.monotonic() - started >= limits.wall_s else None
-            return _result(70, b"", f"the fork server's zygote stopped: {why}".encode(), stopped,
+            return sandbox_result(70, b"", f"the fork server's zygote stopped: {why}".encode(), stopped,
                            time.monotonic() - started)  # fmt: skip
         finally:
             os.close(out_r)
             os.close(err_r)
-        return _result(returncode, stdout, stderr, stopped, time.monotonic() - started)
+        return sandbox_result(returncode, stdout, stderr, stopped, time.monotonic() - started)
 
     def _started(self, deadline: float) -> int | None:
         """The pidfd of the run's init (None where its set-up failed before the init existed)."""
@@ -238,7 +238,7 @@ class _Zygote:
             self.process.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             pass
-        _kill_sandbox(self.process, self.init_pid)
+        kill_sandbox(self.process, self.init_pid)
         self.stderr.close()
         self.process = self.init_pid = None
 

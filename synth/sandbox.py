@@ -63,9 +63,9 @@ SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG"
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 """Top-level system folders, bound read-only (or recreated as symlinks on merged-/usr systems)."""
 
-_NEVER_UNSANDBOXED = "untrusted code is never run unsandboxed"
+NEVER_UNSANDBOXED = "untrusted code is never run unsandboxed"
 _READ_CHUNK = 65536
-_TEARDOWN_S = 5.0
+TEARDOWN_S = 5.0
 
 
 class SandboxUnavailable(SynthError):
@@ -139,19 +139,19 @@ class Sandbox:
         info_read, info_write = os.pipe()
         try:
             with _stdin_file(stdin) as stdin_fd:
-                process = self._start(self.command(argv, env, info_write, prlimit), stdin_fd, info_write)
+                process = self.start_process(self.command(argv, env, info_write, prlimit), stdin_fd, info_write)
         finally:
             os.close(info_write)
         init_pid = None
         try:
-            init_pid = _read_init_pid(info_read, deadline)
+            init_pid = read_init_pid(info_read, deadline)
             stdout, stderr, stopped = self._collect(process, deadline)
         finally:
-            _kill_sandbox(process, init_pid)
-        return _result(process.returncode, stdout, stderr, stopped, time.monotonic() - started)
+            kill_sandbox(process, init_pid)
+        return sandbox_result(process.returncode, stdout, stderr, stopped, time.monotonic() - started)
 
-    def _start(self, command: list[str], stdin_fd: int, info_fd: int, stdout=subprocess.PIPE,
-               stderr=subprocess.PIPE) -> subprocess.Popen:  # fmt: skip
+    def start_process(self, command: list[str], stdin_fd: int, info_fd: int, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE) -> subprocess.Popen:  # fmt: skip
         """Start `command` (from `command()`) with an empty environment, in a session of its own."""
         try:
             return subprocess.Popen(
@@ -159,7 +159,7 @@ class Sandbox:
                 close_fds=True, pass_fds=(info_fd,), start_new_session=True,
             )  # fmt: skip
         except OSError as exc:
-            raise SandboxUnavailable(f"cannot start {command[0]}: {exc}; {_NEVER_UNSANDBOXED}") from exc
+            raise SandboxUnavailable(f"cannot start {command[0]}: {exc}; {NEVER_UNSANDBOXED}") from exc
 
     def python_argv(self, code: str) -> list[str]:
         """The interpreter running `code`: no site, no user site, no bytecode written."""
@@ -248,7 +248,7 @@ def probe(run_python, python: str) -> None:
             f"{result.stderr.decode(errors='replace').strip() or result.detail}). It needs unprivileged "
             "user namespaces (sysctl user.max_user_namespaces > 0; on Debian also "
             "kernel.unprivileged_userns_clone=1) and an interpreter the sandbox user can read; "
-            f"interpreter: {python}; {_NEVER_UNSANDBOXED}"
+            f"interpreter: {python}; {NEVER_UNSANDBOXED}"
         )
     uid, caps = result.stdout.decode().split()
     if int(uid) == 0 or int(caps, 16) != 0:
@@ -290,7 +290,7 @@ def _launcher(setpriv: str) -> list[str]:
 def _require_tool(name: str, package: str) -> str:
     path = shutil.which(name, path="/usr/bin:/bin:/usr/local/bin")
     if path is None:
-        raise SandboxUnavailable(f"`{name}` not found; the sandbox needs {package}; {_NEVER_UNSANDBOXED}")
+        raise SandboxUnavailable(f"`{name}` not found; the sandbox needs {package}; {NEVER_UNSANDBOXED}")
     return path
 
 
@@ -343,7 +343,7 @@ def _wait(process: subprocess.Popen, deadline: float) -> bool:
         return False
 
 
-def _read_init_pid(fd: int, deadline: float) -> int | None:
+def read_init_pid(fd: int, deadline: float) -> int | None:
     """The host pid of the sandbox's init (its PID 1), from bwrap's --info-fd JSON; closes `fd`."""
     data = b""
     try:
@@ -360,7 +360,7 @@ def _read_init_pid(fd: int, deadline: float) -> int | None:
         return None
 
 
-def _kill_sandbox(process: subprocess.Popen, init_pid: int | None) -> None:
+def kill_sandbox(process: subprocess.Popen, init_pid: int | None) -> None:
     """SIGKILL the sandbox's init unless bwrap is done, reap bwrap, and wait for that init to exit:
     a PID namespace's init exits only after every other process in it, so then all are gone."""
     if process.poll() is None and init_pid is not None:
@@ -369,7 +369,7 @@ def _kill_sandbox(process: subprocess.Popen, init_pid: int | None) -> None:
         except ProcessLookupError:
             pass
     try:
-        process.wait(timeout=_TEARDOWN_S)
+        process.wait(timeout=TEARDOWN_S)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -377,7 +377,7 @@ def _kill_sandbox(process: subprocess.Popen, init_pid: int | None) -> None:
         if pipe is not None:
             pipe.close()
     if init_pid is not None:
-        _wait_exited(init_pid, time.monotonic() + _TEARDOWN_S)
+        _wait_exited(init_pid, time.monotonic() + TEARDOWN_S)
 
 
 def _wait_exited(pid: int, deadline: float) -> None:
@@ -392,7 +392,7 @@ def _wait_exited(pid: int, deadline: float) -> None:
         time.sleep(0.001)
 
 
-def _result(returncode: int, stdout: bytes, stderr: bytes, stopped: str | None, seconds: float) -> SandboxResult:
+def sandbox_result(returncode: int, stdout: bytes, stderr: bytes, stopped: str | None, seconds: float) -> SandboxResult:
     """bwrap reports a command killed by signal N as exit code 128 + N."""
     if stopped:
         status, detail = stopped, f"killed by the parent: {stopped}"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import socket
 import subprocess
 import sys

@@ -79,6 +79,10 @@ def test_sampling_is_seeded_and_blocks_carry_the_requested_labels(data, tmp_path
     assert first.shape == (3, 16, 16) and first.dtype == np.uint8
     assert np.array_equal(first, sample(model, [0, 2, 2], seed=5, steps=3, guidance_scale=2.0))
     assert not np.array_equal(first, sample(model, [0, 2, 2], seed=6, steps=3, guidance_scale=2.0))
+    # Stochastic DDIM (the CPU preset's eta 1) draws its step noise from the same seed: still reproducible.
+    noisy = sample(model, [0, 2, 2], seed=5, steps=3, guidance_scale=2.0, eta=1.0)
+    assert np.array_equal(noisy, sample(model, [0, 2, 2], seed=5, steps=3, guidance_scale=2.0, eta=1.0))
+    assert not np.array_equal(noisy, first)
 
     config = DiffusionSampleConfig(labels=["dark_lesion", "normal"], images_per_class=5, block_size=2)
     blocks = plan_blocks(config, model.classes, stage_seed=9)

@@ -49,7 +49,7 @@ from synth.sandbox import (
     read_init_pid,
     sandbox_result,
 )
-from synth.zygote import DONE, MAX_REQUEST, READY
+from synth.zygote import DONE, MAX_REQUEST, READY, STARTED
 
 PRELOAD = ("collections", "functools", "itertools", "math", "operator", "re", "string", "types")
 """Standard-library modules every zygote imports once, so runs start with them (trusted code only)."""
@@ -183,8 +183,7 @@ class _Zygote:
                     _kill(pidfd)
                     returncode = self._done(time.monotonic() + _ZYGOTE_GRACE_S)
             finally:
-                if pidfd is not None:
-                    os.close(pidfd)
+                os.close(pidfd)
             if returncode is None:
                 raise _ZygoteLost
         except (OSError, _ZygoteLost):  # its whole sandbox goes; a fresh zygote for the next run
@@ -192,22 +191,22 @@ class _Zygote:
             self.stop()
             stopped = "timeout" if time.monotonic() - started >= limits.wall_s else None
             return sandbox_result(70, b"", f"the fork server's zygote stopped: {why}".encode(), stopped,
-                           time.monotonic() - started)  # fmt: skip
+                                  time.monotonic() - started)  # fmt: skip
         finally:
             os.close(out_r)
             os.close(err_r)
         return sandbox_result(returncode, stdout, stderr, stopped, time.monotonic() - started)
 
-    def _started(self, deadline: float) -> int | None:
-        """The pidfd of the run's init (None where its set-up failed before the init existed)."""
+    def _started(self, deadline: float) -> int:
+        """The pidfd of the run's init."""
         if not self._readable(deadline):
             raise _ZygoteLost
         message, fds, _, _ = socket.recv_fds(self.control, 64, 1)
-        if message != b"started":
+        if message != STARTED or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             raise _ZygoteLost
-        return fds[0] if fds else None
+        return fds[0]
 
     def _done(self, deadline: float) -> int | None:
         """The run's exit code once all of it is gone; None if the zygote has not said by `deadline`."""
@@ -243,10 +242,8 @@ class _Zygote:
         self.process = self.init_pid = None
 
 
-def _kill(pidfd: int | None) -> None:
+def _kill(pidfd: int) -> None:
     """SIGKILL a run's init (and so everything in its PID namespace) through its pidfd."""
-    if pidfd is None:
-        return
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except ProcessLookupError:

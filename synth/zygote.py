@@ -48,7 +48,7 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000,
 _PR_CAPBSET_DROP, _SYS_CAPSET, _CAP_VERSION_3 = 24, 126, 0x20080522
 _SANDBOX_ID = 65534
 DONE = struct.Struct("<i")
-READY = b"ready"
+READY, STARTED = b"ready", b"started"
 MAX_REQUEST = 1 << 20
 _SETUP_FAILED = 125
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -216,7 +216,7 @@ def _serve(config, control, code, env, stdin_fd, out_fd, err_fd):
         os.close(fd)
     pidfd = os.pidfd_open(init)  # a zombie until we reap it below, so it is there
     try:
-        socket.send_fds(control, [b"started"], [pidfd])
+        socket.send_fds(control, [STARTED], [pidfd])
     finally:
         os.close(pidfd)
     status = _read_all(status_r)  # until the init and the code have exited
@@ -235,12 +235,17 @@ def _read_all(fd):
 
 
 def _returncode(status, init_status):
-    """bwrap's convention from the code's wait status; SIGKILL where the init was killed first,
-    the set-up's failure where the init exited before it reported."""
+    """The code's exit from its wait status; SIGKILL where the init was killed first, the
+    set-up's failure where the init exited before it reported."""
     if not status:
-        return 128 + os.WTERMSIG(init_status) if os.WIFSIGNALED(init_status) else _SETUP_FAILED
-    status = int(status)
-    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        return _bwrap_code(init_status) if os.WIFSIGNALED(init_status) else _SETUP_FAILED
+    return _bwrap_code(int(status))
+
+
+def _bwrap_code(wait_status):
+    """An exit code in bwrap's convention: 128 + N for a death by signal N."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
 
 
 def _become_server():

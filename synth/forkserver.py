@@ -49,6 +49,7 @@ from synth.sandbox import (
     read_init_pid,
     sandbox_result,
 )
+from synth.seccomp import syscall_number
 from synth.zygote import DONE, MAX_REQUEST, READY, STARTED
 
 PRELOAD = ("collections", "functools", "itertools", "math", "operator", "re", "string", "types")
@@ -73,7 +74,8 @@ class ForkServer:
     def __init__(self, sandbox: Sandbox, size: int = 1, env: dict[str, str] | None = None,
                  preload: tuple[str, ...] = PRELOAD):  # fmt: skip
         self.sandbox, self.env = sandbox, dict(env or {})
-        config = {"limits": sandbox.rlimits(), "tmpfs_mb": sandbox.limits.tmpfs_mb, "preload": list(preload)}
+        config = {"limits": sandbox.rlimits(), "tmpfs_mb": sandbox.limits.tmpfs_mb, "preload": list(preload),
+                  "seccomp": sandbox.seccomp, "keyctl": syscall_number("keyctl")}  # fmt: skip
         argv = sandbox.python_argv(zygote_source()) + [marshal.dumps(config).hex()]
         self._zygotes = [_Zygote(sandbox, argv, self.env) for _ in range(size)]
         self._idle: queue.Queue[_Zygote] = queue.Queue()
@@ -144,7 +146,8 @@ class _Zygote:
         self.stderr = tempfile.TemporaryFile()
         try:
             command = self.sandbox.command(self.argv, self.env, info_write, prlimit=False, user_namespaces=True)
-            self.process = self.sandbox.start_process(command, zygote_end.fileno(), info_write, subprocess.DEVNULL, self.stderr)
+            self.process = self.sandbox.start_process(command, zygote_end.fileno(), (info_write,), subprocess.DEVNULL,
+                                                      self.stderr)  # fmt: skip
         finally:
             os.close(info_write)
             zygote_end.close()

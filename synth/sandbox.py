@@ -51,7 +51,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from synth import launcher
 from synth.errors import SynthError
+from synth.seccomp import SeccompUnavailable, bpf_file, filter_bpf
 from synth.spec import StrictModel
 
 SANDBOX_UID = 65534
@@ -117,6 +119,10 @@ class Sandbox:
         self.launcher = _launcher(_require_tool("setpriv", "the Debian package `util-linux`")) if as_root else []
         self.python = python or default_python(as_root)
         self.binds = _system_binds() + _prefix_bind(self.python)
+        try:
+            self.seccomp = filter_bpf()
+        except SeccompUnavailable as exc:
+            raise SandboxUnavailable(f"no seccomp filter: {exc}; {NEVER_UNSANDBOXED}") from exc
         probe(self.run_python, self.python)
 
     # ------------------------------------------------------------ running
@@ -137,11 +143,14 @@ class Sandbox:
         started = time.monotonic()
         deadline = started + self.limits.wall_s
         info_read, info_write = os.pipe()
+        seccomp_fd = bpf_file(self.seccomp)
         try:
             with _stdin_file(stdin) as stdin_fd:
-                process = self.start_process(self.command(argv, env, info_write, prlimit), stdin_fd, info_write)
+                command = self.command(argv, env, info_write, prlimit, seccomp_fd=seccomp_fd)
+                process = self.start_process(command, stdin_fd, (info_write, seccomp_fd))
         finally:
             os.close(info_write)
+            os.close(seccomp_fd)
         init_pid = None
         try:
             init_pid = read_init_pid(info_read, deadline)
@@ -150,13 +159,14 @@ class Sandbox:
             kill_sandbox(process, init_pid)
         return sandbox_result(process.returncode, stdout, stderr, stopped, time.monotonic() - started)
 
-    def start_process(self, command: list[str], stdin_fd: int, info_fd: int, stdout=subprocess.PIPE,
+    def start_process(self, command: list[str], stdin_fd: int, pass_fds: tuple[int, ...], stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE) -> subprocess.Popen:  # fmt: skip
-        """Start `command` (from `command()`) with an empty environment, in a session of its own."""
+        """Start `command` (from `command()`, which names `pass_fds`) with an empty environment, in a
+        session of its own, and a fresh session keyring (`synth.launcher`)."""
         try:
-            return subprocess.Popen(
+            return launcher.popen(
                 command, stdin=stdin_fd, stdout=stdout, stderr=stderr, env={},
-                close_fds=True, pass_fds=(info_fd,), start_new_session=True,
+                close_fds=True, pass_fds=pass_fds, start_new_session=True,
             )  # fmt: skip
         except OSError as exc:
             raise SandboxUnavailable(f"cannot start {command[0]}: {exc}; {NEVER_UNSANDBOXED}") from exc
@@ -178,11 +188,13 @@ class Sandbox:
         return f"import resource as _r; {calls}; del _r\n"
 
     def command(self, argv: list[str], env: dict[str, str] | None = None, info_fd: int | None = None,
-                prlimit: bool = True, user_namespaces: bool = False) -> list[str]:  # fmt: skip
+                prlimit: bool = True, user_namespaces: bool = False, seccomp_fd: int | None = None) -> list[str]:  # fmt: skip
         """The full command line: bwrap (as the sandbox user when we are root), prlimit, `argv`.
 
         `user_namespaces=True` lets `argv` create user namespaces: only for a fork server's
-        zygote (`synth.forkserver`), which builds each sandbox's in a namespace of its own.
+        zygote (`synth.forkserver`), which builds each sandbox's in a namespace of its own, and
+        which alone runs without `seccomp_fd` (the filter, `synth.seccomp`, that bwrap loads
+        before it execs the command): each forked run loads the filter before its code.
 
         bwrap writes its init's pid to `info_fd`. The rlimits are set inside the namespaces, by
         `prlimit` (or, with `prlimit=False`, by `argv` itself: `run_python`): set on bwrap itself,
@@ -196,6 +208,7 @@ class Sandbox:
             str(SANDBOX_UID), "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--hostname", "sandbox",
         ]  # fmt: skip
         info = ["--info-fd", str(info_fd)] if info_fd is not None else []
+        info += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         filesystem = [
             *self.binds, "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
             "--size", str(lim.tmpfs_mb << 20), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp",

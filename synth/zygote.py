@@ -26,7 +26,10 @@ kills everything left in the namespace, daemons too), which, before any untruste
    count, with any other run;
 3. forks the process that runs the code, which takes its stdin/stdout/stderr, closes every
    other fd, sets the rlimits, clears the capability bounding set and drops every capability,
-   and runs the code as `python -c` would.
+   loads the seccomp filter (`config["seccomp"]`, the same one bwrap loads for a plain run) and
+   runs the code as `python -c` would.
+The init joins a fresh anonymous session keyring first (`config["keyctl"]`, the system call's
+number), so no run sees another's keys or the host's.
 The outer sandbox already gives the rest: a read-only system, no host files, no_new_privs, an
 environment that started empty.
 """
@@ -46,6 +49,7 @@ _CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET, _CLONE_NEWCGROUP = 0x10000000, 0x20000000, 0x40000000, 0x02000000
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
 _PR_CAPBSET_DROP, _SYS_CAPSET, _CAP_VERSION_3 = 24, 126, 0x20080522
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, _KEYCTL_JOIN_SESSION_KEYRING = 22, 2, 1
 _SANDBOX_ID = 65534
 DONE = struct.Struct("<i")
 READY, STARTED = b"ready", b"started"
@@ -81,9 +85,24 @@ def _enter_user_namespace():
     _write("/proc/self/gid_map", "%d %d 1" % (_SANDBOX_ID, outer_gid))
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _load_filter(bpf):
+    """The seccomp filter (classic BPF from synth.seccomp) on this process and its children, for good."""
+    program = ctypes.create_string_buffer(bpf, len(bpf))
+    fprog = _SockFprog(len(bpf) // 8, ctypes.cast(program, ctypes.c_void_p))
+    _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
 def _set_up_init(config):
-    """As the new PID namespace's PID 1, with the zygote's capabilities: the other namespaces,
-    the mounts and hostname; then a user namespace of the run's own, where none can be made."""
+    """As the new PID namespace's PID 1, with the zygote's capabilities: a session keyring of the
+    run's own, the other namespaces, the mounts and hostname; then a user namespace of the run's
+    own, where none can be made."""
+    keyctl = config["keyctl"]
+    if keyctl is not None and _libc.syscall(keyctl, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        _check(-1, "keyctl(join session keyring)")
     flags = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
     _check(_libc.unshare(flags), "unshare(mount, net, ipc, uts, cgroup)")
     _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
@@ -108,6 +127,7 @@ def _confine(config, stdin_fd, out_fd, err_fd):
             break  # past the last capability this kernel has
     header, data = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0), (ctypes.c_uint32 * 6)()
     _check(_libc.syscall(_SYS_CAPSET, header, data), "capset")
+    _load_filter(config["seccomp"])
 
 
 def _run_code(program, env):

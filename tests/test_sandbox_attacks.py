@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -419,3 +420,142 @@ def test_attacks_run_concurrently_stay_apart(sandbox):
     results["honest"] = attack(sandbox, honest, "honest(1)", "honest(2)")
     threads[0].join()
     assert results["honest"][0].outputs == ["1", "2"]
+
+
+# ---------------------------------------------------------------- second round
+
+
+def _syscall_errors() -> str:
+    """A function that calls each named system call with arguments that succeed, or fail with
+    something other than EPERM, were the call allowed; it returns the errno names."""
+    return (
+        "import ctypes, errno\n"
+        "def probe(calls):\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    seen = {}\n"
+        "    for name, (number, args) in calls.items():\n"
+        "        result = libc.syscall(number, *args)\n"
+        "        seen[name] = errno.errorcode.get(ctypes.get_errno(), '?') if result < 0 else 'ALLOWED'\n"
+        "    return seen\n"
+    )
+
+
+# name -> arguments that do not give EPERM where the call is allowed (EFAULT, EINVAL, EBADF...)
+_DENIED_PROBES = {
+    "io_uring_setup": (1, 0),
+    "io_uring_enter": (-1, 0, 0, 0, 0, 0),
+    "io_uring_register": (-1, 0, 0, 0),
+    "keyctl": (0, -3, 0),  # KEYCTL_GET_KEYRING_ID of the session keyring
+    "add_key": (0, 0, 0, 0, -3),
+    "request_key": (0, 0, 0, 0),
+    "ptrace": (0, 0, 0, 0),  # PTRACE_TRACEME
+    "process_vm_readv": (1, 0, 0, 0, 0, 0),
+    "process_vm_writev": (1, 0, 0, 0, 0, 0),
+    "pidfd_getfd": (-1, 0, 0),
+    "kcmp": (-1, -1, 0, 0, 0),
+    "perf_event_open": (0, 0, -1, -1, 0),
+    "bpf": (-1, 0, 0),
+    "userfaultfd": (-1,),
+    "unshare": (0,),  # no flags: a no-op that succeeds where allowed
+    "setns": (-1, 0),
+    "personality": (0xFFFFFFFF,),  # a query
+    "open_tree": (-1, 0, 0),
+    "fsopen": (0, 0),
+    "mount_setattr": (-1, 0, 0, 0, 0),
+}
+
+
+def test_seccomp_denies_the_kernels_risky_surface(sandbox):
+    from synth.seccomp import DENIED, syscall_number
+
+    calls = {name: (syscall_number(name), args) for name, args in _DENIED_PROBES.items() if syscall_number(name)}
+    calls["clone3"] = (syscall_number("clone3"), (0, 0))
+    calls["clone(CLONE_NEWUSER)"] = (syscall_number("clone"), (0x10000000 | 17, 0, 0, 0, 0))
+    assert set(_DENIED_PROBES) <= DENIED
+    run, _ = attack(sandbox, _syscall_errors(), f"probe({calls!r})")
+    seen = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert seen.pop("clone3") == "ENOSYS"  # as in Docker's profile: the C library falls back to clone
+    assert seen == {name: "EPERM" for name in seen}, seen
+
+
+def test_seccomp_leaves_what_ordinary_code_needs(sandbox):
+    source = (
+        "import os, subprocess, threading, socket, mmap, select, tempfile\n"
+        "def ordinary(n):\n"
+        "    box = []\n"
+        "    thread = threading.Thread(target=lambda: box.append(sum(range(n))))\n"
+        "    thread.start(); thread.join()\n"
+        "    child = subprocess.run(['/usr/bin/echo', 'hi'], capture_output=True).stdout\n"
+        "    with tempfile.TemporaryFile() as f:\n"
+        "        f.write(b'x' * 4096); f.flush()\n"
+        "        mapped = mmap.mmap(f.fileno(), 4096)[:1]\n"
+        "    a, b = socket.socketpair(); a.send(b'y'); got = b.recv(1)\n"
+        "    return box[0], child, mapped, got\n"
+    )
+    run, _ = attack(sandbox, source, "ordinary(10)")
+    assert run.outputs == ["(45, b'hi\\n', b'x', b'y')"], run
+
+
+_KEY_PEEK = (
+    "import ctypes, errno\n"
+    "def peek(numbers, description):\n"
+    "    libc = ctypes.CDLL(None, use_errno=True)\n"
+    "    keyctl, add_key = numbers\n"
+    "    keys = open('/proc/keys').read()\n"
+    "    found = libc.syscall(keyctl, 10, -3, b'user', description, 0)  # KEYCTL_SEARCH in @s\n"
+    "    search = errno.errorcode.get(ctypes.get_errno(), '?') if found < 0 else found\n"
+    "    added = libc.syscall(add_key, b'user', b'planted', b'x', 1, -3)\n"
+    "    plant = errno.errorcode.get(ctypes.get_errno(), '?') if added < 0 else added\n"
+    "    return keys, search, plant\n"
+)
+
+
+ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)
+"""A seccomp program of one instruction, `return ALLOW`: to test the layer beneath the filter."""
+
+
+@pytest.mark.parametrize("filtered", [True, False], ids=["filter", "keyring-alone"])
+def test_the_hosts_session_keyring_is_out_of_reach(sandbox, monkeypatch, filtered):
+    """The process that starts sandboxes holds a session keyring with a key in it (as under runc
+    or a PAM login): no run may read it, search it or add to it. The filter denies the key
+    system calls; without it, each run's own fresh keyring still keeps the host's out of reach."""
+    import ctypes
+
+    import synth.launcher as launcher
+    from synth.seccomp import syscall_number
+
+    keyctl, add_key = syscall_number("keyctl"), syscall_number("add_key")
+    libc = ctypes.CDLL(None, use_errno=True)
+    description = f"synth-attack-{os.getpid()}".encode()
+    outcome = {}
+
+    def keyed_host():  # session keyrings are per thread: this one's alone gets the key
+        assert libc.syscall(keyctl, 1, None) >= 0, "join a session keyring"  # KEYCTL_JOIN_SESSION_KEYRING
+        key = libc.syscall(add_key, b"user", description, SECRET.encode(), len(SECRET), -3)
+        assert key > 0, os.strerror(ctypes.get_errno())
+        # a launcher thread started from here inherits the key, unless it joins a keyring per sandbox
+        monkeypatch.setattr(launcher, "_pool", None)
+        plain = Sandbox(LIMITS)
+        plain.seccomp = plain.seccomp if filtered else ALLOW_ALL
+        if isinstance(sandbox, ForkServer):
+            with ForkServer(plain, env={"PYTHONHASHSEED": "0"}) as server:
+                outcome["run"] = attack(server, _KEY_PEEK, f"peek({(keyctl, add_key)!r}, {description!r})")
+        else:
+            outcome["run"] = attack(plain, _KEY_PEEK, f"peek({(keyctl, add_key)!r}, {description!r})")
+        buffer = ctypes.create_string_buffer(64)
+        read = libc.syscall(keyctl, 11, key, buffer, 64)  # KEYCTL_READ
+        outcome["host"] = buffer.raw[:read] if read >= 0 else os.strerror(ctypes.get_errno())
+        outcome["planted"] = libc.syscall(keyctl, 10, -3, b"user", b"planted", 0)
+
+    thread = threading.Thread(target=keyed_host)
+    thread.start()
+    thread.join()
+    (run, _), host_key = outcome["run"], outcome["host"]
+    keys, search, plant = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert host_key == SECRET.encode(), "the host still reads its own key"
+    assert description.decode() not in keys, keys
+    if filtered:
+        assert (search, plant) == ("EPERM", "EPERM"), run.outputs
+    else:  # not found in its own keyring; what it adds lands there, and goes with the run
+        assert search == "ENOKEY" and isinstance(plant, int), run.outputs
+    assert outcome["planted"] < 0, "no key was added to the host's keyring"

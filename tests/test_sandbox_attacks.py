@@ -56,16 +56,29 @@ def host(tmp_path):
 
 
 def _sandbox_user_processes() -> set[int]:
-    """Live processes of the sandbox user (zombies have exited: the host's init reaps them)."""
-    pids = set()
+    """Live processes of the sandbox user (zombies have exited: the host's init reaps them) that
+    are ours or nobody's: other processes on a shared machine run sandboxes of their own."""
+    statuses = {}
     for entry in Path("/proc").iterdir():
         try:
-            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+            text = (entry / "status").read_text() if entry.name.isdigit() else ""
         except OSError:
             continue
-        if f"Uid:\t{SANDBOX_UID}\t" in status and "State:\tZ" not in status:
-            pids.add(int(entry.name))
-    return pids
+        if text:
+            statuses[int(entry.name)] = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+    return {pid for pid, status in statuses.items()
+            if _is_sandbox_user(status) and "Z" not in status["State"] and _started_here_or_orphaned(pid, statuses)}
+
+
+def _is_sandbox_user(status: dict) -> bool:
+    return status.get("Uid", "").split("\t")[0] == str(SANDBOX_UID)
+
+
+def _started_here_or_orphaned(pid: int, statuses: dict) -> bool:
+    """Up its parents to the first one that is not the sandbox user: this process, or the host's init."""
+    while pid in statuses and _is_sandbox_user(statuses[pid]):
+        pid = int(statuses[pid]["PPid"])
+    return pid in (os.getpid(), 1, 0) or pid not in statuses
 
 
 def _describe(pid: int) -> str:
@@ -129,18 +142,33 @@ def test_memory_bomb(sandbox):
     assert reason == "all_inputs_raise"
 
 
-def test_cpu_loop_that_ignores_the_case_alarm(sandbox):
-    source = (
-        "import signal\n"
-        "def spin(n):\n"
-        "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
-        "    while True:\n"
-        "        n += 1\n"
-        "    return n\n"
-    )
-    patient = Sandbox(LIMITS.model_copy(update={"cpu_s": 1, "wall_s": 20}))  # the CPU limit, not the wall clock
-    run, reason = attack(patient, source, "spin(0)")
-    assert (run.status, reason) == ("signal", "sandbox_signal") and run.detail.startswith("SIGXCPU")
+SPIN_IGNORING_SIGNALS = (
+    "import signal\n"
+    "def spin(n):\n"
+    "    for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGXCPU):\n"
+    "        signal.signal(sig, signal.SIG_IGN)\n"
+    "    while True:\n"
+    "        n += 1\n"
+    "    return n\n"
+)
+
+
+def test_cpu_loop_that_ignores_signals_is_stopped_per_case(sandbox):
+    # The harness kills a call's process past the case timeout; no signal of its own to ignore.
+    run, reason = attack(sandbox, SPIN_IGNORING_SIGNALS, "spin(0)", "spin(1)")
+    assert (run.status, run.case_status, reason) == ("ok", ["timeout", "timeout"], "all_inputs_raise")
+
+
+def test_cpu_limit_ends_the_run():
+    # The CPU limit, not the wall clock or the case timeout: 1 CPU second in 60 wall seconds.
+    patient = Sandbox(LIMITS.model_copy(update={"cpu_s": 1, "wall_s": 60}))
+    slow_cases = OPTIONS.model_copy(update={"case_timeout_s": 50.0})
+    for runner in (patient, ForkServer(patient, env={"PYTHONHASHSEED": "0"})):
+        try:
+            run = run_function(runner, SPIN_IGNORING_SIGNALS, "spin", ["spin(0)"], slow_cases)
+        finally:
+            getattr(runner, "close", lambda: None)()
+        assert (run.status, run.detail.split(";")[0]) == ("signal", "SIGKILL"), run  # SIGXCPU ignored: the hard limit
 
 
 def test_cpu_loop_is_stopped_per_case():
@@ -159,15 +187,26 @@ def test_sleep_past_the_timeout(sandbox):
         "    return n\n"
     )
     started = time.monotonic()
-    run, reason = attack(sandbox, source, "nap(100)")
+    run, reason = attack(sandbox, source, "nap(100)", "nap(200)")
+    assert (run.case_status, reason) == (["timeout", "timeout"], "all_inputs_raise")
+    assert time.monotonic() - started < LIMITS.wall_s + 2
+
+
+def test_a_call_that_blocks_the_harness_hits_the_wall_clock(sandbox):
+    """Stopping the harness (its parent) keeps it from reading: the wall clock ends the run."""
+    source = "import os, signal, time\ndef freeze(n):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    time.sleep(n)\n"
+    started = time.monotonic()
+    run, reason = attack(sandbox, source, "freeze(100)")
     assert (run.status, reason) == ("timeout", "sandbox_timeout")
     assert time.monotonic() - started < LIMITS.wall_s + 2
 
 
 def test_huge_output(sandbox):
-    source = "import os\ndef flood(n):\n    while True:\n        os.write(1, b'x' * 65536)\n    return n\n"
-    run, reason = attack(sandbox, source, "flood(1)")
+    source = "import os\ndef flood(n):\n    while True:\n        os.write(n, b'x' * 65536)\n    return n\n"
+    run, reason = attack(sandbox, source, "flood(2)")  # stderr: the sandbox's own, capped
     assert (run.status, reason) == ("output_limit", "sandbox_output_limit")
+    run, reason = attack(sandbox, source, "flood(1)")  # stdout: the call's result pipe
+    assert (run.status, reason) == ("tampered", "tampered")
 
 
 def test_huge_return_value_is_too_long_not_a_flood(sandbox):
@@ -281,10 +320,10 @@ def test_environment_leak(sandbox, monkeypatch):
     else:
         run, _ = attack(sandbox, source, "loot(1)")
     found = eval(run.outputs[0])  # noqa: S307 - our own test's output
-    assert set(found) == {"os.environ", "1", "2", "self"}, "it read its own and its init's environment"
+    assert set(found) == {"os.environ", "1", "2", "3", "self"}, "its init, the harness and the call's process"
     # bwrap's init started with an empty environment; a forked sandbox's init still holds
-    # capabilities in its namespaces, so the code may not read it at all.
-    assert found["1"] in ("", "PermissionError")
+    # capabilities in its namespaces, and the harness is not dumpable: neither may be read.
+    assert found["1"] in ("", "PermissionError") and found["2"] == "PermissionError"
     assert "PATH=/usr/bin:/bin" in found["self"] and "'PATH'" in found["os.environ"]
     assert SECRET not in run.outputs[0] and "SYNTH_ATTACK_SECRET" not in run.outputs[0]
 
@@ -320,7 +359,7 @@ def test_killing_the_parent(sandbox):
             "import os, signal\n"
             "def regicide(pids):\n"
             "    outcomes = []\n"
-            "    for pid in pids + [os.getppid(), 1]:\n"
+            "    for pid in pids + [1]:\n"
             "        try:\n"
             "            os.kill(pid, signal.SIGKILL)\n"
             "            outcomes.append('SENT')\n"
@@ -338,6 +377,9 @@ def test_killing_the_parent(sandbox):
     outcomes = eval(run.outputs[0])  # noqa: S307 - our own test's output
     assert outcomes[: len(host_pids)] == ["ProcessLookupError"] * len(host_pids), "host processes are not visible"
     # the sandbox's own init ignores signals from inside; whatever happened, it stayed inside
+    patricide = "import os\ndef patricide(n):\n    os.kill(os.getppid(), 9)\n    return n\n"
+    run, reason = attack(sandbox, patricide, "patricide(1)")  # the harness: the run ends, nothing recorded
+    assert (run.status, run.outputs, reason) == ("signal", [], "sandbox_signal")
 
 
 def test_daemonised_grandchild_does_not_outlive_the_sandbox(sandbox):
@@ -559,3 +601,58 @@ def test_the_hosts_session_keyring_is_out_of_reach(sandbox, monkeypatch, filtere
     else:  # not found in its own keyring; what it adds lands there, and goes with the run
         assert search == "ENOKEY" and isinstance(plant, int), run.outputs
     assert outcome["planted"] < 0, "no key was added to the host's keyring"
+
+
+ISSUE_FORGERY = (  # as reported: reads the calls back from stdin, writes the harness's lines, exits
+    "import marshal, posixpath\n"
+    "def add_one(x):\n"
+    "    o = posixpath.os; o.lseek(0, 0, 0)\n"
+    "    calls = marshal.loads(o.read(0, 1 << 20))[2]\n"
+    "    o.write(1, ''.join('[\"ok\",\"%d\"]\\n' % (a[0] * 10 + 7) for a, k in calls).encode()); o._exit(0)\n"
+    "    return x + 1\n"
+)
+BLIND_FORGERY = (  # knows the inputs without stdin
+    "import posixpath\n"
+    "def add_one(x):\n"
+    "    o = posixpath.os\n"
+    "    o.write(1, b'[\"loaded\",\"\"]\\n[\"ok\",\"17\"]\\n[\"ok\",\"27\"]\\n')\n"
+    "    if x > 1:\n"
+    "        o._exit(0)\n"
+    "    return x + 1\n"
+)
+
+
+@pytest.mark.parametrize("source", [ISSUE_FORGERY, BLIND_FORGERY], ids=["issue", "blind"])
+def test_forged_results_are_never_recorded(sandbox, source):
+    run, reason = attack(sandbox, source, "add_one(1)", "add_one(2)")
+    assert "17" not in run.outputs and "27" not in run.outputs
+    if source is ISSUE_FORGERY:  # stdin was read and closed before the function ran
+        assert run.case_status == ["raised", "raised"] and run.outputs[0].startswith("EOFError")
+    else:
+        assert (run.status, reason) == ("tampered", "tampered"), run
+
+
+def test_the_result_channel_is_out_of_reach(sandbox):
+    source = (
+        "import ctypes, os\n"
+        "def reach(numbers):\n"
+        "    harness, outcomes = os.getppid(), []\n"
+        "    for path, mode in (('/proc/%d/fd/1' % harness, 'wb'), ('/proc/%d/mem' % harness, 'r+b'),\n"
+        "                       ('/proc/%d/fd/0' % harness, 'rb'), ('/proc/%d/environ' % harness, 'rb')):\n"
+        "        try:\n"
+        "            open(path, mode).close()\n"
+        "            outcomes.append('OPENED ' + path)\n"
+        "        except OSError as e:\n"
+        "            outcomes.append(type(e).__name__)\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    for number, args in numbers:\n"
+        "        outcomes.append(libc.syscall(number, *args) == -1 and ctypes.get_errno())\n"
+        "    return outcomes\n"
+    )
+    from synth.seccomp import syscall_number
+
+    attach = (syscall_number("ptrace"), (16, 2, 0, 0))  # PTRACE_ATTACH to the harness (pid 2)
+    write_memory = (syscall_number("process_vm_writev"), (2, 0, 0, 0, 0, 0))
+    run, _ = attack(sandbox, source, f"reach({[attach, write_memory]!r})")
+    outcomes = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert outcomes == ["PermissionError"] * 4 + [errno.EPERM] * 2, outcomes

@@ -1,8 +1,10 @@
 """Execution checks for code functions: keep those whose cases make good, reproducible training data.
 
 `code_checks` reads what `code_execute` recorded and drops a function, first failing check wins:
+- `tampered`: the function wrote on the harness's result channel, or forged its lines
+  (`generators.code.harness`); nothing it returned is kept;
 - `sandbox_<status>`: the sandbox run failed as a whole (timeout, output_limit, signal,
-  exit_error, load_error, protocol_error; `sandbox_detail` says more);
+  exit_error, load_error, protocol_error, program_too_large; `sandbox_detail` says more);
 - `all_inputs_raise`: every input raised or timed out;
 - `unrepresentable_outputs`: no input returned a value that is a Python literal of bounded size
   (and, where exceptions are not allowed as outputs, none is left);
@@ -44,6 +46,8 @@ def usable(status: str, allow_exceptions: bool) -> bool:
 
 def drop_reason(sandbox_status: str, statuses: list[str], outputs: list[str], config: CodeChecksConfig) -> str | None:
     """Why a function's run makes no cases worth keeping, or None."""
+    if sandbox_status == "tampered":
+        return "tampered"
     if sandbox_status != "ok":
         return f"sandbox_{sandbox_status}"
     if all(s in ("raised", "timeout") for s in statuses):

@@ -12,7 +12,9 @@ The `code_execute` stage adds, per function row:
 - `case_status` (list<string>): per input, ok / raised / timeout / unrepresentable / too_long;
 - `sandbox_status` (string): "ok", or how the whole run failed: a sandbox status (timeout,
   output_limit, signal, exit_error), `load_error` (the source did not load) or `protocol_error`
-  (the output was not the harness's lines); `sandbox_detail` says more;
+  (the run ended before all the harness's lines) or `tampered` (a case's process wrote on its
+  result pipe something other than the harness's frame, or something other than the harness
+  wrote on the run's stdout); `sandbox_detail` says more;
 - `sandbox_seconds` (float64).
 
 It never drops rows: `filters.quality.code_checks` decides. Sandboxes of one batch run
@@ -45,8 +47,8 @@ from synth.stage import MapStage, set_column
 log = logging.getLogger(__name__)
 
 CASE_STATUSES = ("ok", "raised", "timeout", "unrepresentable", "too_long")
-HARNESS_PRELOAD = (*PRELOAD, "_json")
-"""What zygotes import for the harness: `_json` is a shared library, ~0.6 ms of CPU to load in every run."""
+HARNESS_PRELOAD = (*PRELOAD, "_json", "select", "ctypes")
+"""What zygotes import for the harness: shared libraries, ~0.6 ms of CPU each to load in every run."""
 _STDERR_TAIL = 300
 
 
@@ -103,10 +105,12 @@ def _read_run(result: SandboxResult, expected: int) -> FunctionRun:
     if not result.ok:
         tail = result.stderr.decode(errors="replace").strip()[-_STDERR_TAIL:]
         return FunctionRun(result.status, "; ".join(filter(None, [result.detail, tail])))
-    try:
+    try:  # only the harness writes there: anything else is a forgery
         lines = [_harness_line(line) for line in result.stdout.decode("ascii").splitlines()]
     except (UnicodeDecodeError, ValueError) as exc:
-        return FunctionRun("protocol_error", str(exc)[:_STDERR_TAIL])
+        return FunctionRun("tampered", f"not the harness's output: {str(exc)[:_STDERR_TAIL]}")
+    if lines and lines[-1][0] == "tampered":
+        return FunctionRun("tampered", lines[-1][1])
     if lines and lines[0][0] == "load_error":
         return FunctionRun("load_error", lines[0][1])
     if not lines or lines[0][0] != "loaded" or len(lines) != expected + 1:
@@ -119,7 +123,7 @@ def _harness_line(line: str) -> tuple[str, str]:
     item = json.loads(line)
     if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
         raise ValueError(f"expected [status, text], got {line[:80]!r}")
-    if item[0] not in (*CASE_STATUSES, "loaded", "load_error"):
+    if item[0] not in (*CASE_STATUSES, "loaded", "load_error", "tampered"):
         raise ValueError(f"unknown status {item[0]!r}")
     return item[0], item[1]
 

@@ -8,8 +8,10 @@ candidate; it is kept when it
 - is at most `max_lines` long;
 - does no file, network or process I/O by a static check (`io_reason`): no `open`, `print`,
   `input`, `exec`..., no I/O module (`socket`, `subprocess`, `shutil`, `pathlib`...), nothing of
-  `os` but pure `os.path` helpers, no `sys.stdin`/`exit`, `io.open`... This keeps the data about
-  computation; the sandbox still contains whatever the check misses;
+  `os` but pure `os.path` helpers, no `sys.stdin`/`exit`, `io.open`..., and nothing that reaches
+  them another way: module aliases (`posixpath.os`), introspection (`__globals__`), attributes
+  by string (`generators.code.reach`). This keeps the data about computation; the sandbox
+  still contains whatever the check misses;
 - is self-contained: every free name is a builtin, a module-level absolute import or a
   module-level `NAME = ...` (whose own names resolve the same way); those lines are copied above
   the function, imports first, so `source` runs on its own.
@@ -36,6 +38,7 @@ import pyarrow.parquet as pq
 import ray.data
 from pydantic import Field, model_validator
 
+from generators.code.reach import reach_reason
 from generators.code.records import FUNCTION_SCHEMA, content_id
 from synth.errors import SpecError
 from synth.registry import register
@@ -58,6 +61,8 @@ IO_MODULES = frozenset({
     "platform", "sqlite3", "dbm", "shelve", "zipfile", "tarfile", "zipimport", "logging", "importlib",
     "pkgutil", "runpy", "site", "sysconfig", "pdb", "faulthandler", "atexit", "gc", "tracemalloc", "netrc",
     "mimetypes", "uuid", "locale", "syslog", "wave", "sndhdr", "imghdr",
+    "builtins", "inspect", "pickle", "_pickle", "copyreg", "marshal", "code", "codeop", "posix", "nt", "_io",
+    "_pyio", "_socket", "_thread", "_signal", "_posixsubprocess", "_ctypes", "_multiprocessing", "_posixshmem",
 })  # fmt: skip
 """Modules (and their submodules) whose use means I/O, processes, threads or interpreter state."""
 
@@ -70,6 +75,9 @@ IO_SYS = frozenset({"stdin", "stdout", "stderr", "exit", "argv", "path", "module
 IO_ATTRIBUTES = {
     "os": lambda attr: attr not in PURE_OS,
     "os.path": lambda attr: attr not in PURE_OS_PATH,
+    "posixpath": lambda attr: attr not in PURE_OS_PATH,
+    "ntpath": lambda attr: attr not in PURE_OS_PATH,
+    "genericpath": lambda attr: attr not in PURE_OS_PATH,
     "sys": lambda attr: attr in IO_SYS,
     "io": lambda attr: attr in ("open", "open_code", "FileIO"),
     "gzip": lambda attr: attr in ("open", "GzipFile"),
@@ -189,7 +197,7 @@ def io_reason(fn: ast.AST, imports: dict[str, tuple[str, str | None]]) -> str | 
             return "io"
         if isinstance(node, ast.Attribute) and _io_attribute(node, names):
             return "io"
-    return None
+    return reach_reason(fn, names, _is_io_module, frozenset(IO_ATTRIBUTES))
 
 
 def _is_io_module(module: str, attribute: str | None) -> bool:

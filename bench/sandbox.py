@@ -13,14 +13,19 @@ Prints, in one run (medians of `--repeat` starts):
    sandbox per function, `parallel` at a time): one run; with every function re-run under another
    hash seed; and as the pipeline does it, re-running only the functions `code_checks` keeps;
    medians of `--rounds` rounds, the two paths taking turns.
-Goals (the issue): under 10 ms overhead per function over a bare subprocess; over 1,000 cases/s
-on 2 cores. The machine's load average is printed: other work on the cores skews every number.
+Sections 3 to 5 run twice, side by side: "before", with no seccomp filter (a one-instruction
+allow-all program in its place) and the one-process harness of bench/baseline_harness.py, whose
+function could forge its result lines; and "now", with the filter and the result channel.
+Goals: under 10 ms overhead per function over a bare subprocess; over 1,000 cases/s on 2
+cores. The machine's load average is printed: other work on the cores skews every number.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import marshal
+import struct
 import os
 import random
 import statistics
@@ -34,11 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from filters.quality.code_checks import CodeChecksConfig, drop_reason  # noqa: E402
 from generators.code.calls import Signature, parse_call  # noqa: E402
 from generators.code.corpus import STDLIB_SKIP, folder_modules, function_candidates, stdlib_folder  # noqa: E402
-from generators.code.execute import ExecutionOptions, harness_source, run_all, run_function  # noqa: E402
+import generators.code.execute as execute  # noqa: E402
+from generators.code.execute import HARNESS_PRELOAD, ExecutionOptions, run_all, run_function  # noqa: E402
 from generators.code.inputs import function_node, signature_calls  # noqa: E402
 from synth.forkserver import ForkServer  # noqa: E402
 from synth.sandbox import Sandbox  # noqa: E402
 
+ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)  # seccomp: `return ALLOW`
+BASELINE = (Path(__file__).parent / "baseline_harness.py").read_text()
 FUNCTION = "import re\n\ndef slug(text, sep='-'):\n    return re.sub(r'[^a-z0-9]+', sep, text.lower()).strip(sep)\n"
 
 
@@ -53,7 +61,7 @@ def median_ms(fn, repeat: int) -> float:
 
 def bare_harness(python: str, calls: list[str]) -> None:
     payload = marshal.dumps((FUNCTION, "slug", [parse_call(c, "slug") for c in calls], 1.0, 300))
-    subprocess.run([python, "-S", "-s", "-B", "-c", harness_source()], input=payload, env={"PYTHONHASHSEED": "0"},
+    subprocess.run([python, "-S", "-s", "-B", "-c", execute.harness_source()], input=payload, env={"PYTHONHASHSEED": "0"},
                    capture_output=True, check=True)  # fmt: skip
 
 
@@ -101,6 +109,46 @@ def print_end_to_end(name: str, rounds: list[dict[str, float]], functions: int, 
     print(f"  {'':15s}   as the pipeline does, each round: {spread}")
 
 
+@contextlib.contextmanager
+def _harness(source: str):
+    """Runs use `source` as the case harness meanwhile."""
+    original = execute.harness_source
+    execute.harness_source = lambda: source
+    try:
+        yield
+    finally:
+        execute.harness_source = original
+
+
+def per_function(sandbox: Sandbox, python: str, n: int) -> None:
+    options = ExecutionOptions()
+    one, many = ["slug('Hello, World!')"], [f"slug('Item number {i}!')" for i in range(65)]
+    bare_one = median_ms(lambda: bare_harness(python, one), n)
+    trusted = (execute.harness_source(),)
+    with ForkServer(sandbox, env={"PYTHONHASHSEED": "0"}, preload=HARNESS_PRELOAD, trusted=trusted) as server:
+        forked_py_ms = median_ms(lambda: server.run_python("pass"), n)
+        print(f"forked sandbox:     python -c pass {forked_py_ms:6.1f} ms (from a zygote: no interpreter start)")
+        print(f"per function:       bare harness {bare_one:6.1f} ms (a plain subprocess of the interpreter)")
+        for name, runner in (("bwrap per run", sandbox), ("forked", server)):
+            ours_one = median_ms(lambda r=runner: run_function(r, FUNCTION, "slug", one, options), n)
+            ours_many = median_ms(lambda r=runner: run_function(r, FUNCTION, "slug", many, options), n)
+            print(f"  {name:15s}   in our sandbox {ours_one:6.1f} ms   overhead {ours_one - bare_one:5.1f} ms "
+                  f"(goal < 10)   per case {(ours_many - ours_one) / 64:5.2f} ms")  # fmt: skip
+
+
+def end_to_end_rounds(sandbox: Sandbox, workload: list[dict], cases: int, args) -> None:
+    print(f"end to end:         {len(workload)} stdlib functions, {cases} cases, {args.parallel} sandboxes at a time, "
+          f"medians of {args.rounds} rounds (the two paths take turns)")  # fmt: skip
+    paths = {"bwrap per run": False, "forked": True}
+    rounds: dict[str, list] = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, fork_server in paths.items():
+            options = ExecutionOptions(parallel=args.parallel, fork_server=fork_server)
+            rounds[name].append(end_to_end(sandbox, workload, options))
+    for name in paths:
+        print_end_to_end(name, rounds[name], len(workload), cases)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=30)
@@ -123,31 +171,17 @@ def main() -> None:
     print(f"bare bwrap start:   true {bwrap_ms:6.1f} ms")
     print(f"our sandbox:        true {ours_true_ms:6.1f} ms   python -S -c pass {ours_py_ms:6.1f} ms")
 
-    options = ExecutionOptions()
-    one, many = ["slug('Hello, World!')"], [f"slug('Item number {i}!')" for i in range(65)]
-    bare_one = median_ms(lambda: bare_harness(python, one), n)
-    with ForkServer(sandbox, env={"PYTHONHASHSEED": "0"}) as server:
-        forked_py_ms = median_ms(lambda: server.run_python("pass"), n)
-        print(f"forked sandbox:     python -c pass {forked_py_ms:6.1f} ms (from a zygote: no interpreter start)")
-        print(f"per function:       bare harness {bare_one:6.1f} ms (a plain subprocess of the interpreter)")
-        for name, runner in (("bwrap per run", sandbox), ("forked", server)):
-            ours_one = median_ms(lambda r=runner: run_function(r, FUNCTION, "slug", one, options), n)
-            ours_many = median_ms(lambda r=runner: run_function(r, FUNCTION, "slug", many, options), n)
-            print(f"  {name:15s}   in our sandbox {ours_one:6.1f} ms   overhead {ours_one - bare_one:5.1f} ms "
-                  f"(goal < 10)   per case {(ours_many - ours_one) / 64:5.2f} ms")  # fmt: skip
-
     workload = stdlib_workload(args.functions, args.inputs)
     cases = sum(len(r["inputs"]) for r in workload)
-    print(f"end to end:         {len(workload)} stdlib functions, {cases} cases, {args.parallel} sandboxes at a time, "
-          f"medians of {args.rounds} rounds (the two paths take turns)")  # fmt: skip
-    paths = {"bwrap per run": False, "forked": True}
-    rounds: dict[str, list] = {name: [] for name in paths}
-    for _ in range(args.rounds):
-        for name, fork_server in paths.items():
-            options = ExecutionOptions(parallel=args.parallel, fork_server=fork_server)
-            rounds[name].append(end_to_end(sandbox, workload, options))
-    for name in paths:
-        print_end_to_end(name, rounds[name], len(workload), cases)
+    unfiltered = Sandbox()
+    unfiltered.seccomp = ALLOW_ALL
+    variants = {"before": (unfiltered, BASELINE), "now": (sandbox, execute.harness_source())}
+    for variant, (box, harness) in variants.items():
+        with _harness(harness):
+            print(f"--- {variant}: " + ("no seccomp filter, one-process harness (bench/baseline_harness.py)"
+                                       if variant == "before" else "seccomp filter and result channel"))  # fmt: skip
+            per_function(box, python, n)
+            end_to_end_rounds(box, workload, cases, args)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -29,17 +29,18 @@ _reaper: threading.Thread | None = None
 
 @contextmanager
 def shared_server(sandbox: Sandbox, size: int = 1, env: dict[str, str] | None = None,
-                  preload: tuple[str, ...] = PRELOAD) -> Iterator[ForkServer]:  # fmt: skip
+                  preload: tuple[str, ...] = PRELOAD, trusted: tuple[str, ...] = ()) -> Iterator[ForkServer]:  # fmt: skip
     """An idle server with these settings, or a new one; back to the idle ones afterwards.
 
     A caller has the server to itself until it gives it back. One whose use ended in an
     exception is closed, not kept."""
-    key = (sandbox.limits.model_dump_json(), sandbox.python, size, tuple(sorted((env or {}).items())), tuple(preload))
+    key = (sandbox.limits.model_dump_json(), sandbox.python, size, tuple(sorted((env or {}).items())), tuple(preload),
+           tuple(trusted))  # fmt: skip
     with _lock:
         idle = _idle.get(key)
         server = idle.pop()[0] if idle else None
     if server is None:
-        server = ForkServer(sandbox, size, env, preload)
+        server = ForkServer(sandbox, size, env, preload, trusted)
     try:
         yield server
     except BaseException:

@@ -85,6 +85,8 @@ class SandboxLimits(StrictModel):
     open_files: int = Field(64, ge=16, description="Open file descriptors per process (RLIMIT_NOFILE)")
     tmpfs_mb: int = Field(16, ge=1, description="Size of the private /tmp")
     output_kb: int = Field(1024, ge=1, description="stdout + stderr; past it the sandbox is killed")
+    program_kb: int = Field(96, ge=1, le=120, description="Largest Python program (UTF-8 source) a run takes, "
+                            "checked before it starts: a bwrap run passes it as one argument, which Linux caps at 128 KB")
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class SandboxResult:
 
     `status` is one of: "ok" (exit 0), "exit_error" (another exit code), "signal" (killed by a
     signal: a crash, or SIGXCPU/SIGKILL from the CPU limit; `detail` names it), "timeout" (the
-    wall clock ran out) or "output_limit" (it wrote more than `output_kb`).
+    wall clock ran out), "output_limit" (it wrote more than `output_kb`) or "program_too_large"
+    (a program over `program_kb`: nothing ran).
     """
 
     status: str
@@ -137,6 +140,9 @@ class Sandbox:
     def run_python(self, code: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> SandboxResult:
         """Run Python `code` like `run`. The interpreter sets the rlimits itself before `code`
         runs: the same limits as `prlimit`, one exec fewer (~2.5 ms of a ~10 ms sandbox start)."""
+        too_large = program_too_large(code, self.limits)
+        if too_large:
+            return too_large
         return self._run(self.python_argv(self._rlimit_lines() + code), stdin, env, prlimit=False)
 
     def _run(self, argv: list[str], stdin: bytes, env: dict[str, str] | None, prlimit: bool) -> SandboxResult:
@@ -403,6 +409,15 @@ def _wait_exited(pid: int, deadline: float) -> None:
         if state in ("Z", "X"):
             return
         time.sleep(0.001)
+
+
+def program_too_large(code: str, limits: SandboxLimits) -> SandboxResult | None:
+    """The result of a program over `limits.program_kb`, which is not run; None for one that fits."""
+    size = len(code.encode("utf-8", "surrogateescape"))
+    if size <= limits.program_kb << 10:
+        return None
+    detail = f"a program of {size} bytes; the limit is {limits.program_kb} KB"
+    return SandboxResult("program_too_large", detail, None, b"", detail.encode(), 0.0)
 
 
 def sandbox_result(returncode: int, stdout: bytes, stderr: bytes, stopped: str | None, seconds: float) -> SandboxResult:

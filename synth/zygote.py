@@ -7,10 +7,11 @@ argument: `marshal.dumps(config).hex()`, config a dict of `limits` (the rlimits)
 them). It cannot import the project, which is not in the sandbox.
 
 Protocol on fd 0, a SOCK_SEQPACKET unix socket to the parent. First the zygote says `ready` (or
-exits, its reason on stderr). Request: `marshal.dumps((code,
-env))` with three fds attached (SCM_RIGHTS): the run's stdin, stdout and stderr. The zygote never
-reads or writes them, so nothing of a run's input or output passes through its memory (which
-every later run starts as a copy of). Replies: `started`, with a pidfd of the run's init attached,
+exits, its reason on stderr). Request: `marshal.dumps((trusted, env))` with fds attached
+(SCM_RIGHTS): the run's stdin, stdout and stderr, and, where `trusted` (the index of one of
+`config["trusted"]`, programs compiled once at start) is None, a file holding the program. The
+zygote never reads or writes them, so nothing of a run's program, input or output passes
+through its memory (which every later run starts as a copy of). Replies: `started`, with a pidfd of the run's init attached,
 through which the parent enforces the wall clock and the output cap; then `DONE` (the exit code
 in bwrap's convention, 128 + N for a death by signal N) once every process of the run is gone.
 
@@ -131,15 +132,15 @@ def _confine(config, stdin_fd, out_fd, err_fd):
 
 
 def _run_code(program, env):
-    """What `python -c` would do with `program` (source, or the zygote's compiled code object), in
-    this already running interpreter; returns the exit code."""
+    """What `python -c` would do with `program` (source, compiled here under the run's limits, or
+    a trusted program's code object), in this already running interpreter; returns the exit code."""
     os.environ.clear()
     os.environ.update(env, PWD=os.getcwd())  # bwrap's --chdir sets PWD too
     sys.argv = ["-c"]
     main = type(sys)("__main__")
     sys.modules["__main__"] = main
     try:
-        if isinstance(program, str):  # it did not compile in the zygote: the error, as `python -c` shows it
+        if isinstance(program, str):  # an error or warning shows as `python -c` shows it
             program = compile(program, "<string>", "exec")
         exec(program, main.__dict__)
         return 0
@@ -166,6 +167,8 @@ def _init(config, program, env, stdin_fd, out_fd, err_fd, status_fd):
     so the code's own `os.kill(os.getpid(), ...)` would do nothing. The init writes the code's
     wait status on `status_fd` and exits; the kernel then kills whatever is left in the namespace."""
     try:
+        if isinstance(program, int):  # an untrusted program's file: its text only ever in this run
+            program = _read_program(program)
         os.dup2(err_fd, 2)
         os.dup2(status_fd, 1)  # nothing of the protocol's socket or pipes stays open in here
         for fd in (0, status_fd, _PID_NAMESPACE[0]):
@@ -199,30 +202,34 @@ def _fail(exc):
 # ---------------------------------------------------------------- the zygote
 
 
-_PROGRAMS = {}
-_MAX_PROGRAMS = 16
+_TRUSTED = []  # the trusted programs' code objects, by index
 
 
-def _compiled(code):
-    """`code` compiled once here, so runs of the same program (the case harness, say) skip ~1 ms
-    of compiling; the source where it does not compile cleanly (the run shows the error or
-    warning, as `python -c` would). Compiling here also builds the compiler's lazily made types
-    (~2 ms) once, before any fork, not in every run that compiles."""
-    if code not in _PROGRAMS:
-        if len(_PROGRAMS) >= _MAX_PROGRAMS:
-            _PROGRAMS.clear()
+def _compile_trusted(sources):
+    """The server's trusted programs (the case harness, say), compiled once here, so their runs
+    skip ~1 ms of compiling; the source where one does not compile cleanly (the run shows the
+    error or warning, as `python -c` would). Compiling here also builds the compiler's lazily
+    made types (~2 ms) once, before any fork. Untrusted code is never compiled here, nor read:
+    it comes in a file the run reads and compiles under its own limits."""
+    for source in list(sources) + ["pass"]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a warning stays the run's to print, on its stderr
-                _PROGRAMS[code] = compile(code, "<string>", "exec")
+                _TRUSTED.append(compile(source, "<string>", "exec"))
         except BaseException:
-            _PROGRAMS[code] = code
-    return _PROGRAMS[code]
+            _TRUSTED.append(source)
 
 
-def _serve(config, control, code, env, stdin_fd, out_fd, err_fd):
+def _read_program(fd):
+    """An untrusted program's source, read (in the run, not the zygote) from its file."""
+    data = _read_all(fd)
+    os.close(fd)
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _serve(config, control, trusted, env, stdin_fd, out_fd, err_fd, program_fd):
     """One run: fork its init, hand the parent a pidfd of it, report the exit when all is gone."""
-    program = _compiled(code)
+    program = _TRUSTED[trusted] if program_fd is None else program_fd
     status_r, status_w = os.pipe()
     _check(_libc.unshare(_CLONE_NEWPID), "unshare(pid)")  # for the next child only
     try:
@@ -232,7 +239,7 @@ def _serve(config, control, code, env, stdin_fd, out_fd, err_fd):
             _init(config, program, env, stdin_fd, out_fd, err_fd, status_w)
     finally:  # later children in our own PID namespace again, so the next unshare may make one
         _check(_libc.setns(_PID_NAMESPACE[0], _CLONE_NEWPID), "setns(pid)")
-    for fd in (stdin_fd, out_fd, err_fd, status_w):
+    for fd in (stdin_fd, out_fd, err_fd, status_w) + (() if program_fd is None else (program_fd,)):
         os.close(fd)
     pidfd = os.pidfd_open(init)  # a zombie until we reap it below, so it is there
     try:
@@ -287,6 +294,7 @@ def main():
     config = marshal.loads(bytes.fromhex(sys.argv[1]))
     for name in config["preload"]:
         __import__(name)
+    _compile_trusted(config["trusted"])
     try:
         _become_server()
     except BaseException as exc:  # no sandboxes can be made here: the parent reads why
@@ -294,13 +302,14 @@ def main():
     control = socket.socket(fileno=0)
     control.send(READY)
     while True:
-        message, fds, _, _ = socket.recv_fds(control, MAX_REQUEST, 3)
+        message, fds, _, _ = socket.recv_fds(control, MAX_REQUEST, 4)
         if not message:
             return
-        if len(fds) != 3:
-            raise SystemExit("expected stdin, stdout and stderr with each request, got %d fds" % len(fds))
-        code, env = marshal.loads(message)
-        _serve(config, control, code, env, *fds)
+        trusted, env = marshal.loads(message)
+        if len(fds) != (3 if trusted is not None else 4):
+            raise SystemExit("expected stdin, stdout, stderr (and an untrusted program) with each request, got %d fds"
+                             % len(fds))
+        _serve(config, control, trusted, env, *fds, *([None] if trusted is not None else []))
 
 
 if __name__ == "__main__":

@@ -656,3 +656,47 @@ def test_the_result_channel_is_out_of_reach(sandbox):
     run, _ = attack(sandbox, source, f"reach({[attach, write_memory]!r})")
     outcomes = eval(run.outputs[0])  # noqa: S307 - our own test's output
     assert outcomes == ["PermissionError"] * 4 + [errno.EPERM] * 2, outcomes
+
+
+def test_earlier_programs_leave_no_trace_in_later_runs(sandbox):
+    """A forked run starts as a copy of its zygote: it must never have held another run's program."""
+    secret = f"synth-program-{os.urandom(6).hex()}"
+    for _ in range(2):  # both zygotes of the server
+        assert sandbox.run_python(f"program = {secret!r}\n").ok
+    scan = (  # the secret comes in two halves and is never whole in this run's memory
+        "import sys\n"
+        "head, tail = (part.encode() for part in sys.stdin.read().split('|'))\n"
+        "found = False\n"
+        "with open('/proc/self/mem', 'rb', buffering=0) as mem:\n"
+        "    for line in open('/proc/self/maps').read().splitlines():\n"
+        "        span, perms = line.split()[:2]\n"
+        "        if perms.startswith('r') and '[v' not in line:\n"
+        "            start, end = (int(x, 16) for x in span.split('-'))\n"
+        "            try:\n"
+        "                mem.seek(start); data = mem.read(end - start)\n"
+        "            except OSError:\n"
+        "                continue\n"
+        "            at = data.find(head)\n"
+        "            while at >= 0 and not found:\n"
+        "                found = data[at + len(head) : at + len(head) + len(tail)] == tail\n"
+        "                at = data.find(head, at + 1)\n"
+        "print(found)\n"
+    )
+    halves = f"{secret[:16]}|{secret[16:]}".encode()
+    for _ in range(2):
+        result = sandbox.run_python(scan, stdin=halves)
+        assert result.stdout == b"False\n", result
+    result = sandbox.run_python(f"program = {secret!r}\n" + scan, stdin=halves)
+    assert result.stdout == b"True\n", "the scan finds a program's text where it is"
+
+
+def test_one_program_size_limit_on_both_paths(sandbox):
+    huge = "x = 1\n" * 40_000  # 240 KB
+    result = sandbox.run_python(huge)
+    assert (result.status, result.returncode) == ("program_too_large", None) and "240000 bytes" in result.detail
+    run, reason = attack(sandbox, "def f(x):\n    return x\n" + "# padding\n" * 20_000, "f(1)")
+    assert (run.status, reason) == ("program_too_large", "sandbox_program_too_large")
+    # under the limit, a program that is hard to compile fails in its own run, under its limits
+    bomb = sandbox.run_python("x = " + "-" * 90_000 + "1\n")
+    assert not bomb.ok and b"zygote stopped" not in bomb.stderr, bomb
+    assert sandbox.run_python("print(1)").stdout == b"1\n"

@@ -11,7 +11,8 @@ The `code_execute` stage adds, per function row:
 - `outputs` (list<string>): per input, `repr` of the result, the exception, or "";
 - `case_status` (list<string>): per input, ok / raised / timeout / unrepresentable / too_long;
 - `sandbox_status` (string): "ok", or how the whole run failed: a sandbox status (timeout,
-  output_limit, signal, exit_error), `load_error` (the source did not load) or `protocol_error`
+  output_limit, signal, exit_error, program_too_large: the function's source is over the
+  limits' `program_kb`, checked before anything runs), `load_error` (the source did not load) or `protocol_error`
   (the run ended before all the harness's lines) or `tampered` (a case's process wrote on its
   result pipe something other than the harness's frame, or something other than the harness
   wrote on the run's stdout); `sandbox_detail` says more;
@@ -40,7 +41,7 @@ from generators.code.calls import parse_call
 from synth.registry import register
 from synth.forkserver import PRELOAD, ForkServer
 from synth.forkserver_pool import shared_server
-from synth.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailable
+from synth.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailable, program_too_large
 from synth.spec import StageConfig, StrictModel
 from synth.stage import MapStage, set_column
 
@@ -93,6 +94,9 @@ def run_function(
     sandbox: Sandbox | ForkServer, source: str, name: str, calls: list[str], options: ExecutionOptions, hash_seed: int = 0
 ) -> FunctionRun:
     """Run `name` from `source` on every call in one fresh sandbox; PYTHONHASHSEED is `hash_seed`."""
+    too_large = program_too_large(source, options.limits)
+    if too_large:
+        return FunctionRun(too_large.status, too_large.detail)
     parsed = [parse_call(call, name) for call in calls]
     payload = marshal.dumps((source, name, parsed, options.case_timeout_s, options.max_output_chars))
     result = sandbox.run_python(harness_source(), payload, env={"PYTHONHASHSEED": str(hash_seed)})
@@ -148,7 +152,8 @@ def run_all(
     if not options.fork_server:
         return _run_each(sandbox, rows, options, hash_seed)
     try:
-        with shared_server(sandbox, options.parallel, {"PYTHONHASHSEED": str(hash_seed)}, HARNESS_PRELOAD) as server:
+        seed = {"PYTHONHASHSEED": str(hash_seed)}
+        with shared_server(sandbox, options.parallel, seed, HARNESS_PRELOAD, (harness_source(),)) as server:
             return _run_each(server, rows, options, hash_seed)
     except SandboxUnavailable as exc:  # only a zygote's start refuses; still sandboxed, only slower
         log.warning("no fork server here (%s): one bubblewrap sandbox and interpreter per function", exc)

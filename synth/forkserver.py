@@ -152,10 +152,16 @@ class _Zygote:
         self.control, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._info_read, info_write = os.pipe()
         self.stderr = tempfile.TemporaryFile()
+        # A zygote serves one run at a time: its cgroup is the run's. The zygote's own ~25 MB count
+        # in it too (a run shares most of those pages, copy-on-write).
+        self.cgroup = self.sandbox.memory_cgroup(self.sandbox.limits.memory_mb)
         try:
             command = self.sandbox.command(self.argv, self.env, info_write, prlimit=False, user_namespaces=True)
             self.process = self.sandbox.start_process(command, zygote_end.fileno(), (info_write,), subprocess.DEVNULL,
-                                                      self.stderr)  # fmt: skip
+                                                      self.stderr, self.cgroup)  # fmt: skip
+        except BaseException:
+            self.cgroup and self.cgroup.remove()
+            raise
         finally:
             os.close(info_write)
             zygote_end.close()
@@ -250,6 +256,8 @@ class _Zygote:
         except subprocess.TimeoutExpired:
             pass
         kill_sandbox(self.process, self.init_pid)
+        if self.cgroup is not None:
+            self.cgroup.remove()
         self.stderr.close()
         self.process = self.init_pid = None
 

@@ -22,6 +22,7 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from synth.memory_cgroup import MemoryCgroup
 from synth.seccomp import syscall_number
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,14 @@ _pool: ThreadPoolExecutor | None = None
 _warned: list[bool] = []
 
 
-def popen(command: list[str], **options) -> subprocess.Popen:
-    """`subprocess.Popen(command, **options)`, started with a fresh anonymous session keyring."""
+def popen(command: list[str], cgroup: MemoryCgroup | None = None, **options) -> subprocess.Popen:
+    """`subprocess.Popen(command, **options)`, started with a fresh anonymous session keyring,
+    inside `cgroup` where given (the launcher thread enters it for the start: children are born in it)."""
     global _pool
     with _lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(1, thread_name_prefix="sandbox-launcher")
-    return _pool.submit(_start, command, options).result()
+    return _pool.submit(_start, command, cgroup, options).result()
 
 
 def join_new_session_keyring() -> bool:
@@ -48,13 +50,19 @@ def join_new_session_keyring() -> bool:
     return number is not None and _libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) >= 0
 
 
-def _start(command: list[str], options: dict) -> subprocess.Popen:
+def _start(command: list[str], cgroup: MemoryCgroup | None, options: dict) -> subprocess.Popen:
     if not join_new_session_keyring() and not _warned:
         _warned.append(True)
         why = os.strerror(ctypes.get_errno())
         log.warning("cannot give sandboxes a session keyring of their own (keyctl: %s); the seccomp filter "
                     "still denies them the key system calls", why)  # fmt: skip
-    return subprocess.Popen(command, **options)
+    if cgroup is None:
+        return subprocess.Popen(command, **options)
+    cgroup.enter_thread()
+    try:
+        return subprocess.Popen(command, **options)
+    finally:
+        cgroup.leave_thread()
 
 
 def _forget_in_child() -> None:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from synth import launcher
+from synth import launcher, memory_cgroup
 from synth.errors import SynthError
 from synth.seccomp import SeccompUnavailable, bpf_file, filter_bpf
 from synth.spec import StrictModel
@@ -79,7 +79,8 @@ class SandboxLimits(StrictModel):
 
     wall_s: float = Field(10.0, gt=0, description="Wall clock; past it the parent kills the whole sandbox")
     cpu_s: int = Field(5, ge=1, description="CPU seconds (RLIMIT_CPU): SIGXCPU, then SIGKILL a second later")
-    memory_mb: int = Field(512, ge=64, description="Address space of each process (RLIMIT_AS)")
+    memory_mb: int = Field(512, ge=64, description="Address space of each process (RLIMIT_AS), and the memory "
+                           "of the whole run, shared memory included, where the host has a memory cgroup")
     processes: int = Field(16, ge=2, description="Processes and threads inside the sandbox (RLIMIT_NPROC)")
     file_mb: int = Field(8, ge=1, description="Largest file a process may write (RLIMIT_FSIZE)")
     open_files: int = Field(64, ge=16, description="Open file descriptors per process (RLIMIT_NOFILE)")
@@ -126,6 +127,7 @@ class Sandbox:
             self.seccomp = filter_bpf()
         except SeccompUnavailable as exc:
             raise SandboxUnavailable(f"no seccomp filter: {exc}; {NEVER_UNSANDBOXED}") from exc
+        memory_cgroup.warn_if_unavailable()
         probe(self.run_python, self.python)
 
     # ------------------------------------------------------------ running
@@ -150,10 +152,14 @@ class Sandbox:
         deadline = started + self.limits.wall_s
         info_read, info_write = os.pipe()
         seccomp_fd = bpf_file(self.seccomp)
+        cgroup = self.memory_cgroup(self.limits.memory_mb)
         try:
             with _stdin_file(stdin) as stdin_fd:
                 command = self.command(argv, env, info_write, prlimit, seccomp_fd=seccomp_fd)
-                process = self.start_process(command, stdin_fd, (info_write, seccomp_fd))
+                process = self.start_process(command, stdin_fd, (info_write, seccomp_fd), cgroup=cgroup)
+        except BaseException:
+            cgroup and cgroup.remove()
+            raise
         finally:
             os.close(info_write)
             os.close(seccomp_fd)
@@ -163,15 +169,21 @@ class Sandbox:
             stdout, stderr, stopped = self._collect(process, deadline)
         finally:
             kill_sandbox(process, init_pid)
+            cgroup and cgroup.remove()
         return sandbox_result(process.returncode, stdout, stderr, stopped, time.monotonic() - started)
 
+    @staticmethod
+    def memory_cgroup(limit_mb: int) -> memory_cgroup.MemoryCgroup | None:
+        """A memory cgroup for one sandbox (`synth.memory_cgroup`), or None where the host has none."""
+        return memory_cgroup.MemoryCgroup(limit_mb) if memory_cgroup.available() else None
+
     def start_process(self, command: list[str], stdin_fd: int, pass_fds: tuple[int, ...], stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE) -> subprocess.Popen:  # fmt: skip
+                      stderr=subprocess.PIPE, cgroup: memory_cgroup.MemoryCgroup | None = None) -> subprocess.Popen:  # fmt: skip
         """Start `command` (from `command()`, which names `pass_fds`) with an empty environment, in a
-        session of its own, and a fresh session keyring (`synth.launcher`)."""
+        session of its own, a fresh session keyring (`synth.launcher`) and `cgroup`."""
         try:
             return launcher.popen(
-                command, stdin=stdin_fd, stdout=stdout, stderr=stderr, env={},
+                command, cgroup, stdin=stdin_fd, stdout=stdout, stderr=stderr, env={},
                 close_fds=True, pass_fds=pass_fds, start_new_session=True,
             )  # fmt: skip
         except OSError as exc:

@@ -118,6 +118,7 @@ def _set_up_init(config):
 def _confine(config, stdin_fd, out_fd, err_fd):
     """The process that runs the code: its fds, rlimits, and no capabilities at all."""
     os.chdir("/tmp")
+    _write("/proc/self/oom_score_adj", "1000")  # the memory cgroup's OOM killer takes the run, not the zygote
     for target, fd in enumerate((stdin_fd, out_fd, err_fd)):
         os.dup2(fd, target)
     os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])

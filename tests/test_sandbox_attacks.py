@@ -8,6 +8,7 @@ host is unaffected: no sandbox process left behind, canary files untouched, proc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -22,6 +23,7 @@ import pytest
 
 from filters.quality.code_checks import CodeChecksConfig, drop_reason
 from generators.code.execute import ExecutionOptions, FunctionRun, run_function
+from synth import memory_cgroup
 from synth.forkserver import ForkServer
 from synth.sandbox import SANDBOX_UID, Sandbox, SandboxLimits
 
@@ -700,3 +702,71 @@ def test_one_program_size_limit_on_both_paths(sandbox):
     bomb = sandbox.run_python("x = " + "-" * 90_000 + "1\n")
     assert not bomb.ok and b"zygote stopped" not in bomb.stderr, bomb
     assert sandbox.run_python("print(1)").stdout == b"1\n"
+
+
+@contextlib.contextmanager
+def _same_kind(sandbox, limits: SandboxLimits):
+    """A sandbox of the fixture's kind with other limits."""
+    if isinstance(sandbox, ForkServer):
+        with ForkServer(Sandbox(limits), env={"PYTHONHASHSEED": "0"}) as server:
+            yield server
+    else:
+        yield Sandbox(limits)
+
+
+needs_memory_cgroup = pytest.mark.skipif(not memory_cgroup.available(), reason="no writable cgroup v1 memory "
+                                         "controller here: the documented rlimit bound applies")  # fmt: skip
+
+
+@needs_memory_cgroup
+def test_children_share_one_memory_limit(sandbox):
+    """Five children of 100 MB each would hold 500 MB under a 256 MB per-process limit."""
+    source = (
+        "import os, select, time\n"
+        "def hoard(children, mb):\n"
+        "    r, w = os.pipe()\n"
+        "    for _ in range(children):\n"
+        "        if os.fork() == 0:\n"
+        "            open('/proc/self/oom_score_adj', 'w').write('1000')  # the OOM killer's first choice\n"
+        "            block = b'x' * (mb << 20)\n"
+        "            os.write(w, b'1')\n"
+        "            time.sleep(30)\n"
+        "            os._exit(0)\n"
+        "    held, deadline = 0, time.monotonic() + 3\n"
+        "    while time.monotonic() < deadline:\n"
+        "        if select.select([r], [], [], 0.2)[0]:\n"
+        "            held += len(os.read(r, 64))\n"
+        "    return held * mb\n"
+    )
+    patient = OPTIONS.model_copy(update={"case_timeout_s": 4.0})
+    with _same_kind(sandbox, LIMITS.model_copy(update={"wall_s": 10})) as box:
+        run = run_function(box, source, "hoard", ["hoard(5, 100)"], patient)
+    assert run.status == "signal" or int(run.outputs[0]) <= LIMITS.memory_mb, run
+
+
+@needs_memory_cgroup
+def test_shared_memory_counts_against_the_runs_limit(sandbox):
+    """memfds of 8 MB each (the file size limit), up to 64 open files: 512 MB without a run limit."""
+    source = (
+        "import os\n"
+        "def fill(total_mb):\n"
+        "    fds, written = [], 0\n"
+        "    try:\n"
+        "        while written < total_mb:\n"
+        "            fd = os.memfd_create('hoard')\n"
+        "            fds.append(fd)\n"
+        "            for _ in range(8):\n"
+        "                os.write(fd, b'x' * (1 << 20))\n"
+        "                written += 1\n"
+        "    except OSError as e:\n"
+        "        return written, type(e).__name__\n"
+        "    return written, None\n"
+    )
+    limits = LIMITS.model_copy(update={"file_mb": 8, "open_files": 128})
+    with _same_kind(sandbox, limits) as box:
+        run = run_function(box, source, "fill", ["fill(600)"], OPTIONS)
+    if run.status == "ok":
+        written, error = eval(run.outputs[0])  # noqa: S307 - our own test's output
+        assert written < LIMITS.memory_mb and error == "OSError", run.outputs
+    else:
+        assert run.status == "signal", run  # the cgroup's OOM killer took it

@@ -50,8 +50,20 @@ def _own_cgroup() -> Path | None:
                 probe.rmdir()
             except OSError:
                 return None
+            _remove_stale(folder)
             return folder
     return None
+
+
+def _remove_stale(folder: Path) -> None:
+    """Cgroups left by a process that was killed before it could remove them (empty by now)."""
+    for path in folder.glob("synth-sandbox-*-*"):
+        owner = path.name.split("-")[2]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 def available() -> bool:

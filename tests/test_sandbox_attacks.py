@@ -770,3 +770,21 @@ def test_shared_memory_counts_against_the_runs_limit(sandbox):
         assert written < LIMITS.memory_mb and error == "OSError", run.outputs
     else:
         assert run.status == "signal", run  # the cgroup's OOM killer took it
+
+
+def test_the_sandboxs_own_init_gives_no_way_around_the_filter(sandbox):
+    """Code that can write its PID 1's memory could run as it: that init must be filtered too
+    (bwrap's), or out of the code's reach (a forked run's init holds capabilities the code lacks)."""
+    source = (
+        "def init(n):\n"
+        "    status = dict(line.split(':', 1) for line in open('/proc/1/status').read().splitlines())\n"
+        "    try:\n"
+        "        open('/proc/1/mem', 'r+b').close()\n"
+        "        writable = True\n"
+        "    except OSError:\n"
+        "        writable = False\n"
+        "    return writable, status['Seccomp'].strip(), status['CapEff'].strip()\n"
+    )
+    run, _ = attack(sandbox, source, "init(1)")
+    writable, seccomp, caps = eval(run.outputs[0])  # noqa: S307 - our own test's output
+    assert not writable or (seccomp == "2" and int(caps, 16) == 0), run.outputs

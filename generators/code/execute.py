@@ -48,7 +48,7 @@ from synth.stage import MapStage, set_column
 log = logging.getLogger(__name__)
 
 CASE_STATUSES = ("ok", "raised", "timeout", "unrepresentable", "too_long")
-HARNESS_PRELOAD = (*PRELOAD, "_json", "select", "ctypes")
+HARNESS_PRELOAD = (*PRELOAD, "_json", "select", "_ctypes")
 """What zygotes import for the harness: shared libraries, ~0.6 ms of CPU each to load in every run."""
 _STDERR_TAIL = 300
 

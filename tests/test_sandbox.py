@@ -171,3 +171,21 @@ def test_refuses_a_bwrap_it_cannot_execute(monkeypatch):
 def test_refuses_an_interpreter_it_cannot_start():
     with pytest.raises(SandboxUnavailable, match="/no/such/python"):
         Sandbox(LIMITS, python="/no/such/python")
+
+
+def test_refuses_without_libseccomp(monkeypatch):
+    import synth.seccomp
+
+    def missing(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    synth.seccomp._library.cache_clear()
+    synth.seccomp.filter_bpf.cache_clear()
+    monkeypatch.setattr(synth.seccomp.ctypes, "CDLL", missing)
+    try:
+        with pytest.raises(SandboxUnavailable, match="seccomp.*libseccomp2.*never run unsandboxed"):
+            Sandbox(LIMITS)
+    finally:
+        monkeypatch.undo()
+        synth.seccomp._library.cache_clear()
+        synth.seccomp.filter_bpf.cache_clear()

@@ -10,9 +10,12 @@ Each `run_python` forks a zygote, and the fork builds a sandbox of its own befor
 create user namespaces; when its init exits, everything it started dies with it. Runs never
 share a process, a namespace of their own or a writable file, and the zygote holds nothing from
 the host (it started with an empty environment, in the same outer sandbox) nor from earlier
-runs (only the programs it compiled for them): a run's stdin,
-stdout and stderr go to it as file descriptors it only hands on, and back comes a pidfd of the
-run's init, through which the wall clock and the output cap are enforced here, as for `Sandbox`.
+runs: a run's program (unless it is one of the server's `trusted` ones, compiled once at
+start), stdin, stdout and stderr go to it as file descriptors it only hands on, and back comes
+a pidfd of the run's init, through which the wall clock and the output cap are enforced here,
+as for `Sandbox`. Each run loads the same seccomp filter as a bwrap run before its code, joins
+a session keyring of its own, and its zygote's memory cgroup (one per zygote, which serves one
+run at a time) bounds all of the run's memory.
 
 The interpreter's start-up environment (PYTHONHASHSEED, say) is the server's `env`, fixed when
 its zygotes start; a run's `env` only fills `os.environ`, and one that names a different

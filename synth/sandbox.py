@@ -13,6 +13,12 @@ its exit status, stdout and stderr, or why it was stopped. What the command gets
   so not even `/proc/1/environ` holds the parent's; inherited file descriptors are closed;
 - rlimits, applied inside its namespaces by util-linux `prlimit`: CPU seconds, address space,
   processes, file size, open files, no core dumps;
+- a seccomp filter (`synth.seccomp`, an allow-list after Docker's default profile), loaded by
+  bwrap with `--seccomp` before the command starts;
+- a session keyring of its own, fresh and empty (`synth.launcher` starts every sandbox);
+- one memory limit for the whole run, shared memory included: a memory cgroup of its own where
+  the host has a writable cgroup v1 memory controller (`synth.memory_cgroup`);
+- a program-size limit (`program_kb`), checked before the run: `program_too_large`;
 - a parent-side wall clock: past `wall_s` the whole sandbox is SIGKILLed: its init (bwrap's
   PID 1 of the namespace), which takes every process inside with it, daemons too. Either way
   `run` returns only once every process of the sandbox is gone (bwrap itself returns as soon as

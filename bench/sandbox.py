@@ -136,17 +136,23 @@ def per_function(sandbox: Sandbox, python: str, n: int) -> None:
                   f"(goal < 10)   per case {(ours_many - ours_one) / 64:5.2f} ms")  # fmt: skip
 
 
-def end_to_end_rounds(sandbox: Sandbox, workload: list[dict], cases: int, args) -> None:
+def end_to_end_rounds(variants: dict, workload: list[dict], cases: int, args) -> None:
+    """Every round runs each variant on each path in turn, so drift in the machine's speed
+    falls on all of them alike."""
     print(f"end to end:         {len(workload)} stdlib functions, {cases} cases, {args.parallel} sandboxes at a time, "
-          f"medians of {args.rounds} rounds (the two paths take turns)")  # fmt: skip
+          f"medians of {args.rounds} rounds (variants and paths take turns)")  # fmt: skip
     paths = {"bwrap per run": False, "forked": True}
-    rounds: dict[str, list] = {name: [] for name in paths}
+    rounds: dict[tuple, list] = {(v, p): [] for v in variants for p in paths}
     for _ in range(args.rounds):
-        for name, fork_server in paths.items():
-            options = ExecutionOptions(parallel=args.parallel, fork_server=fork_server)
-            rounds[name].append(end_to_end(sandbox, workload, options))
-    for name in paths:
-        print_end_to_end(name, rounds[name], len(workload), cases)
+        for variant, (box, harness) in variants.items():
+            with _harness(harness):
+                for name, fork_server in paths.items():
+                    options = ExecutionOptions(parallel=args.parallel, fork_server=fork_server)
+                    rounds[variant, name].append(end_to_end(box, workload, options))
+    for variant in variants:
+        print(f"--- {variant}")
+        for name in paths:
+            print_end_to_end(name, rounds[variant, name], len(workload), cases)
 
 
 def main() -> None:
@@ -181,7 +187,7 @@ def main() -> None:
             print(f"--- {variant}: " + ("no seccomp filter, one-process harness (bench/baseline_harness.py)"
                                        if variant == "before" else "seccomp filter and result channel"))  # fmt: skip
             per_function(box, python, n)
-            end_to_end_rounds(box, workload, cases, args)
+    end_to_end_rounds(variants, workload, cases, args)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
+from synth.inputs import check_llm_names, config_paths
 from synth.spec import LLMSpec, StageConfig
 
 if TYPE_CHECKING:
@@ -95,6 +96,21 @@ class Stage:
     def __init__(self, config: StageConfig, ctx: StageContext):
         self.config = config
         self.ctx = ctx
+
+    def check_inputs(self) -> None:
+        """Check, on the driver before Ray starts, everything this stage will read or call.
+
+        Raise a SynthError naming the field or file and what was expected. The default checks
+        that the `llm` names the config uses are defined in the spec; a stage that reads a file
+        (seed tasks, a table) extends it by parsing that file here, so a bad line fails in a
+        second rather than after Ray has started."""
+        check_llm_names(self.ctx.stage_name, self.config, self.ctx.llm_specs)
+
+    def input_files(self) -> list[Path]:
+        """Files and folders whose content decides this stage's records: their content hashes
+        enter the stage's fingerprint, so editing one in place reruns the stage on resume.
+        The default: every path in the config."""
+        return config_paths(self.config)
 
 
 class SourceStage(Stage):

@@ -1,0 +1,82 @@
+"""Small real stages for the runner's failure paths and input checks: a source that reads a file
+of numbers (checked before Ray), a map stage that records its worker's niceness, and a map stage
+that fails inside its Ray worker, as bad input or as a bug.
+
+Shipped to Ray workers by value; `python -m synth` finds them through an entry point (see
+`plugin_env` in the tests).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Literal
+
+import pyarrow as pa
+import ray.cloudpickle
+import ray.data
+
+from synth.errors import SpecError, SynthError
+from synth.registry import register
+from synth.spec import InputFile, StageConfig
+from synth.stage import MapStage, SourceStage
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def read_numbers(path) -> list[int]:
+    numbers = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            numbers.append(int(line))
+        except ValueError:
+            raise SpecError(f"{path}:{line_no}: expected a whole number, got {line!r}") from None
+    return numbers
+
+
+@register
+class NumbersFile(SourceStage):
+    """One row per line of a text file of whole numbers."""
+
+    kind = "test_numbers_file"
+
+    class Config(StageConfig):
+        kind: Literal["test_numbers_file"] = "test_numbers_file"
+        path: InputFile
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        read_numbers(self.config.path)
+
+    def read(self) -> ray.data.Dataset:
+        return ray.data.from_arrow(pa.table({"n": pa.array(read_numbers(self.config.path), pa.int64())}))
+
+
+@register
+class Niceness(MapStage):
+    """Adds the niceness of the worker process that ran the batch."""
+
+    kind = "test_niceness"
+
+    class Config(StageConfig):
+        kind: Literal["test_niceness"] = "test_niceness"
+
+    def process(self, batch):
+        return batch.append_column("niceness", pa.array([os.nice(0)] * batch.num_rows, pa.int64()))
+
+
+@register
+class FailInWorker(MapStage):
+    """Raises inside its Ray worker: `input` raises a SynthError, `bug` a ZeroDivisionError."""
+
+    kind = "test_fail_in_worker"
+
+    class Config(StageConfig):
+        kind: Literal["test_fail_in_worker"] = "test_fail_in_worker"
+        error: Literal["input", "bug"] = "bug"
+        llm: str | None = None  # names a backend, only so a test can name an undefined one
+
+    def process(self, batch):
+        if self.config.error == "input":
+            raise SynthError(f"row {batch.column('n')[0]}: the stage cannot use this record")
+        return batch.append_column("ratio", pa.array([n / 0 for n in batch.column("n").to_pylist()]))

@@ -25,6 +25,7 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,13 +122,14 @@ def run(
     # `failures.explain` turns it into the one line the user sees.
     data_context.raise_original_map_exception = True
     stats = RunStats.remote()
+    attempt = uuid.uuid4().hex[:12]
 
     reports: list[StageReport] = []
     upstream: Path | None = None
     for index, config in enumerate(spec.stages[: None if until_stage is None else until_stage + 1]):
         ctx = StageContext(
             run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=spec.stage_names[index],
-            stage_index=index, output_dir=output, llm_specs=dict(spec.llm), stats_actor=stats,
+            stage_index=index, output_dir=output, llm_specs=dict(spec.llm), stats_actor=stats, attempt=attempt,
         )
         progress.stage_started(index, len(spec.stages), ctx.stage_name, config.kind)
         try:

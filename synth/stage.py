@@ -46,6 +46,8 @@ class StageContext:
     output_dir: Path
     llm_specs: dict[str, LLMSpec] = field(default_factory=dict)
     stats_actor: Any = None
+    attempt: str = ""
+    """This attempt of the run (one `synth generate` or Airflow task); LLM cache entries record it."""
 
     @property
     def stage_seed(self) -> int:
@@ -59,11 +61,13 @@ class StageContext:
     def llm(self, name: str = "default") -> LLMClient:
         """A client for the named backend, counted under this stage, with the run's cache."""
         from synth.llm import make_client
+        from synth.llm.cache import Payer
 
         if name not in self.llm_specs:
             known = ", ".join(sorted(self.llm_specs)) or "none"
             raise KeyError(f"llm {name!r} is not defined in the spec's `llm:` section (defined: {known})")
-        return make_client(self.llm_specs[name], cache_dir=self.cache_dir / "llm", stats=self.stat_sink())
+        payer = Payer(run_id=self.run_id, stage=self.stage_name, attempt=self.attempt)
+        return make_client(self.llm_specs[name], cache_dir=self.cache_dir / "llm", stats=self.stat_sink(), payer=payer)
 
     def stat_sink(self):
         """A callable `(counters: dict[str, float]) -> None` that adds to this stage's stats."""

@@ -80,3 +80,31 @@ class FailInWorker(MapStage):
         if self.config.error == "input":
             raise SynthError(f"row {batch.column('n')[0]}: the stage cannot use this record")
         return batch.append_column("ratio", pa.array([n / 0 for n in batch.column("n").to_pylist()]))
+
+
+@register
+class AskLLM(MapStage):
+    """Asks the spec's LLM one short question per row; while `fail_marker` exists, the unit holding
+    `fail_on` fails after paying for its answers, as a run killed half way would."""
+
+    kind = "test_ask_llm"
+
+    class Config(StageConfig):
+        kind: Literal["test_ask_llm"] = "test_ask_llm"
+        llm: str = "default"
+        fail_marker: str = ""
+        fail_on: int = -1
+
+    def process(self, batch):
+        from synth.llm import SamplingParams
+
+        numbers = batch.column("n").to_pylist()
+        client = self.ctx.llm(self.config.llm)
+        try:
+            answers = client.generate([[{"role": "user", "content": f"Say the number {n}."}] for n in numbers],
+                                      SamplingParams(max_tokens=3, temperature=0, seed=1))  # fmt: skip
+        finally:
+            client.close()
+        if self.config.fail_on in numbers and os.path.exists(self.config.fail_marker):
+            raise RuntimeError("stopped after paying, as a killed run would")
+        return batch.append_column("answer", pa.array([a.text for a in answers]))

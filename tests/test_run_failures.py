@@ -135,6 +135,35 @@ def test_a_bug_in_a_ray_worker_is_one_line_naming_the_log_with_its_traceback(ray
     assert "return batch.append_column(\"ratio\"" in log.read_text()
 
 
+# ---------------------------------------------------------------- LLM calls paid by an attempt that failed
+
+
+def test_calls_paid_by_a_failed_attempt_count_as_paid_in_the_resumed_runs_manifest(ray_session, tmp_path):
+    numbers = numbers_file(tmp_path, ["5", "6", "7"])
+    marker = tmp_path / "fail"
+    marker.touch()
+    path = write_spec(tmp_path, [
+        {"kind": "test_numbers_file", "path": str(numbers)},
+        {"kind": "test_ask_llm", "fail_marker": str(marker), "fail_on": 7, "resources": {"batch_size": 1}},
+    ])
+    data = yaml.safe_load(path.read_text())
+    data["llm"] = {"default": {"backend": "local", "batch_size": 2, "threads": 1}}  # the embedded SmolLM2
+    path.write_text(yaml.safe_dump(data))
+    spec = load_spec(path)
+    with pytest.raises(BugError, match="stopped after paying"):
+        run(spec)
+    paid_before = len(list((tmp_path / "out" / "_cache" / "llm").rglob("*.json")))
+    assert paid_before >= 1
+
+    marker.unlink()
+    llm = run(spec).manifest["llm"]
+    assert llm["llm_requests"] == 3
+    assert llm["llm_backend_calls"] == 3  # every call this run paid for, in either attempt
+    assert llm["llm_paid_by_earlier_attempts"] == paid_before
+    assert llm["llm_cache_hits"] == 0
+    assert llm["llm_completion_tokens"] > 0
+
+
 # ---------------------------------------------------------------- the command line
 
 

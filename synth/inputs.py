@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 from pydantic import BaseModel
 
@@ -22,22 +23,47 @@ CHUNK = 1 << 20
 
 
 def config_paths(config: BaseModel) -> list[Path]:
-    """Every file or folder path in a config, nested models and lists included, in field order."""
-    return list(dict.fromkeys(_paths(config)))
+    """Every input file or folder of a config (`InputFile` and `InputFolder` fields, in nested
+    models too), in field order. Other paths (logs, outputs) are not inputs."""
+    return list(dict.fromkeys(_input_paths(config)))
+
+
+def _input_paths(model: BaseModel) -> Iterator[Path]:
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if _names_an_input(info.metadata) or _names_an_input(get_args(info.annotation)):
+            yield from _paths(value)
+        else:
+            yield from _models(value)
+
+
+def _names_an_input(parts: object) -> bool:
+    """An `existing_path` validator among annotation metadata, in nested Annotated / Optional too."""
+    for part in parts if isinstance(parts, (list, tuple)) else ():
+        if getattr(getattr(part, "func", None), "names_an_input", False):
+            return True
+        if _names_an_input(getattr(part, "__metadata__", ())) or _names_an_input(get_args(part)):
+            return True
+    return False
 
 
 def _paths(value: object) -> Iterator[Path]:
     if isinstance(value, Path):
         yield value
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from _paths(getattr(value, name))
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _paths(item)
+
+
+def _models(value: object) -> Iterator[Path]:
+    if isinstance(value, BaseModel):
+        yield from _input_paths(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _models(item)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _paths(item)
+            yield from _models(item)
 
 
 def content_hash(path: Path) -> str:

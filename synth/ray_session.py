@@ -64,7 +64,8 @@ def init_ray(address: str | None = None, options: RayOptions | None = None) -> s
     ))
     url = getattr(context, "dashboard_url", None)
     if url:
-        log.info("Ray dashboard: http://%s (jobs, tasks, actors, logs of this run)", url)
+        log.info("Ray dashboard: http://%s (tasks, actors, logs and CPU use of this run; "
+                 "`ray summary tasks --address http://%s` prints the same)", url, url)
     return "embedded"
 
 

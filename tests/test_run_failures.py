@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -195,7 +196,9 @@ def test_the_cli_exits_2_for_bad_input_and_1_for_a_bug_with_one_line_each(tmp_pa
         "error: stage 'test_fail_in_worker': llm: 'judge' is not defined in the spec's `llm:` section "
         "(defined: default)"]
 
-    # One embedded Ray for the rest: its workers run at this process's priority, then a bug fails.
+    # One embedded Ray for the rest, with its dashboard: its address is printed, its workers run
+    # at this process's priority, then a bug fails.
+    env["SYNTH_RAY_DASHBOARD"] = "1"
     buggy = write_spec(tmp_path, [{"kind": "test_numbers_file", "path": str(numbers)}, {"kind": "test_niceness"},
                                   {"kind": "test_fail_in_worker", "error": "bug"}], "buggy")  # fmt: skip
     done = synth_generate(buggy, env)
@@ -203,6 +206,7 @@ def test_the_cli_exits_2_for_bad_input_and_1_for_a_bug_with_one_line_each(tmp_pa
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: stage 'test_fail_in_worker' failed: ZeroDivisionError: division by zero")
     assert "Traceback" not in done.stderr
+    assert re.search(r"^Ray dashboard: http://127\.0\.0\.1:\d+ ", done.stderr, re.MULTILINE), done.stderr
     niceness = {json.dumps(v) for v in _column(tmp_path / "out" / "_stages" / "01-test_niceness", "niceness")}
     assert niceness == {str(os.nice(0))}
 

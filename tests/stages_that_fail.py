@@ -1,6 +1,7 @@
-"""Small real stages for the runner's failure paths and input checks: a source that reads a file
-of numbers (checked before Ray), a map stage that records its worker's niceness, and a map stage
-that fails inside its Ray worker, as bad input or as a bug.
+"""Small real stages for the runner's failure paths, input checks and behaviour under load: a
+source that reads a file of numbers (checked before Ray), a map stage that records its worker's
+niceness, one that fails inside its Ray worker (as bad input or as a bug), one that asks an LLM,
+and one that keeps a CPU busy until told to stop.
 
 Shipped to Ray workers by value; `python -m synth` finds them through an entry point (see
 `plugin_env` in the tests).
@@ -108,3 +109,27 @@ class AskLLM(MapStage):
         if self.config.fail_on in numbers and os.path.exists(self.config.fail_marker):
             raise RuntimeError("stopped after paying, as a killed run would")
         return batch.append_column("answer", pa.array([a.text for a in answers]))
+
+
+@register
+class BurnCPU(MapStage):
+    """Spins a CPU per unit until the file `stop` exists (at most `max_s`); touches `started/<pid>` first."""
+
+    kind = "test_burn_cpu"
+
+    class Config(StageConfig):
+        kind: Literal["test_burn_cpu"] = "test_burn_cpu"
+        stop: str
+        started: str
+        max_s: float = 600.0
+
+    def process(self, batch):
+        import time
+        from pathlib import Path
+
+        Path(self.config.started, str(os.getpid())).touch()
+        deadline, spins = time.monotonic() + self.config.max_s, 0
+        while not os.path.exists(self.config.stop) and time.monotonic() < deadline:
+            for _ in range(100_000):
+                spins += 1
+        return batch.append_column("spins", pa.array([spins] * batch.num_rows, pa.int64()))

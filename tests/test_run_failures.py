@@ -165,6 +165,32 @@ def test_calls_paid_by_a_failed_attempt_count_as_paid_in_the_resumed_runs_manife
     assert llm["llm_completion_tokens"] > 0
 
 
+START_FAILS = """
+import synth.ray_session as rs
+rs.RETRY_PAUSE_S = 0
+tries = []
+def start():
+    tries.append(1)
+    raise Exception("The current node timed out during startup. This could happen because some of the raylet "
+                    "failed to startup or the GCS has become overloaded.\\n(and 30 more lines)")
+try:
+    rs._start("start the embedded Ray", start)
+except rs.SynthError as exc:
+    print(len(tries), exc)
+"""
+
+
+def test_ray_start_up_is_tried_three_times_then_fails_in_one_line():
+    # In a process of its own: a failed start shuts down whatever Ray the process has.
+    done = subprocess.run([sys.executable, "-c", START_FAILS], capture_output=True, text=True, timeout=300,
+                          check=True, env={**os.environ, "PYTHONPATH": str(TESTS.parent)})  # fmt: skip
+    assert done.stdout.strip() == (
+        "3 could not start the embedded Ray after 3 tries: Exception: The current node timed out during startup. "
+        "This could happen because some of the raylet failed to startup or the GCS has become overloaded. (a busy "
+        "machine makes Ray's start-up time out; try again, or start Ray once with `ray start --head` and pass "
+        "--ray-address)")
+
+
 # ---------------------------------------------------------------- the command line
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.dataset as pads
 import pytest
 import yaml
 
@@ -66,4 +67,5 @@ def test_a_run_started_beside_two_cpu_bound_runs_starts_cleanly_and_finishes_bef
                 os.killpg(proc.pid, 9)
     for log in ("burn1", "burn2", "third"):
         assert "Traceback" not in (tmp_path / f"{log}.log").read_text(), log
-    assert (tmp_path / "third" / "_manifest.json").exists()
+    niceness = pads.dataset(str(tmp_path / "third" / "data"), format="parquet").to_table().column("niceness")
+    assert set(niceness.to_pylist()) == {os.nice(0)}  # its workers ran at its driver's priority

@@ -14,8 +14,10 @@ Layout of an output folder:
 A map stage runs on numbered units of its input (synth/units.py), each written as its own part,
 so the order of the records does not depend on which Ray worker finishes first.
 
-A stage whose _SUCCESS.json carries the fingerprint of the spec up to that stage is not run
-again: a killed run restarts from the first unfinished stage.
+A stage whose _SUCCESS.json carries its fingerprint (the spec up to that stage and the content of
+the files it and the stages before it read) is not run again: a killed run restarts from the first
+unfinished stage. Before Ray starts and before the output folder is touched, every stage checks
+its inputs (`Stage.check_inputs`), so bad input fails in one line and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ def check_inputs(spec: RunSpec, output: Path | None = None, run_id: str = "") ->
     output = output or Path(spec.output).resolve()
     fingerprints: list[str] = []
     files: dict[str, dict[str, str]] = {}
-    needed_llms: dict[str, str] = {}
+    needed_llms: set[str] = set()
     for index, config in enumerate(spec.stages):
         name = spec.stage_names[index]
         ctx = StageContext(run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=name, stage_index=index,
@@ -229,7 +231,7 @@ def check_inputs(spec: RunSpec, output: Path | None = None, run_id: str = "") ->
         fingerprints.append(hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
                             if read else spec.fingerprint(index))
         if not _is_finished(output, index, name, fingerprints[-1]):
-            needed_llms.update({llm: name for llm in llm_fields(config).values()})
+            needed_llms.update(llm_fields(config).values())
     for llm in sorted(needed_llms):
         check_llm_backend(llm, spec.llm[llm])
     return Inputs(fingerprints=fingerprints, files={k: v for k, v in files.items() if v})

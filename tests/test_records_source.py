@@ -69,7 +69,8 @@ def test_existing_records_in_three_formats_are_filtered_and_deduplicated_alike(r
     assert first["drops"]["exact_dedup"]["exact_duplicate"] > 0  # the repeats the filter kept
     assert first["drops"]["instruct_checks"]["output_too_short"] > 0  # one-word class labels
     out = data(results[0].output)
-    assert set(out.column("kind").to_pylist()) == {"instruct"} and set(out.column("generator").to_pylist()) == {"records"}
+    assert set(out.column("kind").to_pylist()) == {"instruct"}
+    assert set(out.column("generator").to_pylist()) == {"records"}
     assert len(set(out.column("id").to_pylist())) == out.num_rows
     triples = set(zip(*(out.column(c).to_pylist() for c in ("instruction", "input", "output"))))
     assert len(triples) == out.num_rows == first["records"]

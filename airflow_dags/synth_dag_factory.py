@@ -29,6 +29,12 @@ anything else (a crash, a lost Ray node) is retried. A run whose output already 
 dataset of the same spec and seed does nothing new (`overwrite` makes it again), so a re-trigger
 or a retry of `write` after its manifest landed is harmless.
 
+Parsing is light: Airflow re-parses the DAG file every few minutes under a time-out. A spec is
+read once and validated only at its top level (`synth.spec.load_spec_outline`); stages are known by
+kind and name, their roles from `BUILTIN_ROLES`, so neither Ray, torch nor any stage module is
+imported. The tasks import the runner and validate the whole spec when they run: an error in a
+stage's fields fails the first task at once, naming the file, line and key.
+
 This module is listed in `.airflowignore`: Airflow imports it from the DAG file, not as one.
 """
 
@@ -48,9 +54,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 
 from synth.errors import SpecError, SynthError
 from synth.schedule import AirflowOptions
-from synth.registry import stage_class
-from synth.spec import RunSpec, StageConfig, load_spec, read_yaml
-from synth.stage import FilterStage, GlobalStage, SourceStage
+from synth.spec import RunSpec, StageConfig, load_spec, load_spec_outline, read_yaml
 
 PIPELINES_ENV = "SYNTH_PIPELINES_DIR"
 """Folder of specs to build DAGs from; default: the repo's `pipelines/`."""
@@ -89,14 +93,18 @@ def build_dags(folder: Path) -> list[DAG]:
 
 
 def build_dag(path: Path) -> DAG:
-    """The DAG of one spec file: a pipeline DAG or a training DAG."""
-    tree = read_yaml(path)
+    """The DAG of one spec file: a pipeline DAG or a training DAG. The file is read once."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec file: {exc.strerror}") from None
+    tree = read_yaml(path, text)
     if isinstance(tree, dict) and "stages" not in tree and "data" in tree:
-        return train_dag(path)
+        return train_dag(path, text)
     if isinstance(tree, dict) and "stages" not in tree:
         raise SpecError(f"{path}: expected a pipeline spec (with `stages:`) "
                         "or a training spec (with `data: {path: ...}`)")
-    return pipeline_dag(path, load_spec(path))
+    return pipeline_dag(path, load_spec_outline(path, tree), text)
 
 
 class SpecErrors(DAG):
@@ -119,14 +127,37 @@ class StageGroup:
     stages: tuple[str, ...]
 
 
+BUILTIN_ROLES: dict[str, str | None] = {
+    **dict.fromkeys(["self_instruct", "code_functions", "tabular_synth", "phantom_images", "image_folder",
+                     "records"], "generate"),
+    **dict.fromkeys(["instruct_checks", "text_heuristics", "perplexity", "llm_judge", "code_checks",
+                     "code_determinism", "image_checks", "image_memorisation"], "filter"),
+    **dict.fromkeys(["exact_dedup", "minhash_dedup", "semantic_dedup", "image_phash_dedup"], "dedup"),
+    **dict.fromkeys(["evol_instruct", "code_inputs", "code_execute", "case2code", "tabular_report",
+                     "diffusion_train", "diffusion_sample", "image_eval"], None),
+}
+"""The role of each built-in stage kind, so that parsing imports no stage module; a test checks it
+against the classes (`stage_role` of a plugin kind imports its class)."""
+
+
 def stage_role(config: StageConfig) -> str | None:
     """generate, filter or dedup; None for a stage that joins the group before it."""
-    cls = stage_class(config.kind)
+    if config.kind in BUILTIN_ROLES:
+        return BUILTIN_ROLES[config.kind]
+    return role_of_class(config.kind)
+
+
+def role_of_class(kind: str) -> str | None:
+    """A stage kind's role from its class (imports its module)."""
+    from synth.registry import stage_class
+    from synth.stage import FilterStage, GlobalStage, SourceStage
+
+    cls = stage_class(kind)
     if issubclass(cls, SourceStage):
         return "generate"
     if issubclass(cls, FilterStage):
         return "filter"
-    if issubclass(cls, GlobalStage) and "dedup" in config.kind:
+    if issubclass(cls, GlobalStage) and "dedup" in kind:
         return "dedup"
     return None
 
@@ -148,7 +179,7 @@ def stage_groups(spec: RunSpec) -> list[StageGroup]:
     return out
 
 
-def pipeline_dag(path: Path, spec: RunSpec) -> DAG:
+def pipeline_dag(path: Path, spec: RunSpec, text: str) -> DAG:
     output = _absolute(spec.output, path)
     alias = AssetAlias(name=f"synth-{_dag_id(path)}")
     groups = stage_groups(spec)
@@ -157,7 +188,7 @@ def pipeline_dag(path: Path, spec: RunSpec) -> DAG:
         dag_id=_dag_id(path),
         dag_display_name=spec.name,
         description=f"synth pipeline {spec.name} ({path.name}): {' -> '.join(spec.stage_names)}",
-        doc_md=_doc(path, [f"`{g.task_id}`: {', '.join(g.stages)}" for g in groups] + ["`write`: the dataset"]),
+        doc_md=_doc(path, text, [f"`{g.task_id}`: {', '.join(g.stages)}" for g in groups] + ["`write`: the dataset"]),
         schedule=spec.airflow.schedule,
         params={**_common_params(spec.seed, str(output)), "overwrite": Param(
             False, type="boolean", description="Replace a finished dataset in the output folder")},
@@ -249,7 +280,7 @@ def _finished_manifest(spec: RunSpec) -> dict | None:
 # ---------------------------------------------------------------- training DAGs
 
 
-def train_dag(path: Path) -> DAG:
+def train_dag(path: Path, text: str) -> DAG:
     from synth.train.spec import load_train_spec
 
     spec = load_train_spec(path)
@@ -263,7 +294,7 @@ def train_dag(path: Path) -> DAG:
         dag_id=_dag_id(path),
         dag_display_name=spec.name,
         description=f"synth training {spec.name} ({path.name}) on {dataset}",
-        doc_md=_doc(path, [f"`train`: on {data}; runs when a pipeline DAG writes {dataset}"]),
+        doc_md=_doc(path, text, [f"`train`: on {data}; runs when a pipeline DAG writes {dataset}"]),
         schedule=spec.airflow.schedule or [Asset(uri=dataset.as_uri())],
         params=_common_params(spec.seed, output),
         default_args=_retry_args(spec.airflow),
@@ -316,10 +347,10 @@ def _common_params(seed: int, output: str | None) -> dict[str, Param]:
     }
 
 
-def _doc(path: Path, tasks: list[str]) -> str:
+def _doc(path: Path, text: str, tasks: list[str]) -> str:
     """The spec's leading comment, then what each task does."""
     comment = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if not line.startswith("#"):
             break
         comment.append(line.lstrip("#").strip())

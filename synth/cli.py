@@ -12,16 +12,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from synth.errors import SynthError
+from synth.errors import BugError, SynthError
 from synth.manifest import MANIFEST, StageReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic training data pipelines on Ray.")
 console = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """One line and an exit status: 2 for bad input, 1 for a bug (its line names the traceback's file)."""
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _fail_on_bug(exc: Exception, output: Path | None) -> None:
+    from synth.failures import LOG_DIR, bug
+
+    error = exc if isinstance(exc, BugError) else bug(exc, None if output is None else output / LOG_DIR)
+    _fail(str(error), code=1)
 
 
 class _ConsoleProgress:
@@ -61,12 +69,15 @@ def generate(
     from synth.spec import load_spec
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_spec = None
     try:
         run_spec = load_spec(spec, overrides={"output": output, "seed": seed})
         result = run(run_spec, ray_address=ray_address, overwrite=overwrite, progress=_ConsoleProgress(),
                      spec_file=str(spec))
     except SynthError as exc:
         _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback in a file
+        _fail_on_bug(exc, None if run_spec is None or not Path(run_spec.output).is_dir() else Path(run_spec.output))
     console.print(_summary(result.manifest))
     console.print(f"dataset: {result.output / 'data'}  card: {result.output / 'README.md'}")
 

@@ -18,3 +18,9 @@ class OutputExistsError(SynthError):
 
 class LLMError(SynthError):
     """An LLM backend failed in a way retries could not fix."""
+
+
+class BugError(Exception):
+    """A failure that is not the input's fault; its one line names the file with the traceback.
+
+    The CLI prints it and exits 1; Airflow retries the task."""

@@ -68,8 +68,11 @@ def git_revision() -> str | None:
     return f"{rev}-dirty" if dirty else rev
 
 
-LLM_COUNTERS = ("llm_requests", "llm_cache_hits", "llm_backend_calls", "llm_prompt_tokens",
-                "llm_completion_tokens", "llm_cost_usd")
+LLM_COUNTERS = ("llm_requests", "llm_cache_hits", "llm_backend_calls", "llm_paid_by_earlier_attempts",
+                "llm_prompt_tokens", "llm_completion_tokens", "llm_cost_usd")
+"""`llm_backend_calls`, the tokens and the cost count every call this run paid for, in this attempt
+or an earlier one that was killed (`llm_paid_by_earlier_attempts` of them); `llm_cache_hits` are
+answers another run paid for."""
 
 
 def llm_totals(stages: list[StageReport]) -> dict[str, float]:

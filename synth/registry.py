@@ -42,6 +42,7 @@ BUILTIN_STAGES = {
     "image_checks": "filters.quality.image_checks",
     "image_phash_dedup": "filters.quality.image_checks",
     "image_memorisation": "filters.quality.image_checks",
+    "records": "generators.records",
 }
 
 

@@ -14,16 +14,23 @@ Layout of an output folder:
 A map stage runs on numbered units of its input (synth/units.py), each written as its own part,
 so the order of the records does not depend on which Ray worker finishes first.
 
-A stage whose _SUCCESS.json carries the fingerprint of the spec up to that stage is not run
-again: a killed run restarts from the first unfinished stage.
+A stage whose _SUCCESS.json carries its fingerprint (the spec up to that stage and the content of
+the files it and the stages before it read) is not run again: a killed run restarts from the first
+unfinished stage. Before Ray starts and before the output folder is touched, every stage checks
+its inputs (`Stage.check_inputs`), so bad input fails in one line and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
+import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,10 +40,11 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from synth import io, units
+from synth import failures, io, units
 from synth.card import write_card
 from synth.errors import OutputExistsError, SynthError
 from synth.filter_report import write_filter_report
+from synth.inputs import check_llm_backend, content_hash, llm_fields
 from synth.manifest import MANIFEST, StageReport, git_revision, llm_totals, package_versions
 from synth.ray_session import init_ray
 from synth.registry import stage_class
@@ -100,26 +108,39 @@ def run(
     progress = progress or Progress()
     output = Path(spec.output).resolve()
     started = datetime.now(timezone.utc)
-    if spec.train is not None and not overwrite and until_stage is None and _finished_by(output, spec):
+    run_id = f"{spec.name}-{spec.fingerprint()[:12]}"
+    # Everything that can be checked is, before Ray starts and before the output folder is touched.
+    inputs = check_inputs(spec, output, run_id)
+    if spec.train is not None and not overwrite and until_stage is None and _finished_by(output, spec, inputs):
         # The dataset is done; only training is left (it resumes from its last checkpoint).
         progress.message("dataset already written by this spec; training on it")
         _train(spec, output, overwrite, ray_address)
         return RunResult(output=output, manifest=io.read_json(output / MANIFEST), stages=[])
     _claim_output(output, spec, overwrite)
     where = init_ray(ray_address, spec.ray)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    data_context = ray.data.DataContext.get_current()
+    data_context.execution_options.preserve_order = True
+    # A stage's own exception, not Ray Data's `UserCodeException` (which loses it on the way back):
+    # `failures.explain` turns it into the one line the user sees.
+    data_context.raise_original_map_exception = True
     stats = RunStats.remote()
-    run_id = f"{spec.name}-{spec.fingerprint()[:12]}"
+    attempt = uuid.uuid4().hex[:12]
 
     reports: list[StageReport] = []
     upstream: Path | None = None
     for index, config in enumerate(spec.stages[: None if until_stage is None else until_stage + 1]):
         ctx = StageContext(
             run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=spec.stage_names[index],
-            stage_index=index, output_dir=output, llm_specs=dict(spec.llm), stats_actor=stats,
+            stage_index=index, output_dir=output, llm_specs=dict(spec.llm), stats_actor=stats, attempt=attempt,
         )
         progress.stage_started(index, len(spec.stages), ctx.stage_name, config.kind)
-        report = _run_stage(config, ctx, upstream, spec.fingerprint(index), rows_in=reports[-1].kept if reports else 0)
+        try:
+            with _quiet_ray_data_errors():
+                report = _run_stage(config, ctx, upstream, inputs.fingerprints[index],
+                                    rows_in=reports[-1].kept if reports else 0)
+        except Exception as exc:
+            # A stage's error arrives wrapped in Ray's; the user gets the stage's own line.
+            raise failures.explain(exc, ctx.stage_name, output / failures.LOG_DIR) from exc
         reports.append(report)
         progress.stage_finished(report)
         if report.kept == 0:
@@ -137,7 +158,7 @@ def run(
     _write_filter_reports(output, spec, reports)
     if spec.write_dropped:
         _write_dropped(output, spec, reports)
-    manifest = _manifest(spec, spec_file, run_id, where, started, reports, output)
+    manifest = _manifest(spec, spec_file, run_id, where, started, reports, output, inputs)
     write_card(output, manifest)
     io.write_json_atomic(output / MANIFEST, manifest)
     if spec.train is not None:
@@ -146,9 +167,79 @@ def run(
     return RunResult(output=output, manifest=manifest, stages=reports)
 
 
-def _finished_by(output: Path, spec: RunSpec) -> bool:
-    manifest = output / MANIFEST
-    return manifest.exists() and io.read_json(manifest).get("spec_fingerprint") == spec.fingerprint()
+@contextmanager
+def _quiet_ray_data_errors() -> Iterator[None]:
+    """Ray Data prints a failed task's traceback (and calls a stage's error its own bug) before it
+    raises; the runner says it in one line instead and keeps the traceback in a log file."""
+    loggers = [logging.getLogger(name) for name in _RAY_DATA_ERROR_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+_RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+
+
+def _finished_by(output: Path, spec: RunSpec, inputs: Inputs) -> bool:
+    """The output holds the dataset of this spec made from the input files as they are now."""
+    if not (output / MANIFEST).exists():
+        return False
+    manifest = io.read_json(output / MANIFEST)
+    stages = manifest.get("stages") or [{}]
+    return (manifest.get("spec_fingerprint") == spec.fingerprint()
+            and stages[-1].get("fingerprint") == inputs.fingerprints[-1])
+
+
+# ---------------------------------------------------------------- before Ray
+
+
+@dataclass
+class Inputs:
+    """What the checks before Ray found: each stage's fingerprint and the hashes of its input files."""
+
+    fingerprints: list[str]
+    files: dict[str, dict[str, str]]
+    """Stage name -> {path: sha256 of its content}; recorded in the manifest."""
+
+
+def check_inputs(spec: RunSpec, output: Path | None = None, run_id: str = "") -> Inputs:
+    """Check every stage's inputs and the LLM backends still needed; fingerprint each stage.
+
+    Runs on the driver without Ray. A stage's fingerprint covers the spec up to it and the content
+    of every file read by it or by a stage before it: editing a seed file in place reruns the
+    stage that reads it and every stage after it.
+    """
+    output = output or Path(spec.output).resolve()
+    fingerprints: list[str] = []
+    files: dict[str, dict[str, str]] = {}
+    needed_llms: set[str] = set()
+    for index, config in enumerate(spec.stages):
+        name = spec.stage_names[index]
+        ctx = StageContext(run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=name, stage_index=index,
+                           output_dir=output, llm_specs=dict(spec.llm))
+        stage = stage_class(config.kind)(config, ctx)
+        stage.check_inputs()
+        files[name] = {str(p): content_hash(p) for p in stage.input_files()}
+        read = {n: files[n] for n in spec.stage_names[: index + 1] if files[n]}
+        payload = {"spec": spec.fingerprint(index), "inputs": read}
+        # Stages that read no file keep the spec's own fingerprint.
+        fingerprints.append(hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+                            if read else spec.fingerprint(index))
+        if not _is_finished(output, index, name, fingerprints[-1]):
+            needed_llms.update(llm_fields(config).values())
+    for llm in sorted(needed_llms):
+        check_llm_backend(llm, spec.llm[llm])
+    return Inputs(fingerprints=fingerprints, files={k: v for k, v in files.items() if v})
+
+
+def _is_finished(output: Path, index: int, name: str, fingerprint: str) -> bool:
+    done = _stage_dir(output, index, name) / SUCCESS
+    return done.exists() and io.read_json(done).get("fingerprint") == fingerprint
 
 
 def _train(spec: RunSpec, output: Path, overwrite: bool, ray_address: str | None) -> None:
@@ -362,7 +453,7 @@ def _write_dropped(output: Path, spec: RunSpec, reports: list[StageReport]) -> N
 
 def _manifest(
     spec: RunSpec, spec_file: str | None, run_id: str, where: str, started: datetime,
-    reports: list[StageReport], output: Path,
+    reports: list[StageReport], output: Path, inputs: Inputs,
 ) -> dict:
     data_dir = output / "data"
     schema = io.dataset_schema(data_dir)
@@ -379,6 +470,7 @@ def _manifest(
         "spec": spec_to_dict(spec),
         "spec_file": spec_file,
         "spec_fingerprint": spec.fingerprint(),
+        "inputs": inputs.files,
         "versions": package_versions(),
         "git_revision": git_revision(),
         "ray": where,

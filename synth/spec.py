@@ -37,6 +37,7 @@ def existing_path(exists: Callable[[Path], bool], error: str) -> AfterValidator:
             raise ValueError(error.format(path=path))
         return path.resolve()
 
+    resolve.names_an_input = True  # synth.inputs hashes the content of fields marked so
     return AfterValidator(resolve)
 
 
@@ -208,9 +209,10 @@ def spec_error(path: Path, tree: Any, err: ValidationError | list, prefix: tuple
     return SpecError(f"{where}: {format_loc(loc)}: {_explain(first)}{more}")
 
 
-def read_yaml(path: Path) -> Any:
+def read_yaml(path: Path, text: str | None = None) -> Any:
+    """The YAML tree of a spec file (or of its `text`, already read), lines remembered."""
     try:
-        text = path.read_text()
+        text = path.read_text() if text is None else text
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
     except OSError as exc:
@@ -258,11 +260,39 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> RunSpec:
         spec = RunSpec.model_validate(data, context=context)
     except ValidationError as exc:
         raise spec_error(path, tree, exc) from None
+    _check_unique_names(path, spec)
+    return spec
+
+
+def load_spec_outline(path: Path, tree: Any) -> RunSpec:
+    """A spec's top level validated, each stage only by its `kind` and `name`: no stage module is
+    imported. For tools that schedule a run without running it (the Airflow DAG file); the runner
+    validates every stage in full with `load_spec`."""
+    if not isinstance(tree, dict):
+        raise SpecError(f"{path}: expected a mapping of spec keys at the top level")
+    data = plain_data(tree)
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        outline = []
+        for i, entry in enumerate(stages):
+            if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+                line = _line_of(tree, ("stages", i))
+                raise SpecError(f"{path}:{line}: stages[{i}]: expected a mapping with a `kind:` key")
+            outline.append(StageConfig.model_construct(kind=entry["kind"], name=entry.get("name")))
+        data["stages"] = outline
+    try:
+        spec = RunSpec.model_validate(data, context={"base_dir": path.parent.resolve()})
+    except ValidationError as exc:
+        raise spec_error(path, tree, exc) from None
+    _check_unique_names(path, spec)
+    return spec
+
+
+def _check_unique_names(path: Path, spec: RunSpec) -> None:
     names = spec.stage_names
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"{path}: stages: duplicate stage name {dupes[0]!r}; give each a unique `name:`")
-    return spec
 
 
 def spec_to_dict(spec: RunSpec) -> dict:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
+from synth.inputs import check_llm_names, config_paths
 from synth.spec import LLMSpec, StageConfig
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class StageContext:
     output_dir: Path
     llm_specs: dict[str, LLMSpec] = field(default_factory=dict)
     stats_actor: Any = None
+    attempt: str = ""
+    """This attempt of the run (one `synth generate` or Airflow task); LLM cache entries record it."""
 
     @property
     def stage_seed(self) -> int:
@@ -58,11 +61,13 @@ class StageContext:
     def llm(self, name: str = "default") -> LLMClient:
         """A client for the named backend, counted under this stage, with the run's cache."""
         from synth.llm import make_client
+        from synth.llm.cache import Payer
 
         if name not in self.llm_specs:
             known = ", ".join(sorted(self.llm_specs)) or "none"
             raise KeyError(f"llm {name!r} is not defined in the spec's `llm:` section (defined: {known})")
-        return make_client(self.llm_specs[name], cache_dir=self.cache_dir / "llm", stats=self.stat_sink())
+        payer = Payer(run_id=self.run_id, stage=self.stage_name, attempt=self.attempt)
+        return make_client(self.llm_specs[name], cache_dir=self.cache_dir / "llm", stats=self.stat_sink(), payer=payer)
 
     def stat_sink(self):
         """A callable `(counters: dict[str, float]) -> None` that adds to this stage's stats."""
@@ -95,6 +100,21 @@ class Stage:
     def __init__(self, config: StageConfig, ctx: StageContext):
         self.config = config
         self.ctx = ctx
+
+    def check_inputs(self) -> None:
+        """Check, on the driver before Ray starts, everything this stage will read or call.
+
+        Raise a SynthError naming the field or file and what was expected. The default checks
+        that the `llm` names the config uses are defined in the spec; a stage that reads a file
+        (seed tasks, a table) extends it by parsing that file here, so a bad line fails in a
+        second rather than after Ray has started."""
+        check_llm_names(self.ctx.stage_name, self.config, self.ctx.llm_specs)
+
+    def input_files(self) -> list[Path]:
+        """Files and folders whose content decides this stage's records: their content hashes
+        enter the stage's fingerprint, so editing one in place reruns the stage on resume.
+        The default: every path in the config."""
+        return config_paths(self.config)
 
 
 class SourceStage(Stage):

@@ -10,6 +10,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Ray Data's progress bars only clutter test output.
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Workers at the tests' priority (Ray's default nice 15 starves them on a busy machine), and no
+# dashboard for the embedded Rays that `synth generate` subprocesses start (it costs seconds).
+os.environ.setdefault("RAY_worker_niceness", "0")
+os.environ.setdefault("SYNTH_RAY_DASHBOARD", "0")
 
 
 @pytest.fixture(scope="session")

@@ -225,12 +225,12 @@ def test_a_broken_spec_is_listed_with_its_file_and_key_and_the_other_dags_load(p
         "stages": [{"kind": "self_instruct", "seed_tasks": str(SEED_TASKS)}, {"kind": "instruct_checks"}],
     })
     (pipelines / "bad.yaml").write_text(f"name: bad\nstages:\n  - kind: self_instruct\n"
-                                        f"    seed_tasks: {SEED_TASKS}\n    num_instructons: 5\n")
+                                        f"    seed_tasks: {SEED_TASKS}\nwrite_droped: true\n")
     (pipelines / "train_nothing.yaml").write_text("name: orphan\ndata: {format: sft}\n")
     bag = dag_bag()
     assert sorted(bag.dag_ids) == ["synth_good"]
     error = bag.import_errors["synth_pipelines.py"]
-    assert f"{pipelines / 'bad.yaml'}:5: stages[0].num_instructons: unknown key" in error
+    assert f"{pipelines / 'bad.yaml'}:5: write_droped: unknown key" in error
     assert f"{pipelines / 'train_nothing.yaml'}: data.path: required" in error
 
     # The same list, as the DAG processor stores it and Airflow's CLI shows it.
@@ -239,7 +239,54 @@ def test_a_broken_spec_is_listed_with_its_file_and_key_and_the_other_dags_load(p
                             check=False, capture_output=True, text=True, timeout=300)
     assert listed.returncode == 1  # the command fails when there are import errors
     [entry] = json.loads(listed.stdout.splitlines()[-1])
-    assert entry["filepath"] == "synth_pipelines.py" and "bad.yaml:5: stages[0].num_instructons" in entry["error"]
+    assert entry["filepath"] == "synth_pipelines.py" and "bad.yaml:5: write_droped" in entry["error"]
+
+
+def test_a_bad_stage_field_fails_the_first_task_at_once_naming_file_line_and_key(airflow_home, monkeypatch, tmp_path):
+    # Parsing validates a spec's top level only (no stage module is imported then); the tasks
+    # validate every stage before anything runs, and an input error is not retried.
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.syspath_prepend(str(DAGS))
+    from synth_dag_factory import _run_spec
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(f"name: bad\nstages:\n  - kind: self_instruct\n    seed_tasks: {SEED_TASKS}\n"
+                    "    num_instructons: 5\n")
+    with pytest.raises(AirflowFailException, match=rf"{spec}:5: stages\[0\].num_instructons: unknown key"):
+        _run_spec(str(spec), {"seed": 0, "output": str(tmp_path / "out")})
+
+
+PARSE = """
+import json, sys, time
+import airflow.sdk  # the DAG processor has Airflow loaded before it parses a DAG file
+before, cpu = set(sys.modules), time.process_time()
+import synth_pipelines
+print(json.dumps({"cpu_s": time.process_time() - cpu, "modules": sorted(set(sys.modules) - before),
+                  "dags": sorted(k for k in vars(synth_pipelines) if k.startswith("synth_"))}))
+"""
+
+
+def test_parsing_the_dag_file_imports_no_ray_torch_or_stage_module(airflow_home):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(DAGS), str(REPO)])}
+    env.pop("SYNTH_PIPELINES_DIR", None)
+    done = subprocess.run([sys.executable, "-c", PARSE], env=env, capture_output=True, text=True, timeout=300,
+                          check=True)  # fmt: skip
+    parsed = json.loads(done.stdout.splitlines()[-1])
+    assert len(parsed["dags"]) == len(list((REPO / "pipelines").glob("*.yaml")))
+    heavy = ("ray", "torch", "transformers", "generators", "filters", "pyarrow", "synth.runner", "synth.registry")
+    assert [m for m in parsed["modules"] if m.split(".")[0] in heavy or m in heavy] == []
+    assert parsed["cpu_s"] < 1.5, parsed["cpu_s"]  # ~0.2 s here; it was ~5.6 s with the stage modules
+
+
+def test_the_role_table_agrees_with_the_stage_classes(airflow_home, monkeypatch):
+    monkeypatch.syspath_prepend(str(DAGS))
+    from synth_dag_factory import BUILTIN_ROLES, role_of_class
+
+    from synth.registry import BUILTIN_STAGES
+
+    assert set(BUILTIN_ROLES) == set(BUILTIN_STAGES)
+    assert {kind: role_of_class(kind) for kind in BUILTIN_STAGES} == BUILTIN_ROLES
 
 
 def test_a_failed_task_is_retried_and_resumes_after_its_finished_stages(ray_session, pipelines, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from synth.errors import LLMError
 from synth.llm import Completion, SamplingParams, make_client
-from synth.llm.cache import Backend, CachedClient, ResponseCache, request_key
+from synth.llm.cache import Backend, CachedClient, Payer, ResponseCache, request_key
 from synth.llm.local import LocalClient
 from synth.spec import LLMPrices, LLMSpec
 
@@ -162,8 +162,33 @@ def test_local_backend_is_not_called_again_for_cached_requests(tmp_path):
         "llm_requests": 2,
         "llm_cache_hits": 2,
         "llm_backend_calls": 0,
+        "llm_paid_by_earlier_attempts": 0,
         "llm_prompt_tokens": 0,
         "llm_completion_tokens": 0,
         "llm_cost_usd": 0.0,
     }
     assert stats[0]["llm_completion_tokens"] == sum(c.completion_tokens for c in first) > 0
+
+
+def test_calls_paid_by_an_earlier_attempt_of_the_run_count_as_paid_not_as_hits(tmp_path):
+    cache = ResponseCache(tmp_path)
+    killed, resumed, other_run = [], [], []
+    CachedClient(WordCounter(), cache, killed.append, payer=Payer("run-1", "evol", "attempt-1")).generate(
+        ask("one two", "three"), GREEDY)
+    backend = WordCounter()
+    CachedClient(backend, cache, resumed.append, payer=Payer("run-1", "evol", "attempt-2")).generate(
+        ask("one two", "three", "four five six", "three"), GREEDY)
+
+    assert backend.generated == ["four five six"]
+    assert resumed[0]["llm_requests"] == 4
+    assert resumed[0]["llm_backend_calls"] == 3  # two paid by the killed attempt, one now
+    assert resumed[0]["llm_paid_by_earlier_attempts"] == 2
+    assert resumed[0]["llm_cache_hits"] == 0
+    assert resumed[0]["llm_prompt_tokens"] == 2 + 1 + 3
+    assert json.loads(cache.path(request_key("words", "word-counter", ask("three")[0], GREEDY)).read_text())[
+        "paid_by"] == {"run_id": "run-1", "stage": "evol", "attempt": "attempt-1"}
+
+    # Another run, or another stage, paid nothing for these: hits.
+    CachedClient(WordCounter(), cache, other_run.append, payer=Payer("run-2", "evol", "attempt-9")).generate(
+        ask("one two", "three"), GREEDY)
+    assert (other_run[0]["llm_cache_hits"], other_run[0]["llm_backend_calls"]) == (2, 0)

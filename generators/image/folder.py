@@ -202,6 +202,10 @@ class ImageFolder(SourceStage):
     Config = ImageFolderConfig
     description = "Read a folder of PNG/DICOM images, labelled by subfolder or CSV, as 8-bit grayscale PNG records"
 
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        class_list(labelled_files(self.config), self.config.classes)  # files and labels, before Ray
+
     def read(self) -> ray.data.Dataset:
         cfg = self.config
         pairs = labelled_files(cfg)

@@ -370,10 +370,14 @@ class SelfInstruct(SourceStage):
     Config = SelfInstructConfig
     description = "Self-Instruct: bootstrap instructions and instances from human-written seed tasks"
 
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        load_seed_tasks(self.config.seed_tasks)  # a bad seed line fails before Ray starts
+
     def read(self):
         import ray
 
-        seeds = load_seed_tasks(self.config.seed_tasks)  # here, so a bad seed file fails before Ray
+        seeds = load_seed_tasks(self.config.seed_tasks)
         res = self.config.resources
         log.info("self_instruct: the bootstrap is sequential and holds the model, so it runs as ONE Ray "
                  "task (num_cpus=%s, num_gpus=%s)", res.num_cpus, res.num_gpus)  # fmt: skip

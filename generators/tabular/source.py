@@ -309,6 +309,10 @@ class TabularSynth(SourceStage):
     Config = TabularSynthConfig
     description = "Fit CTGAN, TVAE, GaussianCopula or TabDDPM on a real table; sample with conditions and constraints"
 
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        prepare(self.config, self.ctx.stage_seed)  # the table, its metadata and constraints, before Ray
+
     def read(self):
         import ray
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from synth.llm.base import ChatRequest, Completion, LLMClient, Message, SamplingParams
 
 if TYPE_CHECKING:
-    from synth.llm.cache import Backend, StatsSink
+    from synth.llm.cache import Backend, Payer, StatsSink
     from synth.spec import LLMSpec
 
 __all__ = ["ChatRequest", "Completion", "LLMClient", "Message", "SamplingParams", "make_backend", "make_client"]
@@ -32,13 +32,15 @@ def make_backend(spec: LLMSpec) -> Backend:
     raise ValueError(f"unknown LLM backend {spec.backend!r}; expected 'local' or 'openai'")
 
 
-def make_client(spec: LLMSpec, cache_dir: Path | None = None, stats: StatsSink | None = None) -> LLMClient:
+def make_client(
+    spec: LLMSpec, cache_dir: Path | None = None, stats: StatsSink | None = None, payer: Payer | None = None
+) -> LLMClient:
     """Build the backend a `synth.spec.LLMSpec` names, wrapped in the cache and accounting.
 
     The cache is used when `spec.cache` is on and a `cache_dir` is given; `stats` receives the
-    counters of each `generate` call (see `CachedClient`).
+    counters of each `generate` call; `payer` is recorded with each entry paid for (see `CachedClient`).
     """
     from synth.llm.cache import CachedClient, ResponseCache
 
     cache = ResponseCache(Path(cache_dir)) if spec.cache and cache_dir is not None else None
-    return CachedClient(make_backend(spec), cache=cache, stats=stats, prices=spec.prices)
+    return CachedClient(make_backend(spec), cache=cache, stats=stats, prices=spec.prices, payer=payer)

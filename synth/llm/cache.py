@@ -11,6 +11,11 @@ fails half way still keeps everything finished before the failure.
 
 Identical requests within one call are generated once: a request's key decides its completion,
 so vary the prompt or the seed when you want different answers.
+
+An entry records who paid for it (`paid_by`: run id, stage, attempt). A resumed run (a new
+attempt of the same run) that finds an entry an earlier attempt of the same stage paid for counts
+it as paid, tokens and cost included, not as a cache hit: the manifest then reports what the run
+cost in all, whichever attempt paid.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import tempfile
 from abc import abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from synth.llm.base import ChatRequest, Completion, LLMClient, SamplingParams
@@ -73,6 +78,20 @@ def request_key(backend: str, model_id: str, messages: ChatRequest, sampling: Sa
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Payer:
+    """Who paid for a completion: one attempt (one `synth generate`) of one stage of one run."""
+
+    run_id: str
+    stage: str
+    attempt: str
+
+    def paid_earlier(self, other: dict | None) -> bool:
+        """`other` (an entry's `paid_by`) is an earlier attempt of this very run and stage."""
+        return (other is not None and other.get("run_id") == self.run_id and other.get("stage") == self.stage
+                and other.get("attempt") != self.attempt)
+
+
 class ResponseCache:
     """One JSON file per completion under `root/<key[:2]>/<key>.json`."""
 
@@ -83,9 +102,14 @@ class ResponseCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> Completion | None:
+        entry = self.lookup(key)
+        return None if entry is None else entry[0]
+
+    def lookup(self, key: str) -> tuple[Completion, dict | None] | None:
+        """The cached completion and who paid for it (None for entries that do not say)."""
         try:
             data = json.loads(self.path(key).read_text())
-            return Completion(**data["completion"], cached=True)
+            return Completion(**data["completion"], cached=True), data.get("paid_by")
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -93,12 +117,15 @@ class ResponseCache:
             log.warning("ignoring unreadable LLM cache entry %s: %s", self.path(key), exc)
             return None
 
-    def put(self, key: str, completion: Completion, request: dict) -> None:
+    def put(self, key: str, completion: Completion, request: dict, paid_by: Payer | None = None) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = asdict(completion)
         entry.pop("cached")
-        text = json.dumps({"key": key, "request": request, "completion": entry}, ensure_ascii=False)
+        record = {"key": key, "request": request, "completion": entry}
+        if paid_by is not None:
+            record["paid_by"] = asdict(paid_by)
+        text = json.dumps(record, ensure_ascii=False)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
         try:
             os.fchmod(fd, 0o644)  # mkstemp makes it private; workers of other users may share the cache
@@ -117,6 +144,10 @@ class CachedClient(LLMClient):
     `llm_cache_hits`, `llm_backend_calls` (completions actually generated), `llm_prompt_tokens`,
     `llm_completion_tokens` and `llm_cost_usd` (for generated completions; cache hits cost
     nothing), plus whatever the backend counts itself (`llm_retries`).
+
+    With a `payer`, each entry written records it, and a hit on an entry an earlier attempt of
+    the same run and stage paid for counts as paid (in `llm_backend_calls`, the tokens and the
+    cost, and in `llm_paid_by_earlier_attempts`), not as a cache hit.
     """
 
     def __init__(
@@ -125,11 +156,13 @@ class CachedClient(LLMClient):
         cache: ResponseCache | None = None,
         stats: StatsSink | None = None,
         prices: LLMPrices | None = None,
+        payer: Payer | None = None,
     ):
         self.backend = backend
         self.cache = cache
         self.stats = stats
         self.prices = prices or LLMPrices()
+        self.payer = payer
         self.name = backend.name
 
     @property
@@ -139,12 +172,15 @@ class CachedClient(LLMClient):
     def generate(self, requests: list[ChatRequest], sampling: SamplingParams) -> list[Completion]:
         keys = [request_key(self.backend.backend, self.model_id, r, sampling) for r in requests]
         results: dict[str, Completion] = {}
+        paid_earlier: set[str] = set()
         if self.cache is not None:
             for key in dict.fromkeys(keys):
-                hit = self.cache.get(key)
-                if hit is not None:
-                    results[key] = hit
-        hits = sum(1 for k in keys if k in results)
+                entry = self.cache.lookup(key)
+                if entry is not None:
+                    results[key] = entry[0]
+                    if self.payer is not None and self.payer.paid_earlier(entry[1]):
+                        paid_earlier.add(key)
+        hits = sum(1 for k in keys if k in results and k not in paid_earlier)
         # One backend request per distinct missing key, in first-seen order.
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
@@ -158,22 +194,26 @@ class CachedClient(LLMClient):
             generated.append(completion)
             if self.cache is not None:
                 request = {"messages": todo_requests[i], "sampling": sampling.model_dump(mode="json")}
-                self.cache.put(todo[i], completion, request)
+                self.cache.put(todo[i], completion, request, paid_by=self.payer)
 
         try:
             if todo:
                 self.backend.generate(todo_requests, sampling, on_completion=on_completion)
         finally:
-            self._report(len(requests), hits, generated)
+            # Counted per distinct key, as the backend was (repeats within a call are hits).
+            earlier = [results[k] for k in first if k in paid_earlier]
+            self._report(len(requests), hits, generated, earlier)
         return [results[k] for k in keys]
 
-    def _report(self, n_requests: int, hits: int, generated: list[Completion]) -> None:
-        prompt = sum(c.prompt_tokens for c in generated)
-        completion = sum(c.completion_tokens for c in generated)
+    def _report(self, n_requests: int, hits: int, generated: list[Completion], paid_earlier: list[Completion]) -> None:
+        paid = generated + paid_earlier
+        prompt = sum(c.prompt_tokens for c in paid)
+        completion = sum(c.completion_tokens for c in paid)
         counters = {
             "llm_requests": n_requests,
             "llm_cache_hits": hits,
-            "llm_backend_calls": len(generated),
+            "llm_backend_calls": len(paid),
+            "llm_paid_by_earlier_attempts": len(paid_earlier),
             "llm_prompt_tokens": prompt,
             "llm_completion_tokens": completion,
             "llm_cost_usd": (

@@ -309,7 +309,8 @@ class GaussianMultinomialDiffusion(nn.Module):
         if not self.slices:
             return log_probs
         uniform = torch.rand(log_probs.shape, generator=g, device=log_probs.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-30, 1)).clamp(min=1e-30))
+        # -log(-log u) with both logs kept finite; the parentheses matter: `-x.clamp()` is `-(x.clamp())`.
+        gumbel = -torch.log((-torch.log(uniform.clamp(min=1e-30))).clamp(min=1e-30))
         scores = log_probs + gumbel
         index = torch.stack([scores[:, s].argmax(1) for s in self.slices], 1)
         return self.log_onehot(index)

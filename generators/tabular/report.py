@@ -6,7 +6,8 @@ real table's training split and holdout, re-read from the source stage's `fit.js
 file and the same holdout rows the fit used; no real row is copied into the output folder).
 
 It writes `OUTPUT/_reports/<stage>/`: `report.md` (a card section), `report.json` (the numbers)
-and PNG plots. The markdown's image links are relative to OUTPUT, where the card lives.
+and PNG plots. The markdown links its images by bare name (they sit beside it); the dataset card
+(`synth.card`) prefixes the report's folder when it includes the section.
 """
 
 from __future__ import annotations
@@ -71,10 +72,9 @@ class TabularReport(GlobalStage):
         plots = plot_all(evaluation, train, synthetic, meta, tmp) if self.config.plots else []
         sampling_file = model_folder(ctx, self.config.source) / "sampling.json"
         sampling = io.read_json(sampling_file) if sampling_file.exists() else None
-        link = target.relative_to(ctx.output_dir).as_posix()
         summary = evaluation.summary() | {"sampling": sampling, "fit": _fit_facts(fit, len(synthetic))}
         io.write_json_atomic(tmp / "report.json", summary)
-        (tmp / "report.md").write_text(render(ctx.stage_name, summary, meta, plots, link))
+        (tmp / "report.md").write_text(render(ctx.stage_name, summary, meta, plots))
         io.commit_dir(tmp, target)
 
 
@@ -90,7 +90,7 @@ def _fit_facts(fit: dict, rows: int) -> dict:
             "fit_seconds": fit["fit_seconds"], "synthetic_rows": rows}  # fmt: skip
 
 
-def render(stage: str, summary: dict, meta: TableMeta, plots: list[str], link: str) -> str:
+def render(stage: str, summary: dict, meta: TableMeta, plots: list[str]) -> str:
     """The report as a markdown section of the dataset card."""
     fit, quality = summary["fit"], summary["quality"]
     lines = [
@@ -109,7 +109,7 @@ def render(stage: str, summary: dict, meta: TableMeta, plots: list[str], link: s
         *_utility_lines(summary["utility"], meta),
         *_privacy_lines(summary["privacy"]),
         *_sampling_lines(summary["sampling"]),
-        *[f"![{Path(p).stem.replace('_', ' ')}]({link}/{p})" for p in plots],
+        *[f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots],
         "",
     ]
     return "\n".join(lines)

@@ -119,10 +119,13 @@ def test_report_is_written_with_its_plots(first_run):
     _, _, result = first_run
     folder = result.output / "_reports" / "tabular_report"
     report = (folder / "report.md").read_text()
-    for text in ("overall quality", "TSTR", "median DCR", "ward=", "![column shapes](column_shapes.png)"):
+    for text in ("overall quality", "TSTR", "median DCR", "median NNDR", "singling out", "ward=",
+                 "![column shapes](column_shapes.png)"):  # fmt: skip
         assert text in report, text
     summary = json.loads((folder / "report.json").read_text())
     assert 0 <= summary["quality"]["score"] <= 1 and summary["utility"]["metric"] == "macro_f1"
+    assert {"singling_out", "linkability", "inference"} <= set(summary["attacks"])
+    assert summary["attacks"]["linkability"]["attacks"] == 32  # every holdout row, the control
     assert {p.name for p in folder.glob("*.png")} >= {"column_shapes.png", "distributions.png", "dcr.png"}
     fit = json.loads((result.output / "_models" / "tabular_synth" / "fit.json").read_text())
     assert len(fit["holdout_rows"]) == 32 and fit["train_rows"] == 128

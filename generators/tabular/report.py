@@ -35,6 +35,7 @@ class TabularReportConfig(StageConfig):
     kind: Literal["tabular_report"] = "tabular_report"
     source: str = Field("tabular_synth", description="Name of the tabular_synth stage whose rows and model to judge")
     max_rows: int = Field(20_000, ge=1, description="Synthetic rows compared (the first ones)")
+    attacks: int = Field(500, ge=0, description="anonymeter attacks of each kind (at most the holdout's rows); 0: none")
     plots: bool = True
 
 
@@ -42,7 +43,7 @@ class TabularReportConfig(StageConfig):
 class TabularReport(GlobalStage):
     kind = "tabular_report"
     Config = TabularReportConfig
-    description = "SDMetrics quality, TSTR utility and DCR privacy of synthetic tables, with plots"
+    description = "SDMetrics quality, TSTR utility, DCR, NNDR and anonymeter privacy risks of synthetic tables, with plots"
 
     def apply(self, ds):
         cfg, ctx = self.config, self.ctx
@@ -59,7 +60,7 @@ class TabularReport(GlobalStage):
         log.info("tabular_report: gathering up to %d synthetic rows in the driver to compare them with %d real "
                  "training and %d holdout rows", cfg.max_rows, len(train), len(holdout))  # fmt: skip
         synthetic = to_frame(pa.concat_tables(_tables(ds.limit(cfg.max_rows))))
-        evaluation = evaluate(train, holdout, synthetic, meta, seed=ctx.seed)
+        evaluation = evaluate(train, holdout, synthetic, meta, seed=ctx.seed, attacks=cfg.attacks)
         self._write(evaluation, train, synthetic, meta, fit)
         return ds
 
@@ -108,6 +109,7 @@ def render(stage: str, summary: dict, meta: TableMeta, plots: list[str]) -> str:
         "",
         *_utility_lines(summary["utility"], meta),
         *_privacy_lines(summary["privacy"]),
+        *_attack_lines(summary.get("attacks")),
         *_sampling_lines(summary["sampling"]),
         *[f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots],
         "",
@@ -132,20 +134,54 @@ def _utility_lines(utility: dict | None, meta: TableMeta) -> list[str]:
 
 def _privacy_lines(privacy: dict) -> list[str]:
     lines = [
-        "Privacy: distance to the closest real training record (Gower; 0 = an exact copy).",
+        "Privacy: distance to the closest real training record (DCR, Gower; 0 = an exact copy) and the nearest "
+        "one's distance over the second nearest's (NNDR; near 0 = sitting on one training row).",
         "",
-        "| | median DCR | exact copies |",
-        "|---|---|---|",
-        f"| synthetic rows | {privacy['dcr_median']:.4f} | {100 * privacy['exact_copy_rate']:.2f}% |",
+        "| | median DCR | median NNDR | exact copies |",
+        "|---|---|---|---|",
+        f"| synthetic rows | {privacy['dcr_median']:.4f} | {privacy['nndr_median']:.3f} "
+        f"| {100 * privacy['exact_copy_rate']:.2f}% |",
     ]
     if "holdout_dcr_median" in privacy:
         lines += [
             f"| real holdout rows (baseline) | {privacy['holdout_dcr_median']:.4f} "
-            f"| {100 * privacy['holdout_exact_copy_rate']:.2f}% |",
+            f"| {privacy['holdout_nndr_median']:.3f} | {100 * privacy['holdout_exact_copy_rate']:.2f}% |",
             "",
             f"{100 * privacy['closer_than_holdout_p5']:.1f}% of synthetic rows are nearer a training row than 95% "
             "of real holdout rows are (about 5% is what fresh real data gives).",
         ]
+        if privacy["dcr_median"] < privacy["holdout_dcr_median"]:
+            lines += [
+                "",
+                f"**Warning: synthetic rows sit closer to the training rows than the real holdout rows do** (median "
+                f"DCR {privacy['dcr_median']:.4f} against {privacy['holdout_dcr_median']:.4f}): the model may have "
+                "memorised training rows. Check the attack risks below before sharing this data.",
+            ]
+    return lines + [""]
+
+
+def _attack_lines(attacks: dict | None) -> list[str]:
+    if not attacks:
+        return ["Attack risks: not measured (no holdout to measure them against, or `attacks: 0`).", ""]
+    what = {
+        "singling_out": "singling out (a predicate true of exactly one training row)",
+        "linkability": "linkability (joining two halves of a training row through synthetic rows)",
+        "inference": f"inference (guessing `{attacks['inference'].get('secret')}` from the other columns)",
+    }
+    lines = [
+        "Attack risks (anonymeter; 0 = the attack learns no more about training rows than about holdout rows, "
+        "1 = it succeeds on every training row), with 95% confidence intervals:",
+        "",
+        "| attack | risk | 95% CI | attacks |",
+        "|---|---|---|---|",
+    ]
+    for kind, text in what.items():
+        result = attacks[kind]
+        if result["risk"] is None:
+            lines.append(f"| {text} | not measured: {result['note']} | | {result['attacks']} |")
+        else:
+            low, high = result["ci"]
+            lines.append(f"| {text} | {result['risk']:.3f} | {low:.3f} to {high:.3f} | {result['attacks']} |")
     return lines + [""]
 
 

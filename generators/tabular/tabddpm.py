@@ -74,7 +74,7 @@ class TabDDPMParams(StrictModel):
         50, ge=1, description="Denoising steps when sampling, evenly spaced over T (null: all T, as in the paper)"
     )
     sample_eta: float = Field(
-        0.0, ge=0, le=1, description="Noise of the Gaussian DDIM steps: 0 deterministic, 1 the DDPM posterior's"
+        1.0, ge=0, le=1, description="Noise of the Gaussian DDIM steps: 1 the DDPM posterior's (the paper's), 0 none"
     )
     conditional: bool = Field(True, description="Condition on a categorical target as the class label")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")

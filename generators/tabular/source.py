@@ -53,8 +53,8 @@ from pydantic import Field, model_validator
 
 from generators.tabular.constraints import Checker, Constraint, check_constraints, named_columns, row_keys, sample_valid
 from generators.tabular.data import (
-    MetadataOverrides, TableMeta, TableSource, check_columns, infer_metadata, load_table, restore_types,
-    split_holdout, to_frame,
+    MetadataOverrides, TableMeta, TableSource, check_columns, check_learnable, check_mixed_columns, infer_metadata,
+    load_table, restore_types, split_holdout, to_frame,
 )  # fmt: skip
 from generators.tabular.synthesizers import SynthesizerParams, load_synthesizer, make_synthesizer, save_synthesizer
 from generators.tabular.tabddpm import TabDDPMParams
@@ -81,6 +81,9 @@ class TabularSynthConfig(StageConfig):
     num_rows: int = Field(1000, ge=1, description="Synthetic rows to make")
     block_rows: int = Field(5000, ge=1, description="Rows per parallel sampling task")
     conditions: dict[str, Scalar] = Field(default_factory=dict, description="Column -> value fixed in every row")
+    extrapolate_conditions: bool = Field(
+        False, description="Allow a numerical condition outside the training rows' range (the model extrapolates)"
+    )
     constraints: list[Constraint] = Field(default_factory=list)
     max_sampling_rounds: int = Field(20, ge=1, description="Rejection rounds per block before giving up")
 
@@ -133,17 +136,26 @@ class Prepared:
 
 
 def prepare(config: TabularSynthConfig, seed: int) -> Prepared:
-    """Read, describe and split the real table; check conditions and constraints against it."""
+    """Read, describe and split the real table; refuse what cannot be learned or asked of it (each a
+    one-line SpecError naming the table, the column and what was expected)."""
     where = config.data.describe()
     table = load_table(config.data)
+    check_mixed_columns(table, config.metadata.columns, where)
     frame = to_frame(table)
     meta = infer_metadata(frame, config.overrides(), where)
     _check_generated_types(meta, table.schema, where)
-    train_rows, holdout_rows = split_holdout(len(frame), config.holdout_fraction, derive_seed(seed, "holdout"))
+    train_rows, holdout_rows = split_holdout(len(frame), config.holdout_fraction, derive_seed(seed, "holdout"), where)
     train = frame.iloc[train_rows].reset_index(drop=True)
+    check_learnable(train, meta, config.holdout_fraction, where)
     check_constraints(config.constraints, meta, train, where)
-    conditions = typed_conditions(config.conditions, meta, train, where)
+    conditions = typed_conditions(config.conditions, meta, train, where, config.extrapolate_conditions)
     return Prepared(table, meta, train, frame.iloc[holdout_rows].reset_index(drop=True), holdout_rows, conditions)
+
+
+def check_before_run(config: TabularSynthConfig, stage_seed: int) -> None:
+    """Every refusal `read()` would make, without Ray: for a check before a run starts. It reads the
+    whole table (as the stage does) and fits nothing."""
+    prepare(config, stage_seed)
 
 
 def _check_generated_types(meta: TableMeta, schema: pa.Schema, where: str) -> None:
@@ -155,8 +167,10 @@ def _check_generated_types(meta: TableMeta, schema: pa.Schema, where: str) -> No
                             "set its role in metadata.columns")  # fmt: skip
 
 
-def typed_conditions(conditions: dict[str, Any], meta: TableMeta, train: pd.DataFrame, where: str) -> dict[str, Any]:
-    """Condition values in their column's type; a categorical value must occur in the training split."""
+def typed_conditions(conditions: dict[str, Any], meta: TableMeta, train: pd.DataFrame, where: str,
+                     extrapolate: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Condition values in their column's type; a categorical value must occur in the training split,
+    a numerical one must lie within its range unless `extrapolate`."""
     typed = {}
     for column, value in conditions.items():
         if column not in meta.learned:
@@ -167,11 +181,22 @@ def typed_conditions(conditions: dict[str, Any], meta: TableMeta, train: pd.Data
         except (TypeError, ValueError):
             raise SpecError(f"{where}: conditions.{column}: {value!r} does not fit the column's type "
                             f"{values.dtype}") from None  # fmt: skip
-        if meta.columns[column] in ("categorical", "boolean") and not (values == typed[column]).any():
+        role = meta.columns[column]
+        if role in ("categorical", "boolean") and not (values == typed[column]).any():
             seen = ", ".join(map(repr, sorted(values.dropna().unique().tolist(), key=str)[:20]))
             raise SpecError(f"{where}: conditions.{column}: {value!r} never occurs in the training rows "
                             f"(they have: {seen})")  # fmt: skip
+        if role in ("numerical", "datetime") and not extrapolate:
+            _check_within_range(column, typed[column], values, where)
     return typed
+
+
+def _check_within_range(column: str, value: Any, values: pd.Series, where: str) -> None:
+    low, high = values.min(), values.max()
+    point = pd.Timestamp(value) if pd.api.types.is_datetime64_any_dtype(values) else value
+    if pd.isna(low) or not low <= point <= high:
+        raise SpecError(f"{where}: conditions.{column}: {value!r} is outside the training rows' range "
+                        f"[{low}, {high}]; expected a value within it, or set extrapolate_conditions: true")  # fmt: skip
 
 
 def _typed(value: Any, column: pd.Series) -> Any:

@@ -98,7 +98,7 @@ class SDVSynthesizer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.model = self._sdv_class()(meta.sdv_metadata(), **kwargs)
-            sdv_constraints = [c.sdv() for c in constraints if c.sdv() is not None]
+            sdv_constraints = [c.sdv(meta) for c in constraints if c.sdv(meta) is not None]
             if sdv_constraints:
                 self.model.add_constraints(sdv_constraints)
             self.model.fit({"table": train[meta.learned]})

@@ -18,8 +18,10 @@ The paper's model, in this file's order:
    Linear-ReLU-Dropout blocks and a linear head with the input's width.
 5. **Training**: AdamW, uniform timesteps, the sum of the Gaussian and multinomial losses, the
    learning rate annealed linearly to zero, an exponential moving average of the weights used
-   for sampling. **Sampling**: ancestral, from t=T-1 to 0; y drawn from the training class
-   frequencies. Fixed values (conditional sampling): the class label when the target is fixed,
+   for sampling. **Sampling**: ancestral, from t=T-1 to 0, over all T steps as in the paper or
+   (the default) `sample_steps` evenly spaced ones: DDIM steps for the Gaussian part, the
+   strided chain's exact posterior for the categories, all columns in one tensor operation per
+   step; y drawn from the training class frequencies. Fixed values (conditional sampling): the class label when the target is fixed,
    and for any other column the "replacement" method, which at each step overwrites the known
    coordinates with a sample of q(x_{t-1} | x_0 = the fixed value).
 
@@ -68,6 +70,12 @@ class TabDDPMParams(StrictModel):
     dim_t: int = Field(128, ge=2, description="Width of the timestep and class embeddings")
     dropout: float = Field(0.0, ge=0, lt=1)
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of weights used for sampling; 0: none")
+    sample_steps: int | None = Field(
+        50, ge=1, description="Denoising steps when sampling, evenly spaced over T (null: all T, as in the paper)"
+    )
+    sample_eta: float = Field(
+        1.0, ge=0, le=1, description="Noise of the Gaussian DDIM steps: 1 the DDPM posterior's (the paper's), 0 none"
+    )
     conditional: bool = Field(True, description="Condition on a categorical target as the class label")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
 
@@ -172,9 +180,9 @@ class TableEncoder:
         for j, (name, q) in enumerate(zip(self.numerical, self.quantiles)):
             out[name] = q.inverse(x_num[:, j])
         for j, (name, cats) in enumerate(zip(self.categorical, self.categories)):
-            out[name] = pd.Series([cats[i] for i in x_cat[:, j]], dtype=object)
+            out[name] = pd.Series(_object_array(cats)[x_cat[:, j]], dtype=object)
         if self.label:
-            out[self.label] = pd.Series([self.classes[i] for i in enc.y.cpu().numpy()], dtype=object)
+            out[self.label] = pd.Series(_object_array(self.classes)[enc.y.cpu().numpy()], dtype=object)
         frame = pd.DataFrame(out)
         for name in self.numerical:
             if name + NULL_SUFFIX in frame:
@@ -191,6 +199,13 @@ class TableEncoder:
         if column.endswith(NULL_SUFFIX) and column not in frame:
             return frame[column[: -len(NULL_SUFFIX)]].isna()
         return frame[column]
+
+
+def _object_array(values: list) -> np.ndarray:
+    """A 1-d object array of the values as they are (np.array would turn tuples into rows)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _as_float(values: pd.Series) -> np.ndarray:
@@ -232,74 +247,94 @@ def cosine_betas(num_timesteps: int, s: float = 0.008) -> torch.Tensor:
 class GaussianMultinomialDiffusion(nn.Module):
     """Gaussian diffusion over the numerical part, multinomial over each categorical column.
 
-    Timesteps are 0..T-1; x_t is the state after t+1 noising steps, so t=0 is one step from data.
+    Timesteps are 0..T-1; x_t is the state after t+1 noising steps, so t=0 is one step from data,
+    and "step -1" is the data itself (ᾱ = 1). Sampling may stride over the timesteps (`sample`'s
+    `steps`): the Gaussian part then takes DDIM steps (Song et al., 2021; with eta 1 a stride of
+    one is the DDPM posterior), and the multinomial part the exact posterior q(x_s | x_t, x̂_0) of
+    the strided chain, since composed uniform-noise steps are one such step with ᾱ_t / ᾱ_s.
+
+    The categorical columns sit side by side in one flat vector (what the denoiser sees); for the
+    per-column softmax, logsumexp and argmax they are gathered into a padded (rows, columns, K_max)
+    block, so each is one tensor operation whatever the number of columns.
     """
 
     def __init__(self, num_numerical: int, num_classes: list[int], num_timesteps: int):
         super().__init__()
         self.num_numerical, self.num_classes, self.T = num_numerical, num_classes, num_timesteps
         self.slices = _slices(num_classes)
-        betas = cosine_betas(num_timesteps)
-        alphas = 1 - betas
-        alpha_bar = torch.cumprod(alphas, 0)
-        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
-        posterior_var = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        alpha_bar = torch.cumprod(1 - cosine_betas(num_timesteps), 0)
+        # Index s + 1 holds step s, for s in -1..T-1: the data (ᾱ = 1) first.
+        alpha_bar_ext = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar])
         log_k = torch.cat([torch.full((k,), math.log(k), dtype=torch.float64) for k in num_classes] or [torch.zeros(0)])
+        widest = max(num_classes, default=0)
+        filler = int(sum(num_classes))  # gathers from an extra column of the fill value
+        pad_index = [[s.start + i if i < s.stop - s.start else filler for i in range(widest)] for s in self.slices]
         buffers = {
+            "alpha_bar": alpha_bar, "alpha_bar_ext": alpha_bar_ext,
             "sqrt_alpha_bar": alpha_bar.sqrt(), "sqrt_1m_alpha_bar": (1 - alpha_bar).sqrt(),
-            "sqrt_recip_alpha_bar": (1 / alpha_bar).sqrt(), "sqrt_recipm1_alpha_bar": (1 / alpha_bar - 1).sqrt(),
-            "mean_coef_x0": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
-            "mean_coef_xt": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
-            # The paper's code samples with the "fixed large" variance: β_t, but the posterior's at t=0.
-            "sample_var": torch.cat([posterior_var[1:2], betas[1:]]),
-            "log_alpha": alphas.log(), "log_1m_alpha": betas.log(),
-            "log_alpha_bar": alpha_bar.log(), "log_1m_alpha_bar": (1 - alpha_bar).log(),
-            "log_k": log_k,
+            "log_alpha_bar_ext": alpha_bar_ext.log(), "log_k": log_k,
         }  # fmt: skip
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
+        self.register_buffer("pad_index", torch.tensor(pad_index, dtype=torch.long).reshape(len(num_classes), widest),
+                             persistent=False)  # fmt: skip
+        column_of = [j for j, k in enumerate(num_classes) for _ in range(k)]
+        self.register_buffer("column_of", torch.tensor(column_of, dtype=torch.long), persistent=False)
+        self.register_buffer("offsets", torch.tensor([s.start for s in self.slices], dtype=torch.long), persistent=False)
 
     # -- Gaussian part
 
     def q_sample_num(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return _at(self.sqrt_alpha_bar, t) * x0 + _at(self.sqrt_1m_alpha_bar, t) * noise
 
-    def p_sample_num(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """x_{t-1} ~ N(μ(x_t, x̂_0), σ_t²) with x̂_0 from the predicted noise; no noise at t=0.
+    def p_sample_num(self, x_t: torch.Tensor, t: int, s: int, eps: torch.Tensor, g: torch.Generator,
+                     eta: float) -> torch.Tensor:  # fmt: skip
+        """x_s from x_t (s < t; s = -1 is the data) by a DDIM step from the predicted noise.
 
-        x̂_0 is clipped to the range the quantile transform can produce: near t=T the cosine
-        schedule divides by √ᾱ_t ≈ 1e-4, and an under-trained denoiser's small error in the
-        noise would otherwise blow x̂_0 (and the sample) up.
+        x̂_0 is clipped to the range the quantile transform can produce (and the noise re-derived
+        from it): near t=T the cosine schedule divides by √ᾱ_t ≈ 1e-4, and an under-trained
+        denoiser's small error in the noise would otherwise blow x̂_0 (and the sample) up.
         """
-        x0 = _at(self.sqrt_recip_alpha_bar, t) * x_t - _at(self.sqrt_recipm1_alpha_bar, t) * eps
-        x0 = x0.clamp(-NORMAL_BOUND, NORMAL_BOUND)
-        mean = _at(self.mean_coef_x0, t) * x0 + _at(self.mean_coef_xt, t) * x_t
+        a_t, a_s = self.alpha_bar_ext[t + 1], self.alpha_bar_ext[s + 1]
+        x0 = ((x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-NORMAL_BOUND, NORMAL_BOUND)
+        eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).clamp(min=0).sqrt()
         noise = torch.randn(x_t.shape, generator=g, device=x_t.device)
-        return mean + (t > 0).float()[:, None] * _at(self.sample_var, t).sqrt() * noise
+        return a_s.sqrt() * x0 + (1 - a_s - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
 
     # -- multinomial part (log space; x is the concatenated log one-hot of all columns)
 
     def log_onehot(self, x_cat: torch.Tensor) -> torch.Tensor:
-        parts = [F.one_hot(x_cat[:, j], k) for j, k in enumerate(self.num_classes)]
-        return torch.cat(parts, 1).float().clamp(min=1e-30).log() if parts else x_cat.new_zeros((len(x_cat), 0)).float()
+        """Category indices (rows, columns) -> the flat log one-hot (log 0 kept finite, as -69)."""
+        out = torch.full((len(x_cat), int(sum(self.num_classes))), LOG_ZERO, device=x_cat.device)
+        return out.scatter_(1, x_cat + self.offsets, 0.0) if self.num_classes else out
+
+    def padded(self, flat: torch.Tensor, fill: float) -> torch.Tensor:
+        """(rows, flat width) -> (rows, columns, K_max), `fill` past each column's categories."""
+        extra = torch.full((len(flat), 1), fill, device=flat.device, dtype=flat.dtype)
+        return torch.cat([flat, extra], 1)[:, self.pad_index]
 
     def q_pred(self, log_x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """log q(x_t | x_0) = log(ᾱ_t x_0 + (1 - ᾱ_t) / K)."""
-        return torch.logaddexp(log_x0 + _at(self.log_alpha_bar, t), _at(self.log_1m_alpha_bar, t) - self.log_k)
+        """log q(x_t | x_0) = log(ᾱ_t x_0 + (1 - ᾱ_t) / K); at t = -1 it is x_0."""
+        log_ab = _at(self.log_alpha_bar_ext, t + 1)
+        return torch.logaddexp(log_x0 + log_ab, _log_1m_exp(log_ab) - self.log_k)
 
-    def q_pred_one_step(self, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """log q(x_t | x_{t-1}) as a function of x_{t-1}: log(α_t x_t + (1 - α_t) / K)."""
-        return torch.logaddexp(log_x_t + _at(self.log_alpha, t), _at(self.log_1m_alpha, t) - self.log_k)
+    def q_posterior(self, log_x0: torch.Tensor, log_x_t: torch.Tensor, t: torch.Tensor,
+                    s: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """log q(x_s | x_t, x_0) for s < t (default s = t - 1), normalised within each column.
 
-    def q_posterior(self, log_x0: torch.Tensor, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """log q(x_{t-1} | x_t, x_0), normalised within each column; at t=0 it is x_0's side."""
-        before = torch.where((t == 0)[:, None], log_x0, self.q_pred(log_x0, (t - 1).clamp(min=0)))
-        unnormed = before + self.q_pred_one_step(log_x_t, t)
+        ∝ q(x_t | x_s) q(x_s | x_0), where q(x_t | x_s), as a function of x_s, is
+        log(ᾱ_t/ᾱ_s x_t + (1 - ᾱ_t/ᾱ_s) / K); at s = -1 it is x_0's side.
+        """
+        s = t - 1 if s is None else s
+        log_ratio = _at(self.log_alpha_bar_ext, t + 1) - _at(self.log_alpha_bar_ext, s + 1)
+        transition = torch.logaddexp(log_x_t + log_ratio, _log_1m_exp(log_ratio) - self.log_k)
+        unnormed = self.q_pred(log_x0, s) + transition
         return unnormed - self.column_logsumexp(unnormed)
 
     def column_logsumexp(self, log_x: torch.Tensor) -> torch.Tensor:
-        """logsumexp within each column's slice, spread back over the slice."""
-        return torch.cat([log_x[:, s].logsumexp(1, keepdim=True).expand(-1, s.stop - s.start) for s in self.slices], 1)
+        """logsumexp within each column's categories, spread back over them."""
+        return self.padded(log_x, -math.inf).logsumexp(2)[:, self.column_of]
 
     def column_log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         return logits - self.column_logsumexp(logits)
@@ -309,15 +344,14 @@ class GaussianMultinomialDiffusion(nn.Module):
         if not self.slices:
             return log_probs
         uniform = torch.rand(log_probs.shape, generator=g, device=log_probs.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-30, 1)).clamp(min=1e-30))
-        scores = log_probs + gumbel
-        index = torch.stack([scores[:, s].argmax(1) for s in self.slices], 1)
-        return self.log_onehot(index)
+        # -log(-log u) with both logs kept finite; the parentheses matter: `-x.clamp()` is `-(x.clamp())`.
+        gumbel = -torch.log((-torch.log(uniform.clamp(min=1e-30))).clamp(min=1e-30))
+        return self.log_onehot(self.to_indices(log_probs + gumbel))
 
     def to_indices(self, log_x: torch.Tensor) -> torch.Tensor:
         if not self.slices:
             return torch.zeros((len(log_x), 0), dtype=torch.long, device=log_x.device)
-        return torch.stack([log_x[:, s].argmax(1) for s in self.slices], 1)
+        return self.padded(log_x, -math.inf).argmax(2)
 
     # -- the training loss
 
@@ -345,24 +379,43 @@ class GaussianMultinomialDiffusion(nn.Module):
 
     # -- sampling
 
+    def schedule(self, steps: int | None) -> list[int]:
+        """The timesteps visited, from T-1 down to 0: all of them, or `steps` evenly spaced."""
+        if steps is None or steps >= self.T:
+            return list(range(self.T - 1, -1, -1))
+        return sorted({int(round(v)) for v in np.linspace(0, self.T - 1, max(steps, 1))}, reverse=True)
+
     @torch.no_grad()
-    def sample(
-        self, denoiser: nn.Module, y: torch.Tensor | None, fixed: Fixed, rows: int, g: torch.Generator
-    ) -> Encoded:
-        """Ancestral sampling from pure noise; `fixed` coordinates are replaced at every step."""
+    def sample(self, denoiser: nn.Module, y: torch.Tensor | None, fixed: Fixed, rows: int, g: torch.Generator,
+               steps: int | None = None, eta: float = 1.0) -> Encoded:  # fmt: skip
+        """Ancestral sampling from pure noise over `schedule(steps)`; `fixed` coordinates are
+        replaced at every step."""
         device = self.sqrt_alpha_bar.device
         x_num = torch.randn((rows, self.num_numerical), generator=g, device=device)
         log_x = self.sample_categorical(torch.zeros((rows, int(sum(self.num_classes))), device=device), g)
-        for step in reversed(range(self.T)):
-            t = torch.full((rows,), step, device=device, dtype=torch.long)
-            x_num, log_x = fixed.replace(self, x_num, log_x, step, g)
-            out = denoiser(torch.cat([x_num, log_x.exp()], 1), t, y)
-            x_num = self.p_sample_num(x_num, t, out[:, : self.num_numerical], g)
+        timesteps = self.schedule(steps)
+        for t, s in zip(timesteps, [*timesteps[1:], -1]):
+            x_num, log_x = fixed.replace(self, x_num, log_x, t, g)
+            out = denoiser(torch.cat([x_num, log_x.exp()], 1), torch.full((rows,), t, device=device), y)
+            x_num = self.p_sample_num(x_num, t, s, out[:, : self.num_numerical], g, eta)
             if self.num_classes:
                 log_x0_hat = self.column_log_softmax(out[:, self.num_numerical :])
-                log_x = self.sample_categorical(self.q_posterior(log_x0_hat, log_x, t), g)
+                log_x = self.sample_categorical(self.q_posterior(log_x0_hat, log_x, _full(rows, t, device),
+                                                                 _full(rows, s, device)), g)  # fmt: skip
         x_num, log_x = fixed.replace(self, x_num, log_x, -1, g)
         return Encoded(x_num=x_num, x_cat=self.to_indices(log_x), y=y)
+
+
+LOG_ZERO = math.log(1e-30)
+
+
+def _log_1m_exp(log_a: torch.Tensor) -> torch.Tensor:
+    """log(1 - a) from log a (stable near a = 1; -inf at a = 1)."""
+    return torch.log(-torch.expm1(log_a))
+
+
+def _full(rows: int, value: int, device) -> torch.Tensor:
+    return torch.full((rows,), value, device=device, dtype=torch.long)
 
 
 @dataclass
@@ -494,7 +547,8 @@ class TabDDPM:
         y = self._labels(num_rows, conditions, g)
         fixed = self._fixed(conditions)
         self.denoiser.eval()
-        out = self.diffusion.sample(self.denoiser, y, fixed, num_rows, g)
+        p = self.params
+        out = self.diffusion.sample(self.denoiser, y, fixed, num_rows, g, p.sample_steps, p.sample_eta)
         frame = enc.decode(out)
         for column, value in conditions.items():
             frame[column] = value

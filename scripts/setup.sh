@@ -36,4 +36,24 @@ if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
     CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
         $PIP install --no-cache-dir "llama-cpp-python[server]>=0.3,<0.4"
 fi
+# llama.cpp's own server (parallel slots, continuous batching): the peer bench/llm_throughput.py
+# measures the local backend against. Built once, from the llama.cpp tree the installed
+# llama-cpp-python's sdist vendors (same llama.cpp as the wheel), into $VENV/bin/llama-server.
+if [ ! -x "$VENV/bin/llama-server" ]; then
+    version=$("$VENV/bin/python" -c "import llama_cpp; print(llama_cpp.__version__)")
+    echo "[setup] building llama-server from llama-cpp-python $version (once, a few minutes)"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    $PIP download --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
+    tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+    # No web UI (its assets would be downloaded) and no HTTPS: the server only listens on loopback.
+    cmake -S "$work"/llama_cpp_python-*/vendor/llama.cpp -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+        -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF >/dev/null
+    cmake --build "$work/build" --target llama-server -j "$(nproc)" >/dev/null
+    install -m 755 "$work/build/bin/llama-server" "$VENV/bin/.llama-server.tmp"
+    mv "$VENV/bin/.llama-server.tmp" "$VENV/bin/llama-server"
+    rm -rf "$work"
+    trap - EXIT
+fi
 echo "[setup] done: $VENV"

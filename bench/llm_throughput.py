@@ -7,8 +7,8 @@ evolution prompts and responses (on the seed tasks), and code_inputs' input prop
 standard-library functions, with its stop string). A group is one `generate` call, as a stage
 round is.
 
-- `local`: our backend as `make_backend` builds it (`engine: auto`: llama.cpp for the embedded
-  GGUF on CPU), at each `--slots` count, and the transformers engine at its largest;
+- `local`: our backend as `make_backend` builds it, with each engine (`engine: llama.cpp` on the
+  GGUF, `engine: transformers` on it dequantised) at each `--slots` count; our best is the best line;
 - `llama-server`: llama.cpp's own server (`.venv/bin/llama-server`, built by scripts/setup.sh) on the
   same GGUF at `--parallel` 1, 4, 16, 64 (continuous batching), asked through our `openai` backend
   with every request of a group in flight at once; sampling as ours (`--top-k 0 --min-p 0`);
@@ -20,7 +20,7 @@ printed as soon as it is measured; the table at the end gives each one's ratio t
 and the last line is `ratio to best peer: R`: our best tokens/s over the best peer's.
 
     python bench/llm_throughput.py                       # N = 256, everything
-    python bench/llm_throughput.py -n 48 --parallel 16 --skip hf,transformers   # a quick check
+    python bench/llm_throughput.py -n 48 --slots 16 --parallel 16 --skip hf   # a quick check
 
 On a shared machine, compare rows of one run only: the load average is printed beside each, and
 tokens per CPU-second (the engine's own CPU time; for the server, the server's plus the client's)
@@ -314,7 +314,7 @@ def main() -> None:
     parser.add_argument("--parallel", default="1,4,16,64", help="llama-server --parallel values")
     parser.add_argument("--hf-batch", type=int, default=64, help="batch size of transformers' generate")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--skip", default="", help="comma-separated: local, transformers, server, hf")
+    parser.add_argument("--skip", default="", help="comma-separated: llama.cpp, transformers (our engines), server, hf")
     parser.add_argument("--server-bin", default=str(Path(sys.executable).parent / "llama-server"))
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="auto", help=argparse.SUPPRESS)
@@ -339,11 +339,10 @@ def main() -> None:
     slots = [int(s) for s in args.slots.split(",") if s.strip()]
     ours: list[Result] = []
     peers: list[Result] = []
-    if "local" not in skip:
-        for n in slots:
-            ours.append(measure("local", f"synth local (auto engine) slots {n}", args, slots=n))
-    if "transformers" not in skip:
-        ours.append(measure("local", f"synth local transformers slots {max(slots)}", args, slots=max(slots), engine="transformers"))
+    for engine in ("llama.cpp", "transformers"):
+        if engine not in skip:
+            for n in slots:
+                ours.append(measure("local", f"synth local {engine} slots {n}", args, slots=n, engine=engine))
     if "server" not in skip:
         for p in [int(s) for s in args.parallel.split(",") if s.strip()]:
             peers.append(measure("server", f"llama-server --parallel {p}", args, parallel=p))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from synth.llm import SamplingParams, make_backend
-from synth.llm.engines import engine_for
+from synth.llm.engines import GGUF_CPU_ENGINE, engine_for
 from synth.llm.local import LocalClient
 from synth.llm.models import EMBEDDED_NAME, converted_embedded_model, embedded_gguf
 from synth.spec import LLMSpec
@@ -45,10 +45,10 @@ def with_slots(client: LlamaCppClient, slots: int) -> LlamaCppClient:
     return other
 
 
-def test_auto_takes_llama_cpp_for_a_gguf_on_cpu_and_transformers_for_a_folder():
-    assert engine_for(LLMSpec(device="cpu")) == "llama.cpp"
-    assert isinstance(make_backend(LLMSpec(device="cpu")), LlamaCppClient)
-    assert engine_for(LLMSpec(device="cpu", engine="transformers")) == "transformers"
+def test_the_engine_is_chosen_by_the_spec_and_auto_by_the_model_and_device():
+    assert engine_for(LLMSpec(device="cpu")) == GGUF_CPU_ENGINE
+    assert isinstance(make_backend(LLMSpec(device="cpu", engine="llama.cpp")), LlamaCppClient)
+    assert isinstance(make_backend(LLMSpec(device="cpu", engine="transformers")), LocalClient)
     assert engine_for(LLMSpec(device="cuda")) == "transformers"
 
 
@@ -62,7 +62,7 @@ def test_auto_takes_transformers_for_a_hugging_face_folder():
 def test_a_missing_gguf_file_is_named(tmp_path):
     missing = tmp_path / "model.gguf"
     with pytest.raises(Exception, match=str(missing)):
-        make_backend(LLMSpec(model=str(missing), device="cpu"))
+        make_backend(LLMSpec(model=str(missing), device="cpu", engine="llama.cpp"))
 
 
 @pytest.mark.slow

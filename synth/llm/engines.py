@@ -1,8 +1,9 @@
-"""Which engine serves a `local` spec: llama.cpp for a GGUF model on CPU, transformers otherwise.
+"""Which engine serves a `local` spec: transformers or llama.cpp.
 
-`bench/llm_throughput.py` measured llama.cpp well ahead of transformers for GGUF models on CPU
-(README, "LLM speed"), so `engine: auto` takes it there; transformers stays for Hugging Face
-folders, CUDA and trained checkpoints. `engine:` in the spec forces either.
+`engine: llama.cpp` serves a GGUF model (the embedded one, a `.gguf` path, a named GGUF model) on
+CPU through llama.cpp; `engine: transformers` serves Hugging Face folders, CUDA and trained
+checkpoints (and the embedded GGUF, dequantised). `engine: auto` takes `GGUF_CPU_ENGINE` for a
+GGUF model on CPU and transformers for everything else.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from synth.errors import LLMError
 from synth.llm.cache import Backend
 from synth.llm.models import EMBEDDED_NAME, embedded_gguf
 from synth.spec import LLMSpec
+
+
+GGUF_CPU_ENGINE = "transformers"
+"""What `auto` takes for a GGUF model on CPU: the faster engine in `bench/llm_throughput.py` on 2
+idle cores. Not yet measured there (README, "LLM speed": under a load of 10-25 the two were within
+10% of each other per CPU-second), so the engine whose texts do not depend on batching stays."""
 
 
 def gguf_file(model: str | None) -> Path | None:
@@ -46,7 +53,7 @@ def engine_for(spec: LLMSpec) -> str:
         return "transformers"
     if spec.model is not None and Path(spec.model).expanduser().is_dir():
         return "transformers"
-    return "llama.cpp" if gguf_file(spec.model) is not None else "transformers"
+    return GGUF_CPU_ENGINE if gguf_file(spec.model) is not None else "transformers"
 
 
 def local_backend(spec: LLMSpec) -> Backend:

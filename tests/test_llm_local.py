@@ -1,6 +1,8 @@
-"""The local transformers backend on the real embedded SmolLM2: text, seeds, token counts, batching."""
+"""The local transformers engine on the real embedded SmolLM2: text, seeds, token counts, continuous batching."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 
@@ -32,6 +34,14 @@ def client() -> LocalClient:
     client = LocalClient(SPEC)
     client.load()
     return client
+
+
+def with_slots(client: LocalClient, slots: int) -> LocalClient:
+    """The loaded client with another slot count (same weights, no second load)."""
+    other = copy.copy(client)
+    other.spec = client.spec.model_copy(update={"batch_size": slots})
+    other._cache = None
+    return other
 
 
 def prompt_length(client: LocalClient, request) -> int:
@@ -109,6 +119,34 @@ def test_a_batch_of_mixed_lengths_gives_the_texts_of_one_by_one(client, temperat
     one_by_one = [single.generate([r], sampling)[0] for r in ask(*QUESTIONS)]
     assert [c.text for c in batched] == [c.text for c in one_by_one]
     assert [c.completion_tokens for c in batched] == [c.completion_tokens for c in one_by_one]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("slots", [2, 3])
+def test_rows_refilled_into_freed_slots_give_the_texts_of_one_by_one(client, slots):
+    # More requests than slots: every slot is reused by later requests, next to rows of other
+    # lengths at other positions, while earlier ones are still running.
+    sampling = SamplingParams(max_tokens=10, temperature=0.9, seed=4)
+    requests = ask(*QUESTIONS, "Name a colour.", "What is two plus two?")
+    batched = with_slots(client, slots).generate(requests, sampling)
+    one_by_one = [client.generate([r], sampling)[0] for r in requests]
+    assert [c.text for c in batched] == [c.text for c in one_by_one]
+    assert [c.completion_tokens for c in batched] == [c.completion_tokens for c in one_by_one]
+
+
+@pytest.mark.slow
+def test_a_row_that_finishes_at_once_and_one_that_runs_to_max_tokens_share_the_slots(client):
+    greeting, sea, capital = ask("Hi!", "Write one sentence about the sea.", "What is the capital of France?")
+    (first,) = client.generate([greeting], SamplingParams(max_tokens=1, temperature=0))
+    # A stop string the greeting's first token completes: that row ends after one token.
+    sampling = SamplingParams(max_tokens=9, temperature=0, stop=(first.text,))
+    one_by_one = [client.generate([r], sampling)[0] for r in (greeting, sea, capital)]
+    assert first.text not in one_by_one[1].text and one_by_one[1].finish_reason == "length"
+
+    at_once, long, refilled = with_slots(client, 2).generate([greeting, sea, capital], sampling)
+    assert (at_once.text, at_once.completion_tokens, at_once.finish_reason) == ("", 1, "stop")
+    assert (long.completion_tokens, long.finish_reason) == (9, "length")
+    assert [c.text for c in (at_once, long, refilled)] == [c.text for c in one_by_one]
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """LLM clients: one interface (`LLMClient.generate`), several backends, one request cache.
 
 `make_client(spec)` is how stages get a client: it builds the backend the spec names
-(`synth.llm.local`, `synth.llm.openai`) and wraps it in `synth.llm.cache.CachedClient`, which
+(`local`: `synth.llm.engines` picks llama.cpp or transformers; `openai`: `synth.llm.openai`) and wraps it in `synth.llm.cache.CachedClient`, which
 answers repeated requests from disk and reports token counts and cost.
 """
 
@@ -22,9 +22,9 @@ __all__ = ["ChatRequest", "Completion", "LLMClient", "Message", "SamplingParams"
 def make_backend(spec: LLMSpec) -> Backend:
     """The bare backend a spec names, without cache or accounting."""
     if spec.backend == "local":
-        from synth.llm.local import LocalClient
+        from synth.llm.engines import local_backend
 
-        return LocalClient(spec)
+        return local_backend(spec)
     if spec.backend == "openai":
         from synth.llm.openai import OpenAIClient
 

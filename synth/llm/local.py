@@ -1,20 +1,25 @@
-"""The `local` backend: batched generation with transformers, on CUDA when present, else CPU.
+"""The `local` backend's transformers engine: continuous batching, on CUDA when present, else CPU.
 
-Requests are sorted by prompt length and generated `spec.batch_size` at a time, left padded, by a
-small decoding loop of our own rather than `model.generate`, for two reasons:
+Requests are generated in `spec.batch_size` slots by a small decoding loop of our own rather than
+`model.generate`. A slot is refilled from the queue (in request order) as soon as its row finishes
+(end of turn, a stop string, `max_tokens`), so a call costs what its live rows cost, never a batch
+of one long answer running alone. Each step feeds the next chunk of new rows' prompts
+(`PREFILL_CHUNK` tokens per forward, `PREFILL_BUDGET` per step) and then one token of every running
+row in one forward. The key/value memory (`SlotCache`) is allocated once per slot count and reused
+by every row that takes a slot, and across calls.
 
-- rows leave the batch as soon as they finish (end of turn, a stop string, `max_tokens`), so a
-  batch costs what its live rows cost, not what its longest answer costs;
-- each request samples from its own random generator, seeded from `sampling.seed` and the
-  request's content, so a request's text does not depend on what it was batched with: the same
-  request gives the same text alone, in any batch, in any process.
+A request's text does not depend on what it was batched with: a prompt is always fed alone and cut
+at the same places, each decode row attends only to its own slot (the mask hides the rest), and
+each request samples from its own random generator, seeded from `sampling.seed` and the request's
+content. The same request gives the same text alone, in any batch, in any process.
 
 On CPU the model runs in float32 (bfloat16 measured twice as slow on CPUs without AVX512-BF16)
 with `spec.threads` threads, default: Ray's `OMP_NUM_THREADS` for the worker, else all cores.
+For GGUF models on CPU, `engine: auto` picks the llama.cpp engine instead (`synth.llm.engines`).
 
-Token counts are exact: prompt tokens are the templated prompt without padding; completion tokens
-are the tokens generated up to the end of the answer (the end-of-turn token itself is not
-counted) or up to the token that completed a stop string.
+Token counts are exact: prompt tokens are the templated prompt; completion tokens are the tokens
+generated up to the end of the answer (the end-of-turn token itself is not counted) or up to the
+token that completed a stop string.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import logging
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +47,10 @@ log = logging.getLogger(__name__)
 
 TOP_CANDIDATES = 256
 """Sampling looks for the top_p nucleus among this many most likely tokens before sorting all."""
+PREFILL_CHUNK = 128
+"""Prompt tokens per prefill forward: a long prompt is fed in pieces between decode steps."""
+PREFILL_BUDGET = 256
+"""Prompt tokens fed per step, at most (whole chunks), so running rows keep decoding."""
 
 
 @dataclass
@@ -49,8 +59,12 @@ class _Row:
 
     index: int
     prompt: list[int]
+    limit: int
+    """Tokens it may generate: `max_tokens`, less where the model's context ends first."""
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
+    fed: int = 0
+    """Prompt tokens already in the key/value memory."""
     finish: str = "length"
 
 
@@ -65,6 +79,7 @@ class LocalClient(Backend):
         self._lock = threading.Lock()  # one load, and one generate at a time, per client
         self.model = None
         self.tokenizer = None
+        self._cache: SlotCache | None = None
 
     @property
     def model_id(self) -> str:
@@ -110,7 +125,7 @@ class LocalClient(Backend):
         return torch.float32
 
     def close(self) -> None:
-        self.model = self.tokenizer = None
+        self.model = self.tokenizer = self._cache = None
 
     # ------------------------------------------------------------ generation
 
@@ -135,62 +150,117 @@ class LocalClient(Backend):
     ) -> list[Completion]:
         rows = [self._row(i, r, sampling) for i, r in enumerate(requests)]
         results: list[Completion | None] = [None] * len(rows)
-        rows.sort(key=lambda r: len(r.prompt))
-        size = self.spec.batch_size
-        for start in range(0, len(rows), size):
-            batch = rows[start : start + size]
-            self._generate_batch(batch, sampling)
-            for row in batch:
-                results[row.index] = completion = self._completion(row, sampling)
-                if on_completion is not None:
-                    on_completion(row.index, completion)
+        if rows:
+            self._run(rows, sampling, results, on_completion)
         return results  # type: ignore[return-value]
 
     def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams) -> _Row:
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if self.max_positions and len(ids) >= self.max_positions:
-            raise LLMError(
-                f"request {index}: prompt of {len(ids)} tokens does not fit {self.model_id}'s "
-                f"context of {self.max_positions} tokens"
-            )
+        limit = sampling.max_tokens
+        if self.max_positions:
+            if len(ids) >= self.max_positions:
+                raise LLMError(
+                    f"request {index}: prompt of {len(ids)} tokens does not fit {self.model_id}'s "
+                    f"context of {self.max_positions} tokens"
+                )
+            limit = min(limit, self.max_positions - len(ids))
         generator = None
         if sampling.temperature > 0:
             generator = torch.Generator(self.device).manual_seed(request_seed(messages, sampling.seed))
-        return _Row(index, ids, generator)
+        return _Row(index, ids, limit, generator)
 
     @torch.inference_mode()
-    def _generate_batch(self, rows: list[_Row], sampling: SamplingParams) -> None:
-        width = max(len(r.prompt) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
-            mask[i, width - len(row.prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        limit = sampling.max_tokens
-        if self.max_positions:
-            limit = min(limit, self.max_positions - width)
-        cache = kv_cache(self.model.config, capacity=width + limit)
-        live = list(rows)
-        logits = self._forward(ids, mask, positions, cache)
-        next_pos = positions[:, -1:] + 1
-        for _ in range(limit):
-            chosen = self._choose(logits, sampling, live)
-            tokens = chosen.tolist()
-            keep = [i for i, row in enumerate(live) if not self._step(row, tokens[i], sampling, limit)]
-            if not keep:
-                break
-            if len(keep) < len(live):
-                # Finished rows leave the batch: the next steps compute only live ones.
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                chosen, mask, next_pos = chosen[index], mask[index], next_pos[index]
-                live = [live[i] for i in keep]
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            logits = self._forward(chosen[:, None], mask, next_pos, cache)
-            next_pos = next_pos + 1
+    def _run(self, rows: list[_Row], sampling: SamplingParams, results: list, on_completion: OnCompletion | None) -> None:
+        """Generate every row in `spec.batch_size` slots, refilled in request order as rows finish."""
+        n_slots = min(self.spec.batch_size, len(rows))
+        cache = self._slot_cache(n_slots, max(len(r.prompt) + r.limit for r in rows) + 1)
+        queue, slots = deque(rows), [None] * n_slots
+
+        def finish(slot: int) -> None:
+            row = slots[slot]
+            results[row.index] = completion = self._completion(row, sampling)
+            slots[slot] = None
+            if on_completion is not None:
+                on_completion(row.index, completion)
+
+        while queue or any(slots):
+            for s in range(n_slots):
+                if slots[s] is None and queue:
+                    slots[s] = queue.popleft()
+            self._prefill(slots, cache, sampling, finish)
+            self._decode(slots, cache, sampling, finish)
+            if not queue:
+                self._compact(slots, cache)
+
+    def _slot_cache(self, slots: int, capacity: int) -> SlotCache:
+        """The key/value memory for this call: the last call's, when it is big enough."""
+        cache = self._cache
+        if cache is None or cache.slots != slots or cache.capacity < capacity:
+            self._cache = cache = None  # free the old buffers before allocating new ones
+            cache = self._cache = SlotCache(self.model.config, slots, capacity)
+        return cache
+
+    def _prefill(self, slots: list[_Row | None], cache: SlotCache, sampling: SamplingParams, finish) -> None:
+        """Feed new rows' prompts, `PREFILL_CHUNK` tokens per forward, up to `PREFILL_BUDGET` per
+        step; a row whose prompt is in samples its first token. A prompt is always cut at the same
+        places and fed alone, so its key/values do not depend on the rows beside it."""
+        budget = PREFILL_BUDGET
+        for s, row in enumerate(slots):
+            while row is not None and row.fed < len(row.prompt) and budget > 0:
+                end = min(row.fed + PREFILL_CHUNK, len(row.prompt))
+                ids = torch.tensor([row.prompt[row.fed : end]], device=self.device)
+                positions = torch.arange(row.fed, end, device=self.device)
+                mask = torch.arange(end, device=self.device)[None, :] <= positions[:, None]
+                cache.prefill(s, row.fed, end - row.fed)
+                logits = self._forward(ids, mask[None, None], positions[None], cache)
+                budget -= end - row.fed
+                row.fed = end
+                if end == len(row.prompt):
+                    token = self._choose(logits, sampling, [row]).item()
+                    if self._step(row, token, sampling):
+                        finish(s)
+
+    def _decode(self, slots: list[_Row | None], cache: SlotCache, sampling: SamplingParams, finish) -> None:
+        """One token for every row that has one to feed, in one forward over slots 0..last live one;
+        the other slots below it ride along on a padding token whose output is ignored."""
+        live = [s for s, row in enumerate(slots) if row is not None and row.tokens]
+        if not live:
+            return
+        width = live[-1] + 1
+        ids, positions = [self.pad_id] * width, [0] * width
+        for s in range(width):
+            row = slots[s]
+            if row is None:
+                continue
+            if row.tokens:
+                ids[s], positions[s] = row.tokens[-1], len(row.prompt) + len(row.tokens) - 1
+            else:  # mid-prefill: its padding key lands where its next chunk will overwrite it
+                positions[s] = row.fed
+        ids_t = torch.tensor(ids, device=self.device)[:, None]
+        pos_t = torch.tensor(positions, device=self.device)
+        kv_len = max(positions) + 1
+        mask = torch.arange(kv_len, device=self.device)[None, :] <= pos_t[:, None]
+        cache.decode(pos_t, kv_len)
+        logits = self._forward(ids_t, mask[:, None, None, :], pos_t[:, None], cache)
+        index = torch.tensor(live, device=self.device)
+        tokens = self._choose(logits[index], sampling, [slots[s] for s in live]).tolist()
+        for s, token in zip(live, tokens):
+            if self._step(slots[s], token, sampling):
+                finish(s)
+
+    @staticmethod
+    def _compact(slots: list[_Row | None], cache: SlotCache) -> None:
+        """With no request left to start, move the highest rows down into free slots so that
+        decode forwards shrink as rows finish."""
+        while True:
+            free = next((s for s, row in enumerate(slots) if row is None), None)
+            last = max((s for s, row in enumerate(slots) if row is not None), default=None)
+            if free is None or last is None or free > last:
+                return
+            row = slots[last]
+            cache.move(last, free, len(row.prompt) + len(row.tokens))
+            slots[free], slots[last] = row, None
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         out = self.model(
@@ -203,7 +273,7 @@ class LocalClient(Backend):
         )
         return out.logits[:, -1].float()
 
-    def _step(self, row: _Row, token: int, sampling: SamplingParams, limit: int) -> bool:
+    def _step(self, row: _Row, token: int, sampling: SamplingParams) -> bool:
         """Record one token; True when the row is finished."""
         if token in self.eos:
             row.finish = "stop"
@@ -212,7 +282,7 @@ class LocalClient(Backend):
         if sampling.stop and self._stop_index(row.tokens, sampling.stop) is not None:
             row.finish = "stop"
             return True
-        return len(row.tokens) >= limit
+        return len(row.tokens) >= row.limit
 
     def _stop_index(self, tokens: list[int], stops: tuple[str, ...]) -> int | None:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -247,45 +317,67 @@ class LocalClient(Backend):
         return Completion(text=text, prompt_tokens=len(row.prompt), completion_tokens=len(row.tokens), finish_reason=row.finish)
 
 
-def kv_cache(config, capacity: int) -> DynamicCache:
-    """A key/value cache whose full-attention layers are preallocated for `capacity` tokens.
+class SlotCache(DynamicCache):
+    """Key/value memory for `slots` sequences of up to `capacity` tokens, allocated once and reused
+    by every request that takes a slot.
 
-    transformers' `DynamicCache` concatenates every step, copying the whole cache for each token;
-    on CPU that took a tenth of the time. Layers of other kinds (sliding windows...) stay as they are.
+    Before each forward the caller says where its keys go: `prefill(slot, start, length)` for a
+    chunk of one slot's prompt, or `decode(positions, kv_len)` for one token in each of the first
+    `len(positions)` slots, each at its own position. Attention then reads the slots' buffers in
+    place (views, no copies); the caller's mask hides what a row must not see.
     """
-    cache = DynamicCache(config=config)
-    cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
+
+    def __init__(self, config, slots: int, capacity: int):
+        super().__init__(config=config)
+        if any(type(layer) is not DynamicLayer for layer in self.layers):
+            raise LLMError("the local transformers engine needs a model whose layers all use full attention")
+        self.slots, self.capacity = slots, capacity
+        self.layers = [SlotLayer(self) for _ in self.layers]
+        self.target: tuple = ()
+
+    def prefill(self, slot: int, start: int, length: int) -> None:
+        self.target = ("prefill", slot, start, length)
+
+    def decode(self, positions: torch.Tensor, kv_len: int) -> None:
+        self.target = ("decode", positions, kv_len)
+
+    def move(self, source: int, dest: int, length: int) -> None:
+        """Copy the first `length` keys and values of slot `source` into slot `dest`."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.key_buffer[dest, :, :length] = layer.key_buffer[source, :, :length]
+                layer.value_buffer[dest, :, :length] = layer.value_buffer[source, :, :length]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # every forward passes its positions and a full mask
 
 
-class PreallocatedLayer(DynamicLayer):
-    """A `DynamicLayer` that writes into buffers allocated once and exposes the filled part as views."""
+class SlotLayer(DynamicLayer):
+    """One layer of a `SlotCache`: buffers of shape (slots, heads, capacity, head_dim)."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, cache: SlotCache):
         super().__init__()
-        self.capacity = capacity
-        self.length = 0
+        self.cache = cache
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        cache = self.cache
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            batch_heads, size = key_states.shape[:2], max(self.capacity, key_states.shape[-2])
-            self.key_buffer = key_states.new_empty((*batch_heads, size, key_states.shape[-1]))
-            self.value_buffer = value_states.new_empty((*batch_heads, size, value_states.shape[-1]))
-        end = self.length + key_states.shape[-2]
-        if end > self.key_buffer.shape[-2]:
-            raise RuntimeError(f"key/value cache of {self.key_buffer.shape[-2]} tokens is full")
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.length:
-            self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
-            self.keys = self.key_buffer[:, :, : self.length]
-            self.values = self.value_buffer[:, :, : self.length]
+            shape = (cache.slots, key_states.shape[1], cache.capacity, key_states.shape[-1])
+            # Zeros, not empty: a masked key still enters the product before the mask, and a NaN
+            # left in fresh memory would survive it.
+            self.key_buffer, self.value_buffer = key_states.new_zeros(shape), value_states.new_zeros(shape)
+        if cache.target[0] == "prefill":
+            _, slot, start, length = cache.target
+            self.key_buffer[slot, :, start : start + length] = key_states[0]
+            self.value_buffer[slot, :, start : start + length] = value_states[0]
+            end = start + length
+            return self.key_buffer[slot : slot + 1, :, :end], self.value_buffer[slot : slot + 1, :, :end]
+        _, positions, kv_len = cache.target
+        rows = torch.arange(len(positions), device=positions.device)
+        self.key_buffer[rows, :, positions] = key_states[:, :, 0]
+        self.value_buffer[rows, :, positions] = value_states[:, :, 0]
+        return self.key_buffer[: len(rows), :, :kv_len], self.value_buffer[: len(rows), :, :kv_len]
 
 
 def default_threads() -> int:

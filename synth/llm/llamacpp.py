@@ -1,0 +1,330 @@
+"""The `local` backend's llama.cpp engine: GGUF models on CPU, generated in slots refilled as rows finish.
+
+One llama.cpp context holds `spec.batch_size` sequences (slots). Every step is one `llama_decode`
+of a batch that carries the next token of each running row plus, within a budget of
+`PREFILL_TOKENS` tokens, the next chunk of the prompts of rows that just took a free slot; a row
+that finishes (end of turn, a stop string, `max_tokens`) frees its slot for the next request in
+the same step. The key/value memory is allocated once per context and reused by every row.
+
+Each request samples with its own llama.cpp sampler chain seeded from `sampling.seed` and the
+request's content (temperature, then top-p, then a seeded draw: the transformers engine's order).
+Slots are filled in request order and the batches depend only on the requests and their tokens,
+so the same requests with the same seed give the same texts run after run; llama.cpp's kernels
+do not promise that a row's numbers are independent of the rows beside it, so unlike the
+transformers engine a request's text may differ when it is batched with other requests.
+
+Token counts follow the transformers engine: the end-of-turn token is not counted; a stop
+string's completing token is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synth.errors import LLMError
+from synth.llm.base import ChatRequest, Completion, SamplingParams
+from synth.llm.cache import Backend, OnCompletion
+from synth.llm.local import default_threads, request_seed
+from synth.spec import LLMSpec
+
+log = logging.getLogger(__name__)
+
+PREFILL_TOKENS = 512
+"""Tokens one decode call carries at most besides the running rows' next tokens."""
+CONTEXT_STEP = 256
+"""Slot contexts grow in steps of this many tokens, so similar calls reuse one context."""
+
+
+@dataclass
+class _Row:
+    index: int
+    prompt: list[int]
+    limit: int
+    sampler: int | None = None
+    tokens: list[int] = field(default_factory=list)
+    fed: int = 0
+    """Prompt tokens already in the key/value memory."""
+    finish: str = "length"
+
+    @property
+    def position(self) -> int:
+        """Where the next token goes: after the prompt and every generated token but the last."""
+        return len(self.prompt) + len(self.tokens) - 1
+
+
+class LlamaCppClient(Backend):
+    backend = "local-llama.cpp"
+    """Part of the cache key: the same model through another engine gives other texts."""
+    name = "local"
+
+    def __init__(self, spec: LLMSpec, gguf: Path, model_id: str):
+        super().__init__()
+        self.spec, self.gguf, self._model_id = spec, Path(gguf), model_id
+        self._lock = threading.Lock()
+        self.model = self.ctx = None
+        self._ctx_shape = (0, 0)
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    # ------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        with self._lock:
+            self._load()
+
+    def _load(self) -> None:
+        if self.model is not None:
+            return
+        import llama_cpp as lc
+
+        self.lc = lc
+        quiet_llama_logs(lc)
+        lc.llama_backend_init()
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = 0
+        params.use_extra_bufts = not advertises_amx()
+        model = lc.llama_model_load_from_file(str(self.gguf).encode(), params)
+        if not model:
+            raise LLMError(f"{self.gguf}: llama.cpp could not load this GGUF file")
+        self.model, self.vocab = model, lc.llama_model_get_vocab(model)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(model)
+        self.threads = self.spec.threads or default_threads()
+        self.format_chat = self._chat_formatter()
+
+    def _chat_formatter(self):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self._meta("tokenizer.chat_template")
+        if not template:
+            raise LLMError(f"{self.gguf}: no chat template in the GGUF file; the local backend needs an instruct model")
+        lc = self.lc
+        text = lambda token: lc.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")  # noqa: E731
+        return Jinja2ChatFormatter(template, eos_token=text(lc.llama_vocab_eos(self.vocab)),
+                                   bos_token=text(lc.llama_vocab_bos(self.vocab)))  # fmt: skip
+
+    def _meta(self, key: str) -> str | None:
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self.lc.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    def _context(self, slots: int, per_slot: int):
+        """A context for `slots` sequences of `per_slot` tokens, reused while it is big enough."""
+        have_slots, have_per_slot = self._ctx_shape
+        if self.ctx is not None and have_slots == slots and have_per_slot >= per_slot:
+            return self.ctx
+        lc = self.lc
+        if self.ctx is not None:
+            lc.llama_batch_free(self.batch)
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        params = lc.llama_context_default_params()
+        params.n_ctx = slots * per_slot
+        params.n_seq_max = slots
+        params.n_batch = params.n_ubatch = PREFILL_TOKENS + slots
+        params.n_threads = params.n_threads_batch = self.threads
+        params.kv_unified = False  # each slot attends over its own tokens only
+        params.no_perf = True
+        ctx = lc.llama_init_from_model(self.model, params)
+        if not ctx:
+            raise LLMError(f"llama.cpp could not make a context of {slots} x {per_slot} tokens for {self.gguf}")
+        self.ctx, self._ctx_shape = ctx, (slots, per_slot)
+        self.batch = lc.llama_batch_init(PREFILL_TOKENS + slots, 0, 1)
+        return ctx
+
+    def close(self) -> None:
+        with self._lock:
+            lc = getattr(self, "lc", None)
+            if self.ctx is not None:
+                lc.llama_batch_free(self.batch)
+                lc.llama_free(self.ctx)
+            if self.model is not None:
+                lc.llama_model_free(self.model)
+            self.model = self.ctx = None
+            self._ctx_shape = (0, 0)
+
+    # ------------------------------------------------------------ text <-> tokens
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode()
+        buf = (self.lc.llama_token * (len(data) + 8))()
+        n = self.lc.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        if n < 0:
+            raise LLMError(f"llama.cpp could not tokenize a prompt of {len(data)} bytes")
+        return list(buf[:n])
+
+    def detokenize(self, tokens: list[int]) -> str:
+        if not tokens:
+            return ""
+        array = (self.lc.llama_token * len(tokens))(*tokens)
+        size = 8 * len(tokens) + 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self.lc.llama_detokenize(self.vocab, array, len(tokens), buf, size, True, False)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", "replace")
+            size = -n + 1
+
+    def prompt_tokens(self, messages: ChatRequest) -> list[int]:
+        return self.tokenize(self.format_chat(messages=messages).prompt)
+
+    # ------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        requests: list[ChatRequest],
+        sampling: SamplingParams,
+        on_completion: OnCompletion | None = None,
+    ) -> list[Completion]:
+        with self._lock:
+            self._load()
+            rows = [self._row(i, r, sampling) for i, r in enumerate(requests)]
+            results: list[Completion | None] = [None] * len(rows)
+            if rows:
+                self._run(rows, sampling, results, on_completion)
+            return results  # type: ignore[return-value]
+
+    def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams) -> _Row:
+        prompt = self.prompt_tokens(messages)
+        if len(prompt) >= self.n_ctx_train:
+            raise LLMError(
+                f"request {index}: prompt of {len(prompt)} tokens does not fit {self.model_id}'s "
+                f"context of {self.n_ctx_train} tokens"
+            )
+        row = _Row(index, prompt, limit=min(sampling.max_tokens, self.n_ctx_train - len(prompt)))
+        row.sampler = self._sampler(sampling, request_seed(messages, sampling.seed))
+        return row
+
+    def _sampler(self, sampling: SamplingParams, seed: int):
+        lc = self.lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if sampling.temperature == 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling.temperature))
+        if sampling.top_p < 1:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _run(self, rows: list[_Row], sampling: SamplingParams, results: list, on_completion: OnCompletion | None) -> None:
+        lc = self.lc
+        n_slots = min(self.spec.batch_size, len(rows))
+        need = max(len(r.prompt) + r.limit for r in rows) + 1
+        per_slot = -(-need // CONTEXT_STEP) * CONTEXT_STEP
+        ctx = self._context(n_slots, per_slot)
+        memory = lc.llama_get_memory(ctx)
+        lc.llama_memory_clear(memory, True)
+        queue = deque(rows)
+        slots: list[_Row | None] = [None] * n_slots
+        try:
+            while queue or any(slots):
+                for s in range(n_slots):
+                    if slots[s] is None and queue:
+                        slots[s] = queue.popleft()
+                        lc.llama_memory_seq_rm(memory, s, -1, -1)
+                outputs = self._fill_batch(slots)
+                if lc.llama_decode(ctx, self.batch) != 0:
+                    raise LLMError(f"llama.cpp failed to decode a batch of {self.batch.n_tokens} tokens")
+                for s, index in outputs:
+                    row = slots[s]
+                    token = lc.llama_sampler_sample(row.sampler, ctx, index)
+                    if self._step(row, token, sampling):
+                        results[row.index] = completion = self._completion(row, sampling)
+                        lc.llama_sampler_free(row.sampler)
+                        row.sampler, slots[s] = None, None
+                        if on_completion is not None:
+                            on_completion(row.index, completion)
+        finally:
+            for row in rows:
+                if row.sampler is not None:
+                    lc.llama_sampler_free(row.sampler)
+                    row.sampler = None
+
+    def _fill_batch(self, slots: list[_Row | None]) -> list[tuple[int, int]]:
+        """Put each running row's last token and, within the budget, the next chunk of each new
+        row's prompt into the batch; return the (slot, batch index) pairs to sample after the decode."""
+        batch, outputs, n = self.batch, [], 0
+
+        def add(token: int, position: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, position, 1
+            batch.seq_id[n][0], batch.logits[n] = seq, logits
+            if logits:
+                outputs.append((seq, n))
+            n += 1
+
+        budget = PREFILL_TOKENS
+        # In slot order: with one key/value stream per slot, llama.cpp splits a batch into
+        # micro-batches of consecutive sequence ids, so any other order costs extra passes.
+        for s, row in enumerate(slots):
+            if row is None:
+                continue
+            if row.tokens:
+                add(row.tokens[-1], row.position, s, True)
+                continue
+            chunk = min(budget, len(row.prompt) - row.fed)
+            for i in range(row.fed, row.fed + chunk):
+                add(row.prompt[i], i, s, i == len(row.prompt) - 1)
+            row.fed += chunk
+            budget -= chunk
+        batch.n_tokens = n
+        return outputs
+
+    def _step(self, row: _Row, token: int, sampling: SamplingParams) -> bool:
+        """Record one token; True when the row is finished."""
+        if self.lc.llama_vocab_is_eog(self.vocab, token):
+            row.finish = "stop"
+            return True
+        row.tokens.append(token)
+        if sampling.stop and self._stop_index(row.tokens, sampling.stop) is not None:
+            row.finish = "stop"
+            return True
+        return len(row.tokens) >= row.limit
+
+    def _stop_index(self, tokens: list[int], stops: tuple[str, ...]) -> int | None:
+        text = self.detokenize(tokens)
+        found = [text.find(s) for s in stops if s and s in text]
+        return min(found) if found else None
+
+    def _completion(self, row: _Row, sampling: SamplingParams) -> Completion:
+        text = self.detokenize(row.tokens)
+        cut = self._stop_index(row.tokens, sampling.stop) if sampling.stop else None
+        if cut is not None:
+            text = text[:cut]
+        return Completion(text=text, prompt_tokens=len(row.prompt), completion_tokens=len(row.tokens), finish_reason=row.finish)
+
+
+def advertises_amx() -> bool:
+    """Whether the CPU lists AMX tiles. A native llama.cpp build then computes matrix products with
+    them (as a weight-repacking buffer type), and where the kernel or hypervisor has not enabled
+    the tile state, as on these VMs, the first product dies of SIGILL. Repacked buffers are
+    skipped on such CPUs; the quantised kernels without repacking run everywhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_tile" in line for line in f)
+    except OSError:
+        return False
+
+
+_QUIET = None
+
+
+def quiet_llama_logs(lc) -> None:
+    """Send llama.cpp's own log lines nowhere (it prints every tensor it loads to stderr)."""
+    global _QUIET
+    if _QUIET is None:
+        _QUIET = lc.llama_log_callback(lambda level, text, user_data: None)
+        lc.llama_log_set(_QUIET, ctypes.c_void_p(0))

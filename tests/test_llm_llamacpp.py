@@ -1,0 +1,109 @@
+"""The local backend's llama.cpp engine on the real embedded SmolLM2 GGUF: engine choice, seeds,
+token counts, stop strings, slots refilled as rows finish."""
+
+from __future__ import annotations
+
+import pytest
+
+from synth.llm import SamplingParams, make_backend
+from synth.llm.engines import GGUF_CPU_ENGINE, engine_for
+from synth.llm.local import LocalClient
+from synth.llm.models import EMBEDDED_NAME, converted_embedded_model, embedded_gguf
+from synth.spec import LLMSpec
+
+pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (scripts/setup.sh)")
+
+from synth.llm.llamacpp import LlamaCppClient  # noqa: E402
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "List three fruits, separated by commas, and say which one you like best and why.",
+    "Hi!",
+    "Explain in two short sentences why the sky looks blue during the day but red at sunset.",
+    "Name a colour.",
+]
+
+SPEC = LLMSpec(batch_size=4, threads=1, engine="llama.cpp")
+
+
+def ask(*questions: str) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": q}] for q in questions]
+
+
+@pytest.fixture(scope="module")
+def client() -> LlamaCppClient:
+    client = LlamaCppClient(SPEC, embedded_gguf(), EMBEDDED_NAME)
+    client.load()
+    yield client
+    client.close()
+
+
+def with_slots(client: LlamaCppClient, slots: int) -> LlamaCppClient:
+    other = LlamaCppClient(SPEC.model_copy(update={"batch_size": slots}), client.gguf, client.model_id)
+    other.load()
+    return other
+
+
+def test_the_engine_is_chosen_by_the_spec_and_auto_by_the_model_and_device():
+    assert engine_for(LLMSpec(device="cpu")) == GGUF_CPU_ENGINE
+    assert isinstance(make_backend(LLMSpec(device="cpu", engine="llama.cpp")), LlamaCppClient)
+    assert isinstance(make_backend(LLMSpec(device="cpu", engine="transformers")), LocalClient)
+    assert engine_for(LLMSpec(device="cuda")) == "transformers"
+
+
+@pytest.mark.slow
+def test_auto_takes_transformers_for_a_hugging_face_folder():
+    spec = LLMSpec(device="cpu", model=str(converted_embedded_model()))
+    assert engine_for(spec) == "transformers"
+    assert isinstance(make_backend(spec), LocalClient)
+
+
+def test_a_missing_gguf_file_is_named(tmp_path):
+    missing = tmp_path / "model.gguf"
+    with pytest.raises(Exception, match=str(missing)):
+        make_backend(LLMSpec(model=str(missing), device="cpu", engine="llama.cpp"))
+
+
+@pytest.mark.slow
+def test_answers_and_caches_apart_from_the_transformers_engine(client):
+    out = client.generate(ask("Write one sentence about the sea.", "Name a colour."), SamplingParams(max_tokens=24, temperature=0))
+    assert "sea" in out[0].text.lower()
+    assert all(c.text.strip() and c.finish_reason in ("stop", "length") for c in out)
+    assert client.backend != LocalClient.backend  # another engine, other texts: another cache key
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_text(client):
+    sampling = SamplingParams(max_tokens=16, temperature=1.0, seed=5)
+    first = client.generate(ask(*QUESTIONS), sampling)
+    again = client.generate(ask(*QUESTIONS), sampling)
+    other = client.generate(ask(*QUESTIONS), sampling.model_copy(update={"seed": 6}))
+    assert [c.text for c in again] == [c.text for c in first]
+    assert [c.text for c in other] != [c.text for c in first]
+
+
+@pytest.mark.slow
+def test_token_counts_and_stop_strings(client):
+    requests = ask(QUESTIONS[2], "What is the capital of France?")
+    long_answer, short_answer = client.generate(requests, SamplingParams(max_tokens=7, temperature=0))
+    assert long_answer.prompt_tokens == len(client.prompt_tokens(requests[0]))
+    assert (long_answer.completion_tokens, long_answer.finish_reason) == (7, "length")
+
+    (free,) = client.generate(requests[:1], SamplingParams(max_tokens=24, temperature=0))
+    stop = free.text.split()[3]
+    (stopped,) = client.generate(requests[:1], SamplingParams(max_tokens=24, temperature=0, stop=(stop,)))
+    assert stopped.finish_reason == "stop" and stop not in stopped.text
+    assert free.text.startswith(stopped.text) and stopped.completion_tokens < free.completion_tokens
+
+
+@pytest.mark.slow
+def test_a_row_that_finishes_at_once_and_one_that_runs_to_max_tokens_share_the_slots(client):
+    greeting, sea, capital = ask("Hi!", "Write one sentence about the sea.", "What is the capital of France?")
+    (first,) = client.generate([greeting], SamplingParams(max_tokens=1, temperature=0))
+    sampling = SamplingParams(max_tokens=9, temperature=0, stop=(first.text,))
+    at_once, long, refilled = with_slots(client, 2).generate([greeting, sea, capital], sampling)
+    assert (at_once.text, at_once.completion_tokens, at_once.finish_reason) == ("", 1, "stop")
+    assert (long.completion_tokens, long.finish_reason) == (9, "length")
+    (alone,) = client.generate([capital], sampling)
+    assert refilled.text.strip() and (refilled.completion_tokens, refilled.finish_reason) == (alone.completion_tokens, alone.finish_reason)

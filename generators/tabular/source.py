@@ -336,7 +336,7 @@ class TabularSynth(SourceStage):
 
     def check_inputs(self) -> None:
         super().check_inputs()
-        prepare(self.config, self.ctx.stage_seed)  # the table, its metadata and constraints, before Ray
+        check_before_run(self.config, self.ctx.stage_seed)  # the table, metadata, constraints
 
     def read(self):
         import ray

@@ -278,39 +278,12 @@ def test_evol_instruct_with_local_model(tmp_path):
     assert all(r[DROP_REASON] is not None or r["output"] for r in evolved)
 
 
-class LlamaCppClient(LLMClient):
-    """A real GGUF model through llama-cpp-python, greedy, one request at a time (for the judge test;
-    the project's backends are tested in test_llm_*)."""
-
-    def __init__(self, path: Path) -> None:
-        from llama_cpp import Llama
-
-        self.llama = Llama(model_path=str(path), n_ctx=2048, n_threads=2, verbose=False)
-        self.name = path.name
-
-    @property
-    def model_id(self) -> str:
-        return self.name
-
-    def generate(self, requests, sampling):
-        out = []
-        for messages in requests:
-            reply = self.llama.create_chat_completion(messages, max_tokens=sampling.max_tokens, temperature=0.0)
-            out.append(Completion(reply["choices"][0]["message"]["content"], 0, 0))
-        return out
-
 
 @pytest.mark.slow
 def test_rule_1_judge_agreement_with_qwen_on_the_labelled_pairs():
     """The LLM half of rule 1 on the hand-labelled pairs, with the smallest named offline model."""
-    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (scripts/setup.sh)")
-    from synth.errors import LLMError
-    from synth.llm.models import named_model_gguf
+    from gguf_client import GGUFClient
 
-    try:
-        path = named_model_gguf("qwen2.5-coder-0.5b")
-    except LLMError as exc:
-        pytest.skip(str(exc))
-    agreement = equality_agreement(LlamaCppClient(path), labelled_pairs())
+    agreement = equality_agreement(GGUFClient("qwen2.5-coder-0.5b"), labelled_pairs())
     print(f"rule 1 judge agreement, qwen2.5-coder-0.5b: {agreement:.2f}")
     assert agreement >= 0.75

@@ -275,8 +275,8 @@ def test_config_resolves_seed_file_relative_to_spec(tmp_path):
 @pytest.mark.slow
 def test_self_instruct_stage_on_ray_with_local_model(ray_session, tmp_path):
     config = SelfInstructConfig(
-        seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=4, max_rounds=4,
-        task_sampling={"max_tokens": 120, "temperature": 0.9}, instance_sampling={"max_tokens": 64},
+        seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=4, max_rounds=4, new_tasks_per_prompt=4,
+        task_sampling={"max_tokens": 160, "temperature": 0.9}, instance_sampling={"max_tokens": 96},
     )  # fmt: skip
     ctx = make_ctx(tmp_path, {"default": LLMSpec(backend="local", batch_size=8)})
     table = pa.concat_tables(ray_session.get(SelfInstruct(config, ctx).read().to_arrow_refs()))

@@ -64,6 +64,8 @@ def test_clean_evolution_strips_the_answer_marker_only_at_the_start():
         ("Write a prompt for an image generator that describes a sunset over the sea.", False),
         ("Explain what is new in version 3.12 of Python.", False),
         ("Give the original title of the novel 'The Name of the Rose'.", False),
+        ("Here is a table of monthly sales:\n| month | sales |\n| May | 30 |\nWhich month sold most?", False),
+        ("Here's a more demanding version: explain how tides work.", True),
     ],
 )
 def test_copies_template(text, copied):

@@ -63,7 +63,8 @@ _TEMPLATE_LEAK = re.compile(
     r"\b(?:given|rewritten|rewrite|created|evolved|revised|modified)\s+(?:prompt|instruction|version)s?\b"
     r"|\b(?:new|original|above|previous|updated|this)\s+prompts?\b"
     r"|prompt\s*#|#\s*(?:the\s+)?(?:given|rewritten|created)\b"
-    r"|^\s*(?:sure|certainly|okay|of course|here(?:'s| is| are))\b",
+    r"|^\W*(?:sure|certainly|okay|of course)\b"
+    r"|^\s*here(?:'s| is| are)\s+(?:the|a|an|your|my)\s+(?:new|rewritten|revised|updated|modified|created|more)\b",
     re.IGNORECASE,
 )
 """An evolved prompt that copies the template's words ("#Given Prompt#") or talks about itself as a

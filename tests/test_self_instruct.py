@@ -241,10 +241,16 @@ def test_instance_prompts_ask_for_several_instances_and_every_label(tmp_path):
     seeds = load_seed_tasks(SEED_FILE)
     config = SelfInstructConfig(seed_tasks=SEED_FILE, instances_per_prompt=4)
     boot = Bootstrapper(config, make_ctx(tmp_path), ScriptedLLM(), seeds)
-    input_first = boot._instance_request("Add the two numbers.", classification=False)[-1]["content"]
-    output_first = boot._instance_request("Tell whether the review is positive or negative.", True)[-1]["content"]
-    assert "Write 4 different examples" in input_first and input_first.count("Input:") >= 2
-    assert "an example for each of its class labels" in output_first and output_first.count("Class label:") >= 2
+    input_first = boot._instance_request("Add the two numbers.", classification=False)
+    output_first = boot._instance_request("Tell whether the review is positive or negative.", True)
+    assert "Write 4 different examples" in input_first[-1]["content"]
+    assert input_first[-1]["content"].endswith("Task: Add the two numbers.")
+    assert "an example for each of its class labels" in output_first[-1]["content"]
+    # the worked examples are earlier turns, each answer holding several instances or labels
+    answers = [m["content"] for m in input_first if m["role"] == "assistant"]
+    assert answers and all(a.count("Input:") >= 2 and a.count("Output:") >= 2 for a in answers)
+    labels = [m["content"] for m in output_first if m["role"] == "assistant"]
+    assert labels and all(a.count("Class label:") >= 2 for a in labels)
     # several labels for one classification task, each kept as its own record
     reply = "Class label: even\nInput: 4\n\nClass label: odd\nInput: 7\n\nClass label: even\nInput: 7"
     boot._keep_instances("Is the number even or odd?", True, Completion(reply, 10, 10))

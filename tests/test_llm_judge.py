@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from filters.quality.llm_judge import LLMJudge, LLMJudgeConfig, parse_judgement
+from filters.quality.llm_judge import LLMJudge, LLMJudgeConfig, judge_agreement, parse_judgement
 from synth.spec import LLMSpec
 from synth.stage import DROP_REASON, StageContext
 
@@ -100,3 +101,47 @@ def test_real_model_output_parses(tmp_path):
         assert reasons  # the judge's words are kept either way
         assert (score is None and reason == "judge_unparsed") or (1 <= score <= 10 and reason in (None, "judge_score_low"))
     print("real judge:", list(zip(scores, out["judge_reasons"].to_pylist())))
+
+
+# ---------------------------------------------------------------- measuring data, not filtering it
+
+
+def test_min_score_null_measures_without_dropping():
+    rows = [("Name a river.", "The Nile."), ("Name a river.", "Bananas.")]
+    out = judge(rows, FixedAnswers(["Score: 9", "Score: 2"]), min_score=None)
+    assert out["judge_score"].to_pylist() == [9.0, 2.0] and out[DROP_REASON].to_pylist() == [None, None]
+
+
+def test_a_fixed_share_is_judged_by_id():
+    rows = [(f"Name river {i}.", f"River {i}.") for i in range(200)]
+    llm = FixedAnswers(["Score: 8"] * 200)
+    first = judge(rows, llm, sample_share=0.25)["judge_score"].to_pylist()
+    again = judge(rows, FixedAnswers(["Score: 8"] * 200), sample_share=0.25)["judge_score"].to_pylist()
+    judged = [i for i, score in enumerate(first) if score is not None]
+    assert 25 <= len(judged) <= 75 and judged == [i for i, s in enumerate(again) if s is not None]
+    assert len(llm.requests) == len(judged)
+
+
+def labelled_answers() -> list[tuple[str, str, bool]]:
+    """20 hand-labelled (instruction, response, good) pairs: 10 right, 10 wrong, echoed, refused or looping."""
+    lines = (Path(__file__).parent / "data" / "judge_labelled.jsonl").read_text().splitlines()
+    return [(r["instruction"], r["response"], r["good"]) for r in map(json.loads, lines)]
+
+
+def test_agreement_counts_matches_and_unparsed_grades():
+    labelled = labelled_answers()
+    assert len(labelled) == 20 and sum(good for *_, good in labelled) == 10
+    perfect = FixedAnswers(["Score: 9" if good else "Score: 2" for *_, good in labelled])
+    assert judge_agreement(perfect, labelled)[0] == 1.0
+    mute = FixedAnswers(["no idea"] * 20)
+    assert judge_agreement(mute, labelled) == (0.0, [None] * 20)
+
+
+@pytest.mark.slow
+def test_rubric_agreement_with_the_strongest_local_model():
+    """The rubric's grades from qwen2.5-coder-1.5b against the hand-labelled answers."""
+    from gguf_client import GGUFClient
+
+    agreement, scores = judge_agreement(GGUFClient("qwen2.5-coder-1.5b"), labelled_answers(), max_tokens=8)
+    print(f"rubric agreement, qwen2.5-coder-1.5b: {agreement:.2f}; scores {scores}")
+    assert agreement >= 0.75

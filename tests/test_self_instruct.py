@@ -16,6 +16,7 @@ from generators.instruct.self_instruct import (
     Bootstrapper,
     SelfInstruct,
     SelfInstructConfig,
+    conflicting_inputs,
     instance_drop_reason,
     instruction_drop_reason,
     load_seed_tasks,
@@ -48,7 +49,6 @@ def test_parse_tasks_reads_numbered_items_in_any_common_style():
         "Explain how a bicycle gear works",
         "List the planets in order from the sun",
     ]
-    assert parse_tasks(text, truncated=True)[-1] == "Explain how a bicycle gear works"
     assert parse_tasks("no numbered list here") == []
     assert parse_tasks("a) Name a bird.\nb) Name a fish.") == ["Name a bird.", "Name a fish."]
 
@@ -84,6 +84,8 @@ def test_parse_instances_input_first():
     assert parse_instances(text, classification=False) == [("3, 1, 2", "1, 2, 3"), ("", "Nothing to sort.")]
     assert parse_instances("Output: A short poem.", classification=False) == [("", "A short poem.")]
     assert parse_instances("I don't know how to do that.", classification=False) == []
+    headed = "Example 1:\nInput: 2 + 2\nOutput: 4\n\n**Example 2:**\nInput: 3 * 3\nOutput: 9\nExample 3\n"
+    assert parse_instances(headed, classification=False) == [("2 + 2", "4"), ("3 * 3", "9")]
 
 
 def test_parse_instances_output_first():
@@ -96,6 +98,15 @@ def test_instance_filters():
     assert instance_drop_reason("Hello  World", "hello world") == "output_same_as_input"
     assert instance_drop_reason("", "word " * 301) == "instance_too_long"
     assert instance_drop_reason("", "A fine answer.") is None
+    # cut short: the paper drops inputs and outputs that end in a colon
+    assert instance_drop_reason("Here is the list of items:", "3") == "ends_with_colon"
+    assert instance_drop_reason("Sort 3, 1, 2.", "The sorted list is: ") == "ends_with_colon"
+    assert instance_drop_reason("What time is it? 10:30", "Half past ten") is None
+
+
+def test_same_input_with_different_outputs_conflicts():
+    pairs = [("2 + 2", "4"), ("2 +  2", "5"), ("3 + 3", "6"), ("3 + 3", "6"), ("", "A poem"), ("", "Another poem")]
+    assert conflicting_inputs(pairs) == {"2 + 2"}  # a repeat is a duplicate, no input is no conflict
 
 
 # ---------------------------------------------------------------- seed file
@@ -160,6 +171,16 @@ class ScriptedLLM(LLMClient):
         return "Input: none\nOutput: It is a thing that children like."
 
 
+class TruncatingLLM(ScriptedLLM):
+    """Cuts off every second task list and every instance completion at `max_tokens`."""
+
+    def generate(self, requests, sampling):
+        self.sampling = getattr(self, "sampling", []) + [sampling]
+        done = super().generate(requests, sampling)
+        cut = lambda i, c: c.text.startswith("9.") and i % 2 == 1 or c.text.startswith(("Input", "Class"))  # noqa: E731
+        return [Completion(c.text, 10, 10, "length" if cut(i, c) else "stop") for i, c in enumerate(done)]
+
+
 def make_ctx(tmp_path: Path, llm_specs: dict | None = None) -> StageContext:
     return StageContext(
         run_name="test", run_id="run-1", seed=7, stage_name="self_instruct", stage_index=0,
@@ -190,6 +211,53 @@ def test_bootstrap_keeps_filters_and_batches(tmp_path):
     assert len([line for line in shown if re.search(r"\b[tu]\d+a\b", line)]) == 2
 
 
+def test_a_cut_off_task_list_is_dropped_whole_and_a_cut_off_instance_list_loses_its_last(tmp_path):
+    config = SelfInstructConfig(seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=2, max_rounds=2)
+    llm = TruncatingLLM()
+    rows = Bootstrapper(config, make_ctx(tmp_path), llm, load_seed_tasks(SEED_FILE)).run()
+    truncated = [r for r in rows if r[DROP_REASON] == "truncated_response"]
+    assert truncated and truncated[0]["instruction"].startswith("9. Explain")
+    # nothing of a cut-off list is kept: every instruction given instances comes from an uncut reply;
+    # the scripted instance replies hold one instance each, so a cut-off one leaves nothing
+    given = {r["instruction"] for r in rows if r[DROP_REASON] == "truncated_instance"}
+    assert len(given) == 4 and all(re.search(r"\b[tu][02]a\b", k) for k in given)
+    assert not [r for r in rows if r[DROP_REASON] is None]
+    # the task step samples with the paper's presence penalty and stops after the last number asked for
+    assert llm.sampling[0].presence_penalty > 0 and "\n17." in llm.sampling[0].stop
+
+
+def test_classification_examples_are_balanced_seeds(tmp_path):
+    seeds = load_seed_tasks(SEED_FILE)
+    marked = {s.instruction: s.is_classification for s in seeds}
+    config = SelfInstructConfig(seed_tasks=SEED_FILE, classify_examples=8)
+    shots = Bootstrapper(config, make_ctx(tmp_path), ScriptedLLM(), seeds).classify_shots
+    answers = [answer for _, answer in shots]
+    assert sorted(answers) == ["No"] * 4 + ["Yes"] * 4
+    assert all(marked[values["instruction"]] == (answer == "Yes") for values, answer in shots)
+    assert answers[-1] in {"Yes", "No"} and answers != ["Yes", "No"] * 4  # shuffled, not a fixed pattern
+
+
+def test_instance_prompts_ask_for_several_instances_and_every_label(tmp_path):
+    seeds = load_seed_tasks(SEED_FILE)
+    config = SelfInstructConfig(seed_tasks=SEED_FILE, instances_per_prompt=4)
+    boot = Bootstrapper(config, make_ctx(tmp_path), ScriptedLLM(), seeds)
+    input_first = boot._instance_request("Add the two numbers.", classification=False)
+    output_first = boot._instance_request("Tell whether the review is positive or negative.", True)
+    assert "Write 4 different examples" in input_first[-1]["content"]
+    assert input_first[-1]["content"].endswith("Task: Add the two numbers.")
+    assert "an example for each of its class labels" in output_first[-1]["content"]
+    # the worked examples are earlier turns, each answer holding several instances or labels
+    answers = [m["content"] for m in input_first if m["role"] == "assistant"]
+    assert answers and all(a.count("Input:") >= 2 and a.count("Output:") >= 2 for a in answers)
+    labels = [m["content"] for m in output_first if m["role"] == "assistant"]
+    assert labels and all(a.count("Class label:") >= 2 for a in labels)
+    # several labels for one classification task, each kept as its own record
+    reply = "Class label: even\nInput: 4\n\nClass label: odd\nInput: 7\n\nClass label: even\nInput: 7"
+    boot._keep_instances("Is the number even or odd?", True, Completion(reply, 10, 10))
+    got = {(r["input"], r["output"], r[DROP_REASON]) for r in boot.rows}
+    assert got == {("4", "even", None), ("7", "odd", "conflicting_outputs"), ("7", "even", "conflicting_outputs")}
+
+
 def test_bootstrap_is_deterministic(tmp_path):
     config = SelfInstructConfig(seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=2)
     seeds = load_seed_tasks(SEED_FILE)
@@ -213,8 +281,8 @@ def test_config_resolves_seed_file_relative_to_spec(tmp_path):
 @pytest.mark.slow
 def test_self_instruct_stage_on_ray_with_local_model(ray_session, tmp_path):
     config = SelfInstructConfig(
-        seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=4, max_rounds=4,
-        task_sampling={"max_tokens": 120, "temperature": 0.9}, instance_sampling={"max_tokens": 64},
+        seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=4, max_rounds=4, new_tasks_per_prompt=4,
+        task_sampling={"max_tokens": 160, "temperature": 0.9}, instance_sampling={"max_tokens": 96},
     )  # fmt: skip
     ctx = make_ctx(tmp_path, {"default": LLMSpec(backend="local", batch_size=8)})
     table = pa.concat_tables(ray_session.get(SelfInstruct(config, ctx).read().to_arrow_refs()))

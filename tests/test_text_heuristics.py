@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 import time
 from pathlib import Path
 
@@ -114,3 +116,48 @@ def test_text_columns_are_joined():
 def test_missing_text_column_is_named():
     with pytest.raises(ValueError, match="set text_columns"):
         heuristics(["x"], column="body")
+
+
+# ---------------------------------------------------------------- rules that suit the answer's shape
+
+DEDENT_SOURCE = inspect.getsource(textwrap.dedent)  # real code nobody here wrote, with # comments
+
+
+def records(pairs: list[tuple[str, str]], **config) -> pa.Table:
+    ctx = StageContext(run_name="t", run_id="r", seed=0, stage_name="text_heuristics", stage_index=1,
+                       output_dir=Path("."))  # fmt: skip
+    table = pa.table({"instruction": [i for i, _ in pairs], "output": [o for _, o in pairs]})
+    return TextHeuristics(TextHeuristicsConfig(**config), ctx).process(table)
+
+
+@pytest.mark.parametrize(
+    ("instruction", "output", "shape", "reason"),
+    [
+        # correct answers from a real run that the prose rules dropped
+        ("What is 7 times 11?", "77", "math", None),
+        ("Give the answer to life, the universe and everything.", "42", "label", None),
+        ("Solve for x: 2 + x = 5.", "x = 3", "math", None),
+        ("Convert 25 degrees Celsius to Fahrenheit.", "F = 25 x 9/5 + 32 = 77", "math", None),
+        ("Calculate 15% of 80.", "15% of 80 is 12.", "math", None),
+        ("Is the review positive or negative? 'Loved it.'", "Positive", "label", None),
+        ("Write a Python function that removes common leading whitespace.", DEDENT_SOURCE, "code", None),
+        # prose is held to the prose rules still
+        ("Describe your weekend.", "a b c d e f g h", "prose", "mean_word_length_low"),
+        ("Describe the sales report.", "The totals were 12 34 56 78 90 and 11", "prose", "too_many_non_alpha_words"),
+        ("Tell me about rivers.", GOOD, "prose", None),
+        # the rules a shape keeps still catch degenerate answers of that shape
+        ("Write a Python function that removes common leading whitespace.", DEDENT_SOURCE * 3, "code",
+         "duplicated_5gram"),
+        ("What is 2 + 2?", "", "math", "empty_text"),
+    ],
+)  # fmt: skip
+def test_rules_follow_the_shape_of_the_answer(instruction, output, shape, reason):
+    out = records([(instruction, output)])
+    assert out["answer_shape"].to_pylist() == [shape]
+    assert out[DROP_REASON].to_pylist() == [reason]
+
+
+def test_shape_aware_off_applies_every_rule_as_gopher_does():
+    out = records([("What is 7 times 11?", "77"), ("Solve for x: 2 + x = 5.", "x = 3")], shape_aware=False)
+    assert out[DROP_REASON].to_pylist() == ["too_many_non_alpha_words", "mean_word_length_low"]
+    assert set(out["answer_shape"].to_pylist()) == {"prose"}

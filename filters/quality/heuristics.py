@@ -27,6 +27,14 @@ counts once here. (d) Gopher: 0.2; a few numbers weigh heavily in a short answer
 covers ~20% of it. (f) Below 20 words the stop-word rule is skipped: "Red, yellow, blue." has
 none and is a fine answer. A threshold set to null turns its rule off (n-gram rules: leave n out).
 
+Rules for prose only: an answer that is a number, an equation, code or a short label is
+measured like any other, but the rules its shape breaks by nature are not applied to it ("77"
+is all non-alphabetic words, "x = 3" averages 1.5 letters a word, Python has few stop words).
+The shape comes from the answer and from the task that asked for it (the `instruction` and
+`input` columns, where the data has them); see `filters.quality.answer_shape` for the shapes
+and the rules each one skips, and the `answer_shape` column for each record's. `shape_aware:
+false` applies every rule to every record, as Gopher does.
+
 Blank text is dropped as `empty_text` (word_count 0, the other scores null). The thresholds are
 for English; any script is measured without error, but Han, kana, Thai and similar scripts count
 one character as a word, so their text fails `min_mean_word_length` unless it is set to null.
@@ -41,6 +49,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from filters.quality.answer_shape import SKIPPED_RULES, answer_shape
 from filters.quality.text import resolve_columns, texts
 from synth.registry import register
 from synth.spec import StageConfig
@@ -88,6 +97,10 @@ class TextHeuristicsConfig(StageConfig):
     stop_words: tuple[str, ...] = STOP_WORDS
     min_stop_words: int | None = Field(2, ge=0)
     stop_words_from_words: int = Field(20, ge=0, description="Shorter texts skip the stop-word rule")
+    shape_aware: bool = Field(True, description="Skip the prose rules for numbers, equations, code and labels")
+    task_columns: list[str] = Field(
+        ["instruction", "input"], description="Columns (where present) that say what the answer was asked for"
+    )
 
 
 def words_of(text: str) -> tuple[list[str], list[str]]:
@@ -159,8 +172,8 @@ def measure(text: str, cfg: TextHeuristicsConfig) -> dict[str, float | int | Non
     return scores
 
 
-def drop_reason(text: str, s: dict, cfg: TextHeuristicsConfig) -> str | None:
-    """The first rule the scores fail, or None."""
+def drop_reason(text: str, s: dict, cfg: TextHeuristicsConfig, skip: frozenset[str] = frozenset()) -> str | None:
+    """The first rule the scores fail, or None; rules named in `skip` do not apply."""
     if not text.strip():
         return "empty_text"
 
@@ -188,7 +201,7 @@ def drop_reason(text: str, s: dict, cfg: TextHeuristicsConfig) -> str | None:
           for n, limit in sorted(cfg.max_dup_ngram_char_frac.items())),
         ("too_few_stop_words", s["word_count"] >= cfg.stop_words_from_words and under("stop_words", cfg.min_stop_words)),
     ]  # fmt: skip
-    return next((reason for reason, failed in rules if failed), None)
+    return next((reason for reason, failed in rules if failed and reason not in skip), None)
 
 
 @register
@@ -201,8 +214,12 @@ class TextHeuristics(FilterStage):
         cfg = self.config
         rows = texts(batch, resolve_columns(batch.schema, cfg.text_columns))
         scores = [measure(text, cfg) for text in rows]
-        reasons = [drop_reason(text, s, cfg) for text, s in zip(rows, scores)]
-        return self._columns(scores), reasons
+        task_columns = tuple(c for c in cfg.task_columns if c in batch.schema.names)
+        tasks = texts(batch, task_columns) if task_columns else [""] * len(rows)
+        shapes = [answer_shape(text, task, s["word_count"]) if cfg.shape_aware else "prose"
+                  for text, task, s in zip(rows, tasks, scores)]  # fmt: skip
+        reasons = [drop_reason(text, s, cfg, SKIPPED_RULES[shape]) for text, s, shape in zip(rows, scores, shapes)]
+        return self._columns(scores) | {"answer_shape": pa.array(shapes, pa.string())}, reasons
 
     def _columns(self, scores: list[dict]) -> dict[str, pa.Array]:
         cfg = self.config

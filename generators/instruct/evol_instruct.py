@@ -4,17 +4,25 @@ Each round, for every record of the batch (all steps batched into one `generate`
 
 1. Pick an operation with an RNG seeded by the stage seed, the record id and the round: one of
    five in-depth rewrites (add constraints, deepen, concretize, increase reasoning steps,
-   complicate the input) or the in-breadth mutation (a new prompt on a rarer topic). The
-   templates are text files under `templates/evol_<operation>.txt`.
+   complicate the input: add a table, a JSON object or a code snippet, picked by the same RNG)
+   or the in-breadth mutation (a new prompt on a rarer topic). The templates are text files
+   under `templates/evol_<operation>.txt`; the in-depth ones ask for 10 to 20 added words.
 2. Evolve: the LLM rewrites the prompt (the instruction with its input, if any).
 3. Respond: the LLM answers the evolved prompt; that answer is the new record's output.
 4. Eliminate failed evolutions by the paper's four rules:
-   - `no_information_gain`: the LLM judges the evolved prompt "Equal" to the original;
+   - `no_information_gain` (rule 1): an in-depth rewrite that adds fewer than
+     `min_new_words` content words the original lacks (a paraphrase, a copy), else the LLM
+     judge answers "Equal" when shown both prompts. The judge's answer is one of two fixed
+     words after worked examples (`templates/evol_equal_examples.jsonl`), read from its first
+     word, which a small model can follow; `equality_agreement` measures it on labelled pairs;
    - `model_refused`: the response says "sorry" and is short (< `refusal_max_words` words);
    - `stopwords_only`: the response is only punctuation and stop words;
-   - `copied_template`: the evolved prompt copies the template's words ("given prompt", ...).
+   - `copied_template` (rule 4): the evolved prompt copies or talks about the template ("given
+     prompt", "The new prompt asks...", "Here is the rewritten version").
    Rules (4) and (1) run before the response is generated, so no tokens go to a dead evolution.
-   An empty rewrite is eliminated as `empty_evolution`.
+   An empty rewrite is eliminated as `empty_evolution`, one cut off by `max_tokens` as
+   `truncated_evolution`, and a complicate_input rewrite with no table, JSON or code in it as
+   `no_added_input`.
 
 A failed evolution's parent goes back to the pool: it is the one evolved again next round.
 Output: the incoming records (with `keep_original`), every successful evolution
@@ -24,17 +32,19 @@ one as a row whose `_drop_reason` names the rule. Rows already dropped upstream 
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections import Counter
-from functools import partial
+from functools import cache, partial
 from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field
 
-from generators.instruct.prompts import JUDGE, Sampling, render, user_request
+from generators.instruct.prompts import JUDGE, TEMPLATE_DIR, Sampling, few_shot_request, render, user_request
 from generators.instruct.records import is_kept, make_record, to_table
+from synth.llm import LLMClient
 from synth.registry import register
 from synth.spec import StageConfig
 from synth.stage import MapStage, derive_seed
@@ -42,12 +52,23 @@ from synth.stage import MapStage, derive_seed
 Operation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"]
 OPERATIONS: tuple[Operation, ...] = Operation.__args__
 
-TEMPLATE_PHRASES = (
-    "given prompt", "rewritten prompt", "created prompt", "rewrite prompt", "prompt#", "#given", "#rewritten",
-    "#created", "#the given",
-)  # fmt: skip
-"""Words of the evolving templates (and their "#...#" markup); an evolved prompt containing one copied
-the template (rule 4). Case-insensitive."""
+INPUT_KINDS = {
+    "table": "a small Markdown table (a header row and 3 to 5 rows of data)",
+    "json": "a small JSON object or array with realistic values",
+    "code": "a short code snippet (5 to 10 lines) in a code block",
+}
+"""What complicate_input adds to a prompt, one picked per record."""
+
+_TEMPLATE_LEAK = re.compile(
+    r"\b(?:given|rewritten|rewrite|created|evolved|revised|modified)\s+(?:prompt|instruction|version)s?\b"
+    r"|\b(?:new|original|above|previous|updated|this)\s+prompts?\b"
+    r"|prompt\s*#|#\s*(?:the\s+)?(?:given|rewritten|created)\b"
+    r"|^\W*(?:sure|certainly|okay|of course)\b"
+    r"|^\s*here(?:'s| is| are)\s+(?:the|a|an|your|my)\s+(?:new|rewritten|revised|updated|modified|created|more)\b",
+    re.IGNORECASE,
+)
+"""An evolved prompt that copies the template's words ("#Given Prompt#") or talks about itself as a
+rewrite ("The new prompt asks...", "Here is the rewritten version:") instead of being one (rule 4)."""
 
 STOP_WORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being
@@ -63,6 +84,11 @@ STOP_WORDS = frozenset(
 _ANSWER_MARKER = re.compile(r"^\s*#*\s*(?:the\s+)?(?:rewrit|creat)\w*\s+prompt\s*#*\s*:\s*", re.IGNORECASE)
 
 
+_TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$", re.MULTILINE)
+_CODE = re.compile(r"```|^\s*(?:def |class |function |import |for .*:|return |#include|SELECT |public )|;\s*$",
+                   re.MULTILINE)  # fmt: skip
+
+
 class EvolInstructConfig(StageConfig):
     kind: Literal["evol_instruct"] = "evol_instruct"
     llm: str = Field("default", description="Name of a backend in the spec's `llm:` section")
@@ -70,7 +96,9 @@ class EvolInstructConfig(StageConfig):
     operations: tuple[Operation, ...] = Field(OPERATIONS, min_length=1, description="Operations to pick from")
     keep_original: bool = Field(True, description="Also output the incoming records")
     refusal_max_words: int = Field(80, ge=1, description="A 'sorry' response shorter than this is a refusal")
-    evolve_sampling: Sampling = Sampling(max_tokens=96, temperature=0.7)
+    min_new_words: int = Field(3, ge=0, description="Rule 1: an in-depth rewrite must add this many new content words")
+    judge_equality: bool = Field(True, description="Rule 1: also ask the LLM whether the prompts are equal")
+    evolve_sampling: Sampling = Sampling(max_tokens=192, temperature=0.7)
     response_sampling: Sampling = Sampling(max_tokens=256, temperature=0.7)
 
 
@@ -84,14 +112,59 @@ def clean_evolution(text: str) -> str:
 
 
 def copies_template(evolved: str) -> bool:
-    lowered = evolved.lower()
-    return any(phrase in lowered for phrase in TEMPLATE_PHRASES)
+    """Rule 4: the template's words, or talk about the rewrite, in the evolved prompt."""
+    return bool(_TEMPLATE_LEAK.search(evolved))
 
 
 def parse_equal(text: str) -> bool:
-    """True when the judge said Equal (and not "Not Equal")."""
-    lowered = text.lower()
-    return "equal" in lowered and not re.search(r"\b(?:not|un)\s*equal", lowered)
+    """True when the judge's first word is Equal; "Not equal", "Unequal" or anything else is False."""
+    first = re.match(r"[\W_]*(\w+)", text)
+    return bool(first) and first.group(1).lower() == "equal"
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words that are not stop words, a plural "s" dropped: what a prompt is about."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words if w not in STOP_WORDS}
+
+
+def new_content_words(original: str, evolved: str) -> int:
+    """How many content words the evolved prompt has that the original lacks."""
+    return len(content_words(evolved) - content_words(original))
+
+
+def has_structured_input(text: str) -> bool:
+    """A Markdown table, a JSON object or array, or code in the text."""
+    if len(_TABLE_ROW.findall(text)) >= 2 or _CODE.search(text):
+        return True
+    for match in re.finditer(r"[\[{]", text):
+        try:
+            value, _ = json.JSONDecoder().raw_decode(text[match.start() :])
+        except ValueError:
+            continue
+        if isinstance(value, (dict, list)) and len(value) >= 2:
+            return True
+    return False
+
+
+@cache
+def equality_examples() -> tuple[tuple[dict[str, str], str], ...]:
+    """The judge's worked examples: labelled pairs shown as earlier turns, half of each answer."""
+    lines = (TEMPLATE_DIR / "evol_equal_examples.jsonl").read_text().splitlines()
+    pairs = [json.loads(line) for line in lines if line.strip()]
+    return tuple(({"first": p["first"], "second": p["second"]}, "Equal" if p["equal"] else "Not equal") for p in pairs)
+
+
+def equality_requests(pairs: list[tuple[str, str]]) -> list:
+    """Rule 1's judge requests, one per (original, evolved) pair."""
+    shots = list(equality_examples())
+    return [few_shot_request("evol_equal", shots, {"first": a, "second": b}) for a, b in pairs]
+
+
+def equality_agreement(llm: LLMClient, labelled: list[tuple[str, str, bool]], seed: int = 0) -> float:
+    """Share of labelled (first, second, equal) pairs on which the LLM judge agrees with the label."""
+    verdicts = llm.generate(equality_requests([(a, b) for a, b, _ in labelled]), JUDGE.params(seed))
+    return sum(parse_equal(v.text) == equal for v, (_, _, equal) in zip(verdicts, labelled)) / len(labelled)
 
 
 def is_refusal(response: str, max_words: int = 80) -> bool:
@@ -114,10 +187,6 @@ def response_elimination(response: str, refusal_max_words: int = 80) -> str | No
 def prompt_of(record: dict) -> str:
     """What gets evolved: the instruction, with its input when it has one."""
     return f"{record['instruction']}\n\n{record['input']}" if record["input"] else record["instruction"]
-
-
-def _same_text(a: str, b: str) -> bool:
-    return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
 # ---------------------------------------------------------------- the stage
@@ -149,8 +218,8 @@ class EvolInstruct(MapStage):
         if not pool:
             return pool
         ops = [self._operation(record, round_) for record in pool]
-        evolved = self._evolve(pool, ops, round_)
-        reasons = self._prompt_eliminations(pool, evolved, round_)
+        evolved, cut = self._evolve(pool, ops, round_)
+        reasons = self._prompt_eliminations(pool, ops, evolved, cut, round_)
         responses = self._respond(evolved, reasons, round_)
         next_pool, drops = [], Counter()
         for parent, op, text, reason, response in zip(pool, ops, evolved, reasons, responses):
@@ -162,30 +231,48 @@ class EvolInstruct(MapStage):
         self.ctx.count(**drops)
         return next_pool
 
+    def _rng(self, record: dict, round_: int) -> random.Random:
+        return random.Random(derive_seed(self.ctx.stage_seed, record["id"], round_))
+
     def _operation(self, record: dict, round_: int) -> Operation:
-        return random.Random(derive_seed(self.ctx.stage_seed, record["id"], round_)).choice(self.config.operations)
+        return self._rng(record, round_).choice(self.config.operations)
 
-    def _evolve(self, pool: list[dict], ops: list[Operation], round_: int) -> list[str]:
-        requests = [user_request(render(f"evol_{op}", instruction=prompt_of(r))) for r, op in zip(pool, ops)]
+    def _evolve(self, pool: list[dict], ops: list[Operation], round_: int) -> tuple[list[str], list[bool]]:
+        """The evolved prompts, and whether each was cut off by `max_tokens`."""
+        requests = [user_request(self._evolve_prompt(r, op, round_)) for r, op in zip(pool, ops)]
         completions = self.llm.generate(requests, self.config.evolve_sampling.params(self._seed("evolve", round_)))
-        return [clean_evolution(c.text) for c in completions]
+        return [clean_evolution(c.text) for c in completions], [c.finish_reason == "length" for c in completions]
 
-    def _prompt_eliminations(self, pool: list[dict], evolved: list[str], round_: int) -> list[str | None]:
-        """Rule (4), then rule (1): an identical text without asking, the LLM judge for the rest."""
-        reasons: list[str | None] = []
-        for record, text in zip(pool, evolved):
-            if not text:
-                reasons.append("empty_evolution")
-            elif copies_template(text):
-                reasons.append("copied_template")
-            else:
-                reasons.append("no_information_gain" if _same_text(text, prompt_of(record)) else None)
-        ask = [i for i, reason in enumerate(reasons) if reason is None]
-        requests = [user_request(render("evol_equal", first=prompt_of(pool[i]), second=evolved[i])) for i in ask]
+    def _evolve_prompt(self, record: dict, op: Operation, round_: int) -> str:
+        if op == "complicate_input":
+            kind = self._rng(record, round_).choice(sorted(INPUT_KINDS))  # a second draw of the same RNG
+            return render("evol_complicate_input", instruction=prompt_of(record), data=INPUT_KINDS[kind])
+        return render(f"evol_{op}", instruction=prompt_of(record))
+
+    def _prompt_eliminations(self, pool: list[dict], ops: list[Operation], evolved: list[str], cut: list[bool],
+                             round_: int) -> list[str | None]:  # fmt: skip
+        """Rule (4), then rule (1): too few new words without asking, the LLM judge for the rest."""
+        reasons = [self._prompt_elimination(*args) for args in zip(pool, ops, evolved, cut)]
+        ask = [i for i, reason in enumerate(reasons) if reason is None] if self.config.judge_equality else []
+        requests = equality_requests([(prompt_of(pool[i]), evolved[i]) for i in ask])
         verdicts = self.llm.generate(requests, JUDGE.params(self._seed("equal", round_))) if ask else []
         for i, verdict in zip(ask, verdicts):
             reasons[i] = "no_information_gain" if parse_equal(verdict.text) else None
         return reasons
+
+    def _prompt_elimination(self, record: dict, op: Operation, text: str, cut: bool) -> str | None:
+        if not text:
+            return "empty_evolution"
+        if cut:
+            return "truncated_evolution"
+        if copies_template(text):
+            return "copied_template"
+        needed = 1 if op == "breadth" else self.config.min_new_words  # a new topic may be as long as the old
+        if new_content_words(prompt_of(record), text) < needed:
+            return "no_information_gain"
+        if op == "complicate_input" and not has_structured_input(text):
+            return "no_added_input"
+        return None
 
     def _respond(self, evolved: list[str], reasons: list[str | None], round_: int) -> list[str]:
         """Responses to the evolved prompts still alive; "" for the eliminated ones."""

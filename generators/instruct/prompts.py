@@ -53,9 +53,11 @@ class Sampling(StrictModel):
     max_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="Where the backend has one (llama.cpp, OpenAI)")
 
-    def params(self, seed: int) -> SamplingParams:
-        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=seed)
+    def params(self, seed: int, stop: tuple[str, ...] = ()) -> SamplingParams:
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                              presence_penalty=self.presence_penalty, stop=stop, seed=seed)  # fmt: skip
 
 
 JUDGE = Sampling(max_tokens=4, temperature=0.0)

@@ -4,17 +4,27 @@ One round, repeated until `num_instructions` machine-written instructions are ke
 
 1. Instruction generation. Each prompt shows `tasks_per_prompt` (8) tasks, `machine_per_prompt`
    (2) of them from the machine-written pool and the rest human seeds (seeds fill in while the
-   pool is empty), and asks for more. A round sends `prompts_per_round` prompts in one batched
-   `generate` call and parses the numbered tasks out of each completion.
+   pool is empty), and asks for more, sampled with the paper's presence penalty and stopped at
+   the number after the last one asked for. A round sends `prompts_per_round` prompts in one
+   batched `generate` call and parses the numbered tasks out of each completion; a completion cut
+   off by `max_tokens` is dropped whole (`truncated_response`), as in the paper.
 2. Instruction filtering, in order: length in words outside [min_words, max_words], a word a
    text model cannot act on (image, draw, video...), starts with punctuation, starts with a
    non-ASCII character, ROUGE-L F above `rouge_threshold` against any instruction in the pool
    (seeds included). A kept instruction joins the pool at once, so the next is compared with it.
-3. Classification identification: a few-shot Yes/No prompt per kept instruction, batched.
-4. Instance generation, batched, few-shot from the seeds: output-first for classification tasks
-   (a class label, then an input of that class, so the labels do not all collapse to the most
-   obvious one), input-first for the others.
-5. Instance filtering: unparsable, empty output, output equal to input, too long, duplicate.
+3. Classification identification: a Yes/No prompt per kept instruction, batched, whose worked
+   examples are a balanced set (half Yes, half No) drawn once per run from the seed tasks by
+   their `is_classification` mark.
+4. Instance generation, batched: output-first for classification tasks (every class label, each
+   followed by an input of that class, so the labels do not all collapse to the most obvious
+   one), input-first for the others (several instances per task). Worked examples come as earlier
+   chat turns: built-in tasks with several instances (`templates/self_instruct_instance_examples.jsonl`),
+   then seed tasks of the same kind with two or more, so the model sees answers with several
+   instances about other tasks rather than one example inside the prompt to copy.
+5. Instance filtering: unparsable, empty output, output equal to input, input or output ending
+   in ":" (cut short), too long, duplicate, and the same input with different outputs (every
+   instance of that input is dropped). A completion cut off by `max_tokens` loses its last
+   instance (`truncated_instance`).
 
 Each kept instance is one record (`generators.instruct.records`). Every rejected candidate is
 counted (`ctx.count(drop_<reason>=n)`) and returned as a row with `_drop_reason` set, so the
@@ -24,6 +34,7 @@ whole bootstrap runs inside one Ray task; its table joins the dataset by object 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -38,11 +49,11 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from generators.instruct.prompts import JUDGE, Sampling, few_shot_request, render, user_request
+from generators.instruct.prompts import JUDGE, TEMPLATE_DIR, Sampling, few_shot_request, render, user_request
 from generators.instruct.records import make_record, to_table
 from generators.instruct.rouge import RougeLPool
 from synth.errors import SpecError
-from synth.llm import ChatRequest, LLMClient
+from synth.llm import ChatRequest, Completion, LLMClient
 from synth.registry import register
 from synth.spec import InputFile, StageConfig, format_loc
 from synth.stage import SourceStage, StageContext, derive_seed
@@ -77,10 +88,12 @@ class SelfInstructConfig(StageConfig):
     rouge_threshold: float = Field(0.7, gt=0, le=1, description="Drop if ROUGE-L F to the pool is above")
     max_instances_per_task: int = Field(3, ge=1)
     max_instance_words: int = Field(300, ge=1, description="Input plus output words, at most")
-    classify_examples: int = Field(4, ge=2, description="Few-shot examples in the Yes/No prompt")
-    instance_examples: int = Field(3, ge=1, description="Few-shot examples per instance prompt")
-    task_sampling: Sampling = Sampling(max_tokens=200, temperature=0.9)
-    instance_sampling: Sampling = Sampling(max_tokens=128, temperature=0.5)
+    classify_examples: int = Field(8, ge=2, description="Worked examples in the Yes/No prompt, half of each answer")
+    instance_examples: int = Field(2, ge=0, description="Seed tasks with several instances shown per instance "
+                                   "prompt, after the built-in examples")
+    instances_per_prompt: int = Field(3, ge=1, description="Instances an input-first prompt asks for")
+    task_sampling: Sampling = Sampling(max_tokens=320, temperature=0.7, presence_penalty=1.5)
+    instance_sampling: Sampling = Sampling(max_tokens=200, temperature=0.5)
 
 
 # ---------------------------------------------------------------- seed tasks
@@ -135,12 +148,9 @@ def _parse_seed_line(line: str, where: str) -> SeedTask:
 _NUMBERED_ITEM = re.compile(r"^[\s*#>]*(?:task\s*)?(?:\d{1,3}\s*[.):]|[a-z]\))\s*", re.IGNORECASE | re.MULTILINE)
 
 
-def parse_tasks(text: str, truncated: bool = False) -> list[str]:
-    """The numbered (or "a)" lettered) tasks of a completion; a cut-off last item (`truncated`) is
-    left out."""
+def parse_tasks(text: str) -> list[str]:
+    """The numbered (or "a)" lettered) tasks of a completion."""
     items = [_clean_task(part) for part in _NUMBERED_ITEM.split(text)[1:]]
-    if truncated and items:
-        items.pop()
     return [item for item in items if item]
 
 
@@ -174,6 +184,8 @@ def parse_yes_no(text: str) -> bool:
     return bool(match) and match.group(1).lower() == "yes"
 
 
+_EXAMPLE_HEADING = re.compile(r"^\s*#*\s*\**\s*(?:example|instance)\s*\d*\s*\**\s*:?\s*\**\s*$", re.I | re.M)
+"""An "Example 2:" line between instances: not part of the text around it."""
 _NO_INPUT = {"", "none", "(none)", "<none>", "n/a", "na", "no input", "<noinput>", "-"}
 _FIELD = r"\s*:\s*(.*?)\s*"
 _INPUT_FIRST = re.compile(r"(?:\binput" + _FIELD + r")?\boutput" + _FIELD + r"(?=\binput\s*:|\Z)", re.I | re.S)
@@ -185,6 +197,7 @@ _OUTPUT_FIRST = re.compile(
 def parse_instances(text: str, classification: bool) -> list[tuple[str, str]]:
     """(input, output) pairs from an instance completion; stops where the model starts a new task."""
     text = re.split(r"^\s*task\s*:", text, maxsplit=1, flags=re.I | re.M)[0]
+    text = _EXAMPLE_HEADING.sub("", text)
     if classification:
         # the label is one line; an "Output:" the model adds after the input repeats the label
         pairs = [(_before_output(m.group(2) or ""), m.group(1).split("\n")[0]) for m in _OUTPUT_FIRST.finditer(text)]
@@ -203,13 +216,29 @@ def _no_input(text: str) -> str:
 
 
 def instance_drop_reason(input: str, output: str, max_words: int = 300) -> str | None:
+    """The paper's filters of one instance; None keeps it."""
     if not output.strip():
         return "empty_output"
     if " ".join(output.lower().split()) == " ".join(input.lower().split()):
         return "output_same_as_input"
+    if input.rstrip().endswith(":") or output.rstrip().endswith(":"):
+        return "ends_with_colon"
     if len(input.split()) + len(output.split()) > max_words:
         return "instance_too_long"
     return None
+
+
+def conflicting_inputs(pairs: list[tuple[str, str]]) -> set[str]:
+    """Non-empty inputs that got different outputs: no output of theirs can be trusted."""
+    outputs: dict[str, set[str]] = {}
+    for inp, out in pairs:
+        if inp:
+            outputs.setdefault(_norm(inp), set()).add(_norm(out))
+    return {inp for inp, outs in outputs.items() if len(outs) > 1}
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 # ---------------------------------------------------------------- the bootstrap loop
@@ -221,6 +250,7 @@ class Bootstrapper:
     def __init__(self, config: SelfInstructConfig, ctx: StageContext, llm: LLMClient, seeds: list[SeedTask]):
         self.config, self.ctx, self.llm, self.seeds = config, ctx, llm, seeds
         self.rng = random.Random(ctx.stage_seed)
+        self.classify_shots = self._classify_shots(random.Random(derive_seed(ctx.stage_seed, "classify_shots")))
         self.pool = RougeLPool(s.instruction for s in seeds)
         self.machine: list[str] = []
         self.rows: list[dict] = []
@@ -257,11 +287,16 @@ class Bootstrapper:
 
     def _new_instructions(self, round_: int) -> list[str]:
         cfg = self.config
-        requests = [user_request(self._task_prompt()) for _ in range(cfg.prompts_per_round)]
-        completions = self.llm.generate(requests, cfg.task_sampling.params(self._seed("tasks", round_)))
+        prompts = [self._task_prompt() for _ in range(cfg.prompts_per_round)]
+        stop = _stops_after(prompts[0][1])  # the same numbering in every prompt of a round
+        sampling = cfg.task_sampling.params(self._seed("tasks", round_), stop=stop)
+        completions = self.llm.generate([user_request(p) for p, _ in prompts], sampling)
         kept: list[str] = []
         for completion in completions:
-            for text in parse_tasks(completion.text, truncated=completion.finish_reason == "length"):
+            if completion.finish_reason == "length":  # the paper drops a cut-off response whole
+                self._drop("truncated_response", instruction=completion.text.strip()[:500])
+                continue
+            for text in parse_tasks(completion.text):
                 if len(self.machine) >= cfg.num_instructions:
                     return kept
                 reason = self._instruction_drop_reason(text)
@@ -279,7 +314,8 @@ class Bootstrapper:
             return "rouge_similar"
         return reason
 
-    def _task_prompt(self) -> str:
+    def _task_prompt(self) -> tuple[str, int]:
+        """The prompt, and the last task number it asks for."""
         cfg = self.config
         machine = self.rng.sample(self.machine, min(cfg.machine_per_prompt, len(self.machine)))
         human_count = min(cfg.tasks_per_prompt - len(machine), len(self.seeds))
@@ -287,26 +323,33 @@ class Bootstrapper:
         self.rng.shuffle(tasks)
         numbered = "\n".join(f"{i}. {task}" for i, task in enumerate(tasks, 1))
         new, first = cfg.new_tasks_per_prompt, len(tasks) + 1
-        return render("self_instruct_tasks", count=str(len(tasks)), tasks=numbered, new=str(new),
-                      next=str(first), last=str(first + new - 1))  # fmt: skip
+        last = first + new - 1
+        prompt = render("self_instruct_tasks", count=str(len(tasks)), tasks=numbered, new=str(new),
+                        next=str(first), last=str(last))  # fmt: skip
+        return prompt, last
 
     # -- step 3: classification identification
 
     def _classify(self, instructions: list[str], round_: int) -> list[bool]:
         if not instructions:
             return []
-        shots = self._classify_shots()
+        shots = self.classify_shots
         requests = [few_shot_request("self_instruct_classify", shots, {"instruction": t}) for t in instructions]
         completions = self.llm.generate(requests, JUDGE.params(self._seed("classify", round_)))
         return [parse_yes_no(c.text) for c in completions]
 
-    def _classify_shots(self) -> list[tuple[dict[str, str], str]]:
-        """Seeds alternating Yes and No, ending on No: a small model tends to repeat the last answer,
-        and most tasks are not classification."""
+    def _classify_shots(self, rng: random.Random) -> list[tuple[dict[str, str], str]]:
+        """A balanced set of seed tasks, half marked classification (Yes) and half not (No), in a
+        shuffled order, so the examples lean the answer neither way."""
         yes = [s for s in self.seeds if s.is_classification]
         no = [s for s in self.seeds if not s.is_classification]
-        mixed = [s for pair in zip(yes, no) for s in pair][-self.config.classify_examples :]
-        return [({"instruction": s.instruction}, "Yes" if s.is_classification else "No") for s in mixed]
+        half = min(self.config.classify_examples // 2, len(yes), len(no))
+        if half == 0:
+            log.warning("self_instruct: the seed tasks need some marked is_classification true and some "
+                        "false for balanced examples; classifying without examples")  # fmt: skip
+        shots = rng.sample(yes, half) + rng.sample(no, half)
+        rng.shuffle(shots)
+        return [({"instruction": s.instruction}, "Yes" if s.is_classification else "No") for s in shots]
 
     # -- steps 4 and 5: generate and filter instances
 
@@ -316,23 +359,34 @@ class Bootstrapper:
         requests = [self._instance_request(t, c) for t, c in zip(instructions, classification)]
         sampling = self.config.instance_sampling.params(self._seed("instances", round_))
         for text, is_cls, completion in zip(instructions, classification, self.llm.generate(requests, sampling)):
-            self._keep_instances(text, is_cls, completion.text)
+            self._keep_instances(text, is_cls, completion)
 
     def _instance_request(self, instruction: str, classification: bool) -> ChatRequest:
-        same_kind = [s for s in self.seeds if s.is_classification == classification] or self.seeds
-        examples = self.rng.sample(same_kind, min(self.config.instance_examples, len(same_kind)))
-        shots = [({"instruction": s.instruction}, format_instance(*s.instances[0], classification)) for s in examples]
+        """Worked examples with several instances (distinct labels, for classification): the built-in
+        ones of the same kind, then seed tasks of that kind that have them."""
+        same_kind = [s for s in self.seeds if s.is_classification == classification and _several(s, classification)]
+        examples = [s for s in instance_examples() if s.is_classification == classification]
+        examples += self.rng.sample(same_kind, min(self.config.instance_examples, len(same_kind)))
+        values = {"n": str(self.config.instances_per_prompt)}
+        shots = [({"instruction": s.instruction, **values}, format_instances(s.instances, classification)) for s in examples]
         template = "self_instruct_output_first" if classification else "self_instruct_input_first"
-        return few_shot_request(template, shots, {"instruction": instruction})
+        return few_shot_request(template, shots, {"instruction": instruction, **values})
 
-    def _keep_instances(self, instruction: str, classification: bool, text: str) -> None:
-        pairs = parse_instances(text, classification)[: self.config.max_instances_per_task]
+    def _keep_instances(self, instruction: str, classification: bool, completion: Completion) -> None:
+        pairs = parse_instances(completion.text, classification)
         if not pairs:
-            self._drop("unparsable_instance", instruction=instruction, output=text.strip()[:500])
+            self._drop("unparsable_instance", instruction=instruction, output=completion.text.strip()[:500])
+        if pairs and completion.finish_reason == "length":  # the last one was cut short
+            inp, out = pairs.pop()
+            self._drop("truncated_instance", instruction=instruction, input=inp, output=out)
+        conflicts = conflicting_inputs(pairs)
         seen: set[tuple[str, str]] = set()
+        kept = 0
         for inp, out in pairs:
             reason = instance_drop_reason(inp, out, self.config.max_instance_words)
+            reason = reason or ("conflicting_outputs" if _norm(inp) in conflicts else None)
             reason = reason or ("duplicate_instance" if (inp, out) in seen else None)
+            reason = reason or ("too_many_instances" if kept >= self.config.max_instances_per_task else None)
             seen.add((inp, out))
             fields = dict(instruction=instruction, input=inp, output=out, is_classification=classification)
             if reason:
@@ -340,16 +394,34 @@ class Bootstrapper:
             else:
                 self.rows.append(self.row(**fields))
                 self.records += 1
+                kept += 1
 
     def _seed(self, step: str, round_: int) -> int:
         return derive_seed(self.ctx.stage_seed, step, round_)
 
 
-def format_instance(input: str, output: str, classification: bool) -> str:
-    """An instance as the model is shown it and asked to write it (what `parse_instances` reads)."""
+def format_instances(instances: tuple[tuple[str, str], ...], classification: bool) -> str:
+    """Instances as the model is shown them and asked to write them (what `parse_instances` reads)."""
     if classification:
-        return f"Class label: {output}\nInput: {input or 'none'}"
-    return f"Input: {input or 'none'}\nOutput: {output}"
+        return "\n\n".join(f"Class label: {out}\nInput: {inp or 'none'}" for inp, out in instances)
+    return "\n\n".join(f"Input: {inp or 'none'}\nOutput: {out}" for inp, out in instances)
+
+
+@functools.cache
+def instance_examples() -> tuple[SeedTask, ...]:
+    """The built-in worked examples of instance generation, in the seed file format."""
+    path = TEMPLATE_DIR / "self_instruct_instance_examples.jsonl"
+    return tuple(load_seed_tasks(path))
+
+
+def _several(seed: SeedTask, classification: bool) -> bool:
+    """A seed worth showing as an example: two or more instances (two or more labels)."""
+    return len({out for _, out in seed.instances} if classification else seed.instances) >= 2
+
+
+def _stops_after(last: int) -> tuple[str, ...]:
+    """Where a task list asked to end at `last` has gone past it (the paper's stop sequences)."""
+    return (f"\n{last + 1}.", f"\n{last + 1})", f"\n{last + 1} .")
 
 
 # ---------------------------------------------------------------- the stage

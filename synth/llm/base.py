@@ -23,6 +23,8 @@ class SamplingParams(BaseModel):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     stop: tuple[str, ...] = ()
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="Penalty on tokens already in the text; "
+                                    "backends without one (local transformers) ignore it")
     seed: int = 0
 
 

@@ -120,6 +120,8 @@ class OpenAIClient(Backend):
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.presence_penalty:
+            body["presence_penalty"] = sampling.presence_penalty
         return body
 
     def _parse(self, response: httpx.Response) -> Completion:

@@ -15,7 +15,7 @@ import torch
 
 from synth.errors import LLMError
 from synth.llm.cache import Backend
-from synth.llm.models import EMBEDDED_NAME, embedded_gguf
+from synth.llm.models import EMBEDDED_NAME, embedded_gguf, resolve_local_model
 from synth.spec import LLMSpec
 
 
@@ -29,19 +29,10 @@ def gguf_file(model: str | None) -> Path | None:
     """The GGUF file a local spec's `model:` names (the embedded model when None), else None."""
     if model is None:
         return embedded_gguf()
-    try:  # named GGUF models, when synth.llm.models knows them
-        from synth.llm.models import resolve_local_model
-    except ImportError:
-        resolve_local_model = None
-    if resolve_local_model is not None and not Path(model).expanduser().is_dir():
-        path = resolve_local_model(model)
-        return path if path.suffix == ".gguf" else None
-    path = Path(model).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise LLMError(f"GGUF model file not found: {path}")
-        return path.resolve()
-    return None
+    if Path(model).expanduser().is_dir():
+        return None
+    path = resolve_local_model(model)  # a named GGUF model or a .gguf path; raises for a missing folder
+    return path if path.suffix == ".gguf" else None
 
 
 def engine_for(spec: LLMSpec) -> str:

@@ -213,6 +213,10 @@ class LlamaCppClient(Backend):
         if sampling.temperature == 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
             return chain
+        if sampling.presence_penalty:  # over the whole context: the paper's penalty on any repeat
+            penalties = lc.llama_sampler_init_penalties(lc.llama_vocab_n_tokens(self.vocab), -1, 1.0, 0.0,
+                                                        sampling.presence_penalty)  # fmt: skip
+            lc.llama_sampler_chain_add(chain, penalties)
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling.temperature))
         if sampling.top_p < 1:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))

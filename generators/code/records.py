@@ -13,7 +13,8 @@ Every record of kind "code" has these columns (`CODE_SCHEMA`), one record per te
 |                   |              | `fallback:signature` (inputs built from doctests / hints and names)  |
 | `format`          | string       | infer_function, predict_output or complete_function                  |
 | `instruction`     | string       | the prompt                                                           |
-| `response`        | string       | the answer: the function's source, or the case's output              |
+| `response`        | string       | the answer: the function's source as shown (without its docstring's  |
+|                   |              | examples and result comments), or the case's output                  |
 | `function_id`     | string       | xxhash64 hex of `source`                                             |
 | `function_name`   | string       | the function's name                                                  |
 | `module`          | string       | where it came from: a module name (`textwrap`) or a file path        |

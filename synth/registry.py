@@ -27,6 +27,7 @@ BUILTIN_STAGES = {
     "minhash_dedup": "filters.dedup.minhash",
     "semantic_dedup": "filters.dedup.semantic",
     "code_functions": "generators.code.corpus",
+    "code_load_check": "generators.code.load_check",
     "code_inputs": "generators.code.inputs",
     "code_execute": "generators.code.execute",
     "code_checks": "filters.quality.code_checks",

@@ -20,6 +20,7 @@ import filters.quality.code_checks  # noqa: F401
 import generators.code.corpus  # noqa: F401
 import generators.code.execute  # noqa: F401
 import generators.code.inputs  # noqa: F401
+import generators.code.load_check  # noqa: F401
 import generators.code.prompts  # noqa: F401
 from generators.code.execute import ExecutionOptions, run_function
 from generators.code.leaks import shown_source
@@ -31,6 +32,8 @@ from synth.spec import load_spec
 CORPUS = '''
 import math
 import random
+import numpy
+from mylib.text import normalise
 
 _SEEN = {}
 
@@ -78,6 +81,14 @@ def reads(path):
 
 def helper_user(x):
     return shout(x)
+
+
+def spread(xs):
+    return float(numpy.std(xs))
+
+
+def tidy(text):
+    return normalise(text).strip()
 '''
 
 
@@ -90,6 +101,7 @@ def result(ray_session, tmp_path_factory):
         "name": "code-test", "seed": 3, "output": str(root / "out"),
         "stages": [
             {"kind": "code_functions", "folder": "corpus"},
+            {"kind": "code_load_check"},
             {"kind": "code_inputs", "llm": None, "inputs_per_function": 6, "resources": {"num_cpus": 0.5}},
             {"kind": "code_execute"},
             {"kind": "code_checks"},
@@ -104,6 +116,8 @@ def result(ray_session, tmp_path_factory):
 def test_every_function_is_kept_or_dropped_for_its_reason(result):
     drops = result.manifest["drops"]
     assert drops["code_functions"] == {"io": 1, "not_self_contained": 1}
+    assert drops["code_load_check"] == {"load_error": 2}, "numpy and the function's own package are not in the sandbox"
+    assert result.stages[2].rows_in == 7, "code_inputs never sees a function that cannot load"
     assert drops["code_checks"] == {"all_inputs_raise": 1, "all_outputs_identical": 1}
     assert drops["code_determinism"] == {"nondeterministic": 2}
     table = pads.dataset(str(result.output / "data")).to_table()
@@ -140,5 +154,5 @@ def test_written_outputs_are_reproduced_by_a_fresh_sandbox_on_their_input_alone(
 def test_the_shipped_pipeline_spec_validates():
     spec = load_spec(Path(__file__).resolve().parents[1] / "pipelines" / "code.yaml")
     kinds = [s.kind for s in spec.stages]
-    assert kinds == ["code_functions", "minhash_dedup", "code_inputs", "code_execute", "code_checks",
+    assert kinds == ["code_functions", "minhash_dedup", "code_load_check", "code_inputs", "code_execute", "code_checks",
                      "code_determinism", "case2code", "text_heuristics", "exact_dedup"]  # fmt: skip

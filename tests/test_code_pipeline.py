@@ -131,7 +131,7 @@ def test_records_follow_the_schema(result):
     assert table.schema.equals(CODE_SCHEMA, check_metadata=False)
     rows = table.to_pylist()
     assert {r["kind"] for r in rows} == {"code"} and {r["seed"] for r in rows} == {3}
-    assert {r["model"] for r in rows} <= {"fallback:docstring", "fallback:signature"}
+    assert {r["model"] for r in rows} <= {"fallback:docstring", "fallback:hypothesis"}
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert r["example_inputs"][0] == r["input"] and r["example_outputs"][0] == r["output"]

@@ -25,7 +25,7 @@ def circle(r: float) -> float:
 ROW = {
     "function_id": "f1", "name": "circle", "module": "geometry", "source": SOURCE,
     "inputs": ["circle(1)", "circle(2)", "circle(-1)", "circle(0.5)", "circle('x')"],
-    "input_origins": ["m", "m", "fallback:docstring", "fallback:signature", "m"],
+    "input_origins": ["m", "m", "fallback:docstring", "fallback:hypothesis", "m"],
     "outputs": ["3.14", "12.57", "ValueError: negative radius", "0.79", "unrepresentable"],
     "case_status": ["ok", "ok", "raised", "ok", "unrepresentable"],
     "case_ok": [True, True, False, True, False],
@@ -43,7 +43,7 @@ def test_one_record_per_usable_case_with_a_seeded_format():
     assert records == [record for record, _ in stage().cases(ROW)], "same seed, same records"
     table = to_case_table(records)
     assert table.num_rows == 3 and table.column("kind").to_pylist() == ["code"] * 3
-    assert [r["model"] for r in records] == ["m", "m", "fallback:signature"]
+    assert [r["model"] for r in records] == ["m", "m", "fallback:hypothesis"]
 
 
 @pytest.mark.parametrize("fmt", ["infer_function", "predict_output", "complete_function"])

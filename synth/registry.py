@@ -29,6 +29,7 @@ BUILTIN_STAGES = {
     "code_functions": "generators.code.corpus",
     "code_load_check": "generators.code.load_check",
     "code_inputs": "generators.code.inputs",
+    "code_coverage": "generators.code.coverage",
     "code_execute": "generators.code.execute",
     "code_checks": "filters.quality.code_checks",
     "code_determinism": "filters.quality.code_checks",

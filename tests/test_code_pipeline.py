@@ -18,6 +18,7 @@ import yaml
 import filters.dedup.exact  # noqa: F401 - registers the stages
 import filters.quality.code_checks  # noqa: F401
 import generators.code.corpus  # noqa: F401
+import generators.code.coverage  # noqa: F401
 import generators.code.execute  # noqa: F401
 import generators.code.inputs  # noqa: F401
 import generators.code.load_check  # noqa: F401
@@ -102,7 +103,9 @@ def result(ray_session, tmp_path_factory):
         "stages": [
             {"kind": "code_functions", "folder": "corpus"},
             {"kind": "code_load_check"},
-            {"kind": "code_inputs", "llm": None, "inputs_per_function": 6, "resources": {"num_cpus": 0.5}},
+            {"kind": "code_inputs", "llm": None, "inputs_per_function": 6, "candidates_per_function": 12,
+             "resources": {"num_cpus": 0.5}},
+            {"kind": "code_coverage", "inputs_per_function": 6},
             {"kind": "code_execute"},
             {"kind": "code_checks"},
             {"kind": "code_determinism"},
@@ -118,12 +121,21 @@ def test_every_function_is_kept_or_dropped_for_its_reason(result):
     assert drops["code_functions"] == {"io": 1, "not_self_contained": 1}
     assert drops["code_load_check"] == {"load_error": 2}, "numpy and the function's own package are not in the sandbox"
     assert result.stages[2].rows_in == 7, "code_inputs never sees a function that cannot load"
-    assert drops["code_checks"] == {"all_inputs_raise": 1, "all_outputs_identical": 1}
+    assert drops["code_checks"] == {"all_inputs_raise": 1, "too_few_cases": 1}, "constant: one call covers it all"
     assert drops["code_determinism"] == {"nondeterministic": 2}
     table = pads.dataset(str(result.output / "data")).to_table()
     assert set(table.column("function_name").to_pylist()) == {"hypot2", "shout", "count_calls"}
     card = (result.output / "README.md").read_text()
     assert "nondeterministic: 2" in card and "all_inputs_raise: 1" in card
+
+
+def test_the_card_reports_inputs_by_source_and_the_cases_each_kept(result):
+    card = (result.output / "README.md").read_text()
+    counters = {s["name"]: s["counters"] for s in result.manifest["stages"]}["code_coverage"]
+    assert counters["candidates_fallback:hypothesis"] > counters["chosen_fallback:hypothesis"] > 0
+    assert f"chosen_fallback:hypothesis {counters['chosen_fallback:hypothesis']:g}" in card
+    rows = pads.dataset(str(result.output / "data")).to_table().column("model").to_pylist()
+    assert f"| `fallback:hypothesis` | {rows.count('fallback:hypothesis')} |" in card
 
 
 def test_records_follow_the_schema(result):
@@ -154,5 +166,6 @@ def test_written_outputs_are_reproduced_by_a_fresh_sandbox_on_their_input_alone(
 def test_the_shipped_pipeline_spec_validates():
     spec = load_spec(Path(__file__).resolve().parents[1] / "pipelines" / "code.yaml")
     kinds = [s.kind for s in spec.stages]
-    assert kinds == ["code_functions", "minhash_dedup", "code_load_check", "code_inputs", "code_execute", "code_checks",
-                     "code_determinism", "case2code", "text_heuristics", "exact_dedup"]  # fmt: skip
+    assert kinds == ["code_functions", "minhash_dedup", "code_load_check", "code_inputs", "code_coverage",
+                     "code_execute", "code_checks", "code_determinism", "case2code", "text_heuristics",
+                     "exact_dedup"]  # fmt: skip

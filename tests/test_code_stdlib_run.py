@@ -20,6 +20,8 @@ import filters.dedup.minhash  # noqa: F401
 import filters.quality.code_checks  # noqa: F401
 import filters.quality.heuristics  # noqa: F401
 import generators.code.corpus  # noqa: F401
+import generators.code.coverage  # noqa: F401
+import generators.code.load_check  # noqa: F401
 import generators.code.execute  # noqa: F401
 import generators.code.inputs  # noqa: F401
 import generators.code.prompts  # noqa: F401
@@ -45,7 +47,7 @@ def result(ray_session, tmp_path_factory):
         if stage["kind"] == "code_functions":
             stage["folder"] = str(root / "corpus")
         if stage["kind"] == "code_inputs":
-            stage.update(llm=None, inputs_per_function=6, resources={"num_cpus": 0.5})
+            stage.update(llm=None, resources={"num_cpus": 0.5})
     (root / "code.yaml").write_text(yaml.safe_dump(spec))
     return run(load_spec(root / "code.yaml"))
 

@@ -45,7 +45,11 @@ _DOCTEST = re.compile(r"^\s*>>>\s*(.+)$", re.MULTILINE)
 class CodeInputsConfig(StageConfig):
     kind: Literal["code_inputs"] = "code_inputs"
     llm: str | None = Field("default", description="Backend in the spec's `llm:` section; null: fallback only")
-    inputs_per_function: int = Field(8, ge=1, le=100, description="Calls per function, at most")
+    inputs_per_function: int = Field(8, ge=1, le=100, description="Calls asked of the model; calls kept, at most")
+    candidates_per_function: int | None = Field(
+        None, ge=1, le=200, description="Calls kept, at most, when `code_coverage` chooses among them afterwards "
+        "(default: inputs_per_function); hypothesis draws fill up to it"
+    )  # fmt: skip
     max_input_chars: int = Field(200, ge=10, description="Longest call text kept")
     fallback: bool = Field(True, description="Top up with doctest calls and calls drawn from hypothesis strategies")
     sampling: Sampling = Sampling(max_tokens=256, temperature=0.8)
@@ -135,12 +139,14 @@ class CodeInputs(MapStage):
         return render("propose_inputs", source=source, examples=shown, count=str(self.config.inputs_per_function))
 
     def inputs_for(self, row: dict, completion: str) -> list[tuple[str, str]]:
-        """(call, origin) pairs: the model's calls first, then the fallback's, up to N distinct calls."""
+        """(call, origin) pairs: the model's calls first, then the fallback's, up to N (or the
+        candidates wanted) distinct calls."""
         cfg = self.config
         fn = function_node(row["source"], row["name"])
         signature = Signature.of(fn)
         limit = cfg.max_input_chars
         doctests = doctest_calls(fn, signature, limit)
+        wanted = cfg.candidates_per_function or cfg.inputs_per_function
         found = []
         if self.llm is not None:  # what the model copied from the doctests it was shown is the doctests'
             found += [(c, self.llm.model_id) for c in proposed_calls(completion, fn.name, signature, limit)
@@ -149,8 +155,8 @@ class CodeInputs(MapStage):
             seed = derive_seed(self.ctx.stage_seed, row["function_id"]) % 2**32
             examples = [parse_call(c, fn.name) for c in doctests]
             found += [(c, DOCSTRING) for c in doctests]
-            found += [(c, HYPOTHESIS) for c in hypothesis_calls(fn, signature, cfg.inputs_per_function, seed, examples, limit)]
+            found += [(c, HYPOTHESIS) for c in hypothesis_calls(fn, signature, wanted, seed, examples, limit)]
         unique: dict[str, str] = {}
         for call, origin in found:
             unique.setdefault(call, origin)
-        return list(unique.items())[: cfg.inputs_per_function]
+        return list(unique.items())[:wanted]

@@ -18,8 +18,10 @@ input at all is dropped with the reason `no_inputs`.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -30,6 +32,7 @@ from generators.code.leaks import shown_source
 from generators.code.prompts import render
 from generators.code.strategies import hypothesis_calls
 from generators.instruct.prompts import Sampling, user_request
+from synth.errors import SpecError
 from synth.registry import register
 from synth.spec import StageConfig
 from synth.stage import MapStage, derive_seed, mark_dropped, set_column
@@ -53,9 +56,19 @@ class CodeInputsConfig(StageConfig):
     max_input_chars: int = Field(200, ge=10, description="Longest call text kept")
     fallback: bool = Field(True, description="Top up with doctest calls and calls drawn from hypothesis strategies")
     sampling: Sampling = Sampling(max_tokens=256, temperature=0.8)
+    grammar: bool = Field(
+        False, description="Constrain the model to lines of literal calls (templates/calls.gbnf); needs the "
+        "`openai` backend pointed at llama.cpp's llama-server, which takes a GBNF `grammar`"
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- from the LLM
+
+
+@functools.cache
+def calls_grammar() -> str:
+    """GBNF of lines that are each one call with literal arguments (llama.cpp's grammar format)."""
+    return (Path(__file__).parent / "templates" / "calls.gbnf").read_text()
 
 
 def proposed_calls(text: str, name: str, signature: Signature, max_chars: int = 200) -> Iterator[str]:
@@ -108,7 +121,11 @@ class CodeInputs(MapStage):
     stateful = True
 
     def setup(self) -> None:
-        self.llm = self.ctx.llm(self.config.llm) if self.config.llm else None
+        name = self.config.llm
+        if self.config.grammar and name and name in self.ctx.llm_specs and self.ctx.llm_specs[name].backend != "openai":
+            raise SpecError(f"code_inputs: `grammar: true` needs the `openai` backend (llama-server); "
+                            f"llm {name!r} uses {self.ctx.llm_specs[name].backend!r}")  # fmt: skip
+        self.llm = self.ctx.llm(name) if name else None
 
     def process(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(["function_id", "name", "source"]).to_pylist()
@@ -127,7 +144,8 @@ class CodeInputs(MapStage):
         requests = [user_request(self.prompt(row)) for row in rows]
         # one seed for the stage: the backends make each request's text depend on it and on the
         # request alone, so a function's proposals do not depend on the batch it landed in
-        sampling = self.config.sampling.params(self.ctx.stage_seed).model_copy(update={"stop": STOP})
+        grammar = calls_grammar() if self.config.grammar else None
+        sampling = self.config.sampling.params(self.ctx.stage_seed).model_copy(update={"stop": STOP, "grammar": grammar})
         return [c.text for c in self.llm.generate(requests, sampling)]
 
     def prompt(self, row: dict) -> str:

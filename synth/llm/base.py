@@ -24,6 +24,9 @@ class SamplingParams(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1)
     stop: tuple[str, ...] = ()
     seed: int = 0
+    grammar: str | None = None
+    """A GBNF grammar the completion must match; sent as `grammar` by the `openai` backend, which
+    llama.cpp's llama-server honours. A stage sets it only for a backend that takes it."""
 
 
 @dataclass(frozen=True)

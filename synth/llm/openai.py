@@ -120,6 +120,8 @@ class OpenAIClient(Backend):
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.grammar is not None:
+            body["grammar"] = sampling.grammar  # llama-server's extension: constrained decoding
         return body
 
     def _parse(self, response: httpx.Response) -> Completion:

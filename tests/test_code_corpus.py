@@ -197,7 +197,8 @@ def bad_files(folder: Path) -> None:
     (folder / "broken.py").write_text("def half(x:\n    return x / 2\n")
     (folder / "blob.py").write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00")
     (folder / "latin.py").write_bytes("def greet(name):\n    return 'Grüße, ' + name\n".encode("latin-1"))
-    (folder / "declared.py").write_bytes("# -*- coding: latin-1 -*-\ndef ole(s):\n    return s + 'é'\n".encode("latin-1"))
+    declared = "# -*- coding: latin-1 -*-\ndef ole(s):\n    return s + 'é'\n"
+    (folder / "declared.py").write_bytes(declared.encode("latin-1"))
 
 
 def test_skipped_files_are_counted_per_reason(tmp_path):

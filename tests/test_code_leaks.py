@@ -67,7 +67,7 @@ def test_what_still_leaks_is_found():
 
     base = "def squeeze(text):\n    {doc}\n    return ' '.join(text.split())\n"
     assert not leaks(base.format(doc='"""Collapse whitespace."""'))
-    assert leaks(base.format(doc='"""For example squeeze("a  b") gives the answer."""')), "the call itself, in other quotes"
+    assert leaks(base.format(doc='"""For example squeeze("a  b") gives it."""')), "the call itself, in other quotes"
     assert leaks(base.format(doc='"""Collapse whitespace.\n\n    "a b"\n    """')), "the value alone on a line"
     assert leaks(base.format(doc='"""Collapse whitespace: "a  b" -> "a b"."""')), "the value after an arrow"
     assert not leaks(base.format(doc='"""Return 0 when empty."""'), "0"), "a rule in words is not this input's answer"

@@ -77,4 +77,4 @@ def test_no_written_prompt_holds_its_answer(result):
                 assert shown not in [line.strip() for line in prompt.splitlines()], (row["input"], shown)
         else:
             assert row["response"] not in prompt
-            assert ">>>" not in row["response"], "the answer shows no doctest either: the prompt's examples are from the sandbox"
+            assert ">>>" not in row["response"], "nor the answer: the prompt's examples come from the sandbox"

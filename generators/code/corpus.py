@@ -447,7 +447,8 @@ def corpus_error(sample: CorpusSample) -> str | None:
     if source.files == 0:
         return f"code_functions: the corpus is empty: no Python source in the {source.where}"
     if source.read == 0:
-        return f"code_functions: none of the {source.files} files in the {source.where} is Python source ({source.skips_text()})"
+        return (f"code_functions: none of the {source.files} files in the {source.where} is Python source "
+                f"({source.skips_text()})")
     if sample.table.column(DROP_REASON).null_count == 0:
         return (f"code_functions: no function of the {source.read} files read from the {source.where} passed the "
                 f"static checks (rejected: {sample.table.num_rows}; files skipped: {source.skips_text()})")  # fmt: skip

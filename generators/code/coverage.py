@@ -176,9 +176,13 @@ class CodeCoverage(MapStage):
         counts.update(lines_executable=sum(executable), lines_covered=sum(covered))
         self.ctx.count(**counts)
         strings = pa.list_(pa.string())
+
+        def chosen(column: str) -> pa.Array:
+            return pa.array([[row[column][i] for i in pick] for row, pick in zip(rows, picks)], strings)
+
         columns = {
-            "inputs": pa.array([[row["inputs"][i] for i in pick] for row, pick in zip(rows, picks)], strings),
-            "input_origins": pa.array([[row["input_origins"][i] for i in pick] for row, pick in zip(rows, picks)], strings),
+            "inputs": chosen("inputs"),
+            "input_origins": chosen("input_origins"),
             "executable_lines": pa.array(executable, pa.int32()),
             "covered_lines": pa.array(covered, pa.int32()),
         }

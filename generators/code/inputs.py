@@ -145,7 +145,8 @@ class CodeInputs(MapStage):
         # one seed for the stage: the backends make each request's text depend on it and on the
         # request alone, so a function's proposals do not depend on the batch it landed in
         grammar = calls_grammar() if self.config.grammar else None
-        sampling = self.config.sampling.params(self.ctx.stage_seed).model_copy(update={"stop": STOP, "grammar": grammar})
+        sampling = self.config.sampling.params(self.ctx.stage_seed)
+        sampling = sampling.model_copy(update={"stop": STOP, "grammar": grammar})
         return [c.text for c in self.llm.generate(requests, sampling)]
 
     def prompt(self, row: dict) -> str:

@@ -11,8 +11,8 @@ examples (the `>>>` lines, their `...` continuations and the output lines after 
 the reason `answer_in_prompt`. A predict-output prompt leaks when, outside its `Call:` line, it
 shows the asked call itself (in any quoting or spacing), a line that is the answer's value alone
 (`'abc'` and `"abc"` alike), or, in a comment or docstring, the answer's value after an arrow
-(`-> 'abc'`, `== 'abc'`): "return False otherwise" is a rule, not this input's answer. A prompt whose answer is a function leaks when it shows that
-function whole.
+(`-> 'abc'`, `== 'abc'`): "return False otherwise" is a rule, not this input's answer. A prompt
+whose answer is a function leaks when it shows that function whole.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _docstring_spans(tree: ast.AST) -> list[tuple[int, int]]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if isinstance(first, ast.Expr) and isinstance(getattr(first.value, "value", None), str):
                 spans.append((first.lineno, first.end_lineno))
     return spans
 
@@ -116,7 +116,8 @@ def _blank_lines_left_double(lines: list[str], start: int, end: int, drop: set[i
     """Blank lines that would sit beside another blank line (or the closing quotes) once `drop` is cut."""
     kept = [n for n in range(start + 1, end + 1) if n not in drop]
     blank = {n for n in kept if not lines[n - 1].strip()}
-    return {n for n, after in zip(kept, kept[1:]) if n in blank and (after in blank or after == end) and drop & set(range(n, after))}
+    return {n for n, after in zip(kept, kept[1:])
+            if n in blank and (after in blank or after == end) and drop & set(range(n, after))}  # fmt: skip
 
 
 def _result_comments(source: str, name: str) -> dict[int, int]:

@@ -8,9 +8,9 @@ A parameter's strategy comes from the first of these that says something:
    `isinstance(p, bytes)` -> bytes);
 5. its name, read as a type (`text` -> str, `n` -> int, `items` -> list);
 and else a mix of small ints, strings and lists. Values stay small (short strings of printable
-ASCII characters, ints within a thousand, half-precision floats, lists of up to six items) so outputs stay readable; hypothesis
-draws its edge cases first (0, '', [], the bounds). Draws are seeded: `hypothesis_calls` gives the
-same calls for the same seed and hypothesis version.
+ASCII characters, ints within a thousand, half-precision floats, lists of up to six items) so
+outputs stay readable; hypothesis draws its edge cases first (0, '', [], the bounds). Draws are
+seeded: `hypothesis_calls` gives the same calls for the same seed and hypothesis version.
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ def like(value: Any) -> st.SearchStrategy:
     if kind in (list, tuple, set) and value:
         elements = _known(_one_of([like(v) for v in _by_type(value)]))
         if kind is tuple:
-            return st.tuples(*[like(v) for v in value]) if len(value) <= 4 else st.lists(elements, max_size=6).map(tuple)
+            fixed = len(value) <= 4  # a pair stays a pair; a long tuple is a sequence
+            return st.tuples(*[like(v) for v in value]) if fixed else st.lists(elements, max_size=6).map(tuple)
         if kind is list:
             return st.lists(elements, max_size=6)
         return st.sets(_known(_hashable(elements), INTS), min_size=1, max_size=5)

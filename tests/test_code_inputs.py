@@ -181,3 +181,15 @@ def test_the_model_sees_the_doctest_calls_as_shapes_and_a_copy_of_one_is_the_doc
     chosen = dict(inputs.inputs_for({"function_id": "x", "name": "pad", "source": SOURCE},
                                     'pad("ab", 4)\npad("zz", 1)'))  # fmt: skip
     assert chosen["pad('ab', 4)"] == DOCSTRING and chosen["pad('zz', 1)"] == "fake-model"
+
+
+def test_hypothesis_draws_do_not_depend_on_the_modules_a_process_has_loaded(tmp_path, monkeypatch):
+    """Hypothesis would mix literals of loaded local modules into draws; ours must not see them."""
+    before = hypothesis_calls(fn(), Signature.of(fn()), 8, seed=11)
+    words = [f"local_constant_{i}" for i in range(300)]
+    (tmp_path / "many_words.py").write_text(f"WORDS = {words!r}\nNUMBERS = {list(range(5000, 5300))!r}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import many_words  # noqa: F401 - loaded for its constants
+
+    assert hypothesis_calls(fn(), Signature.of(fn()), 8, seed=11) == before
+    assert not any("local_constant" in call for call in before)

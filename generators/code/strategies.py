@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import ast
 import re
+from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from hypothesis.internal.conjecture import providers as _providers
 
 from generators.code.calls import CallError, Signature, format_call, is_literal
 
 MAX_INT = 1000
-CHARS = st.characters(min_codepoint=32, max_codepoint=126) | st.sampled_from("\n\té")
+CHARS = st.sampled_from([chr(c) for c in range(32, 127)] + ["\n", "\t", "é"])  # no unicode tables cached on disk
 TEXT = st.text(CHARS, max_size=16)
 INTS = st.integers(-MAX_INT, MAX_INT)
 FLOATS = st.floats(-MAX_INT, MAX_INT, allow_nan=False, allow_infinity=False, width=16)  # short reprs: 0.5, 12.25
@@ -279,8 +282,23 @@ def draw(strategy: st.SearchStrategy, count: int, seed: int) -> list[Any]:
     def collect(value: Any) -> None:
         found.append(value)
 
-    collect()
+    with _global_constants_only():
+        collect()
     return found
+
+
+@contextmanager
+def _global_constants_only():
+    """Hypothesis mixes literals found in the running program's own modules into some draws (and
+    caches them under ./.hypothesis): inputs would then depend on which modules a process has
+    loaded and on this project's source, and could hold its strings. Draws here use only
+    hypothesis' fixed constants (its cache of them is cleared around the draw)."""
+    with mock.patch.object(_providers, "_get_local_constants", _providers.Constants):
+        _providers.CONSTANTS_CACHE.cache.clear()
+        try:
+            yield
+        finally:
+            _providers.CONSTANTS_CACHE.cache.clear()
 
 
 def hypothesis_calls(fn: ast.FunctionDef, signature: Signature, count: int, seed: int,

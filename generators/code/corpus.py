@@ -152,9 +152,11 @@ class SourceReport:
         return ", ".join(f"{SKIP_REASONS[r]}: {n}" for r, n in sorted(self.skipped.items())) or "none"
 
 
-def folder_modules(root: Path, report: SourceReport, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
+def folder_modules(root: Path, skip: frozenset[str] = frozenset(),
+                   report: SourceReport | None = None) -> Iterator[tuple[str, str]]:  # fmt: skip
     """(module name, source) of every .py file under `root` that is Python text, in a stable order;
     the others are counted in `report`."""
+    report = report if report is not None else SourceReport(str(root))
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root).parts
         if any(part in skip for part in parts[:-1]):
@@ -419,11 +421,11 @@ def corpus_table(config: CodeFunctionsConfig, seed: int) -> CorpusSample:
         modules = parquet_modules(config.parquet, config.code_column, report)
     elif config.folder is not None:
         report = SourceReport(f"folder {config.folder}")
-        modules = folder_modules(config.folder, report)
+        modules = folder_modules(config.folder, report=report)
     else:
         folder = stdlib_folder(config.python)
         report = SourceReport(f"standard library {folder}")
-        modules = folder_modules(folder, report, STDLIB_SKIP)
+        modules = folder_modules(folder, STDLIB_SKIP, report)
     rows, seen = [], set()
     for module, text in modules:
         tree = parse_module(text)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,13 @@ def _first_call(text: str, name: str, signature: Signature) -> str | None:
 def doctest_calls(fn: ast.FunctionDef, signature: Signature, max_chars: int = 200) -> list[str]:
     docstring = ast.get_docstring(fn) or ""
     return [c for m in _DOCTEST.finditer(docstring) for c in proposed_calls(m.group(1), fn.name, signature, max_chars)]
+
+
+def signature_calls(fn: ast.FunctionDef, signature: Signature, count: int, rng: random.Random,
+                    max_chars: int = 200) -> list[str]:  # fmt: skip
+    """Up to `count` calls drawn from the parameters' strategies (no doctests), seeded by `rng`:
+    inputs for benchmarks and tests that need calls of any function."""
+    return hypothesis_calls(fn, signature, count, rng.getrandbits(32), (), max_chars)
 
 
 # ---------------------------------------------------------------- the stage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 from synth import io
@@ -25,6 +26,25 @@ def _stage_table(manifest: dict) -> list[str]:
             f"| {s['seconds']:.1f} | {'yes' if s['resumed'] else ''} |"
         )
     return lines
+
+
+def _counters(manifest: dict) -> list[str]:
+    """What stages counted besides drops (tokens, inputs by source, files skipped...), one line a stage."""
+    lines = [
+        f"- `{s['name']}`: " + ", ".join(f"{k} {v:g}" for k, v in sorted(s["counters"].items()))
+        for s in manifest["stages"] if s.get("counters")
+    ]  # fmt: skip
+    return ["Counted by the stages:", "", *lines, ""] if lines else []
+
+
+def _by_model(data_dir: Path) -> list[str]:
+    """Records per value of `model` (what made each one: a model, or a method such as a fallback)."""
+    if not io.parquet_files(data_dir) or "model" not in io.dataset_schema(data_dir).names:
+        return []
+    counts = Counter(io.read_table(data_dir, ["model"]).column("model").to_pylist())
+    total = sum(counts.values()) or 1
+    rows = [f"| `{model}` | {n} | {100 * n / total:.1f}% |" for model, n in counts.most_common()]
+    return ["Records by `model`:", "", "| model | records | share |", "|---|---|---|", *rows, ""]
 
 
 def _samples(data_dir: Path) -> list[str]:
@@ -71,6 +91,8 @@ def render_card(output: Path, manifest: dict) -> str:
         "",
         *_stage_table(manifest),
         "",
+        *_counters(manifest),
+        *_by_model(output / "data"),
     ]
     if llm.get("llm_requests"):
         lines += [

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from generators.code.corpus import CodeFunctionsConfig, corpus_table, function_candidates, stdlib_folder
+from generators.code.corpus import CodeFunctionsConfig, corpus_error, corpus_table, function_candidates, stdlib_folder
+from synth.errors import SpecError
+from synth.runner import run
+from synth.spec import load_spec
 
 MODULE = '''
 import os
@@ -113,7 +119,7 @@ def test_every_kept_source_runs_on_its_own():
 def test_the_stdlib_default_yields_hundreds_of_candidates():
     folder = stdlib_folder()
     assert (folder / "textwrap.py").is_file()
-    table, _ = corpus_table(CodeFunctionsConfig(folder=folder / "json", max_functions=5), seed=0)
+    table = corpus_table(CodeFunctionsConfig(folder=folder / "json", max_functions=5), seed=0).table
     kept = [r for r in table.to_pylist() if r["_drop_reason"] is None]
     assert 1 <= len(kept) <= 5
     assert {r["module"] for r in table.to_pylist()} <= {"json", "decoder", "encoder", "scanner", "tool"}
@@ -124,9 +130,9 @@ def test_sampling_is_seeded(tmp_path):
     config = CodeFunctionsConfig(folder=tmp_path, max_functions=5)
 
     def names(seed):
-        table, not_sampled = corpus_table(config, seed)
-        assert not_sampled == 15
-        return table.column("name").to_pylist()
+        sample = corpus_table(config, seed)
+        assert sample.not_sampled == 15
+        return sample.table.column("name").to_pylist()
 
     assert names(1) == names(1) and names(1) != names(2)
 
@@ -134,9 +140,10 @@ def test_sampling_is_seeded(tmp_path):
 def test_reads_a_parquet_of_code(tmp_path):
     path = tmp_path / "code.parquet"
     pq.write_table(pa.table({"code": ["def double(x):\n    return 2 * x\n", "not python ("]}), path)
-    table, _ = corpus_table(CodeFunctionsConfig(parquet=path), seed=0)
-    assert table.column("name").to_pylist() == ["double"]
-    assert table.column("module").to_pylist() == ["code.parquet[0]"]
+    sample = corpus_table(CodeFunctionsConfig(parquet=path), seed=0)
+    assert sample.table.column("name").to_pylist() == ["double"]
+    assert sample.source.counters() == {"files_read": 1, "files_skipped_syntax_error": 1}
+    assert sample.table.column("module").to_pylist() == ["code.parquet[0]"]
 
 
 def test_a_parquet_without_the_column_says_which_it_has(tmp_path):
@@ -178,3 +185,59 @@ def test_globals_the_function_assigns_come_along():
 def test_io_check_tells_pure_parts_of_mixed_modules_from_io(body, io):
     (row,) = function_candidates(body, "m")
     assert (row["_drop_reason"] == "io") is io, row["_drop_reason"]
+
+
+GOOD = "def double(x):\n    return 2 * x\n"
+
+
+def bad_files(folder: Path) -> None:
+    """One good file and three that are not Python source, and one Latin-1 file that declares it."""
+    folder.mkdir()
+    (folder / "good.py").write_text(GOOD)
+    (folder / "broken.py").write_text("def half(x:\n    return x / 2\n")
+    (folder / "blob.py").write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00")
+    (folder / "latin.py").write_bytes("def greet(name):\n    return 'Grüße, ' + name\n".encode("latin-1"))
+    declared = "# -*- coding: latin-1 -*-\ndef ole(s):\n    return s + 'é'\n"
+    (folder / "declared.py").write_bytes(declared.encode("latin-1"))
+
+
+def test_skipped_files_are_counted_per_reason(tmp_path):
+    bad_files(tmp_path / "corpus")
+    sample = corpus_table(CodeFunctionsConfig(folder=tmp_path / "corpus"), seed=0)
+    assert sorted(sample.table.column("name").to_pylist()) == ["double", "ole"]
+    assert sample.source.files == 5
+    assert sample.source.counters() == {"files_read": 2, "files_skipped_binary": 1, "files_skipped_encoding": 1,
+                                        "files_skipped_syntax_error": 1}  # fmt: skip
+
+
+def run_functions_only(tmp_path: Path, folder: Path):
+    spec = {"name": "corpus", "seed": 0, "output": str(tmp_path / "out"),
+            "stages": [{"kind": "code_functions", "folder": str(folder)}]}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return run(load_spec(tmp_path / "spec.yaml"))
+
+
+def test_the_manifest_and_card_report_skipped_files(ray_session, tmp_path):
+    bad_files(tmp_path / "corpus")
+    result = run_functions_only(tmp_path, tmp_path / "corpus")
+    counters = result.manifest["stages"][0]["counters"]
+    assert counters["files_read"] == 2 and counters["files_skipped_syntax_error"] == 1
+    assert counters["files_skipped_binary"] == 1 and counters["files_skipped_encoding"] == 1
+    card = (result.output / "README.md").read_text()
+    assert "5 files, 2 read as Python, 3 skipped" in card
+    assert "not valid Python: 1" in card and "binary (NUL bytes): 1" in card
+
+
+def test_an_empty_corpus_says_it_is_empty(ray_session, tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "notes.txt").write_text("no Python here")
+    with pytest.raises(SpecError, match="the corpus is empty: no Python source in the folder"):
+        run_functions_only(tmp_path, tmp_path / "corpus")
+
+
+def test_a_corpus_of_bad_files_says_why_none_was_read(tmp_path):
+    bad_files(tmp_path / "corpus")
+    for name in ("good.py", "declared.py"):
+        (tmp_path / "corpus" / name).unlink()
+    sample = corpus_table(CodeFunctionsConfig(folder=tmp_path / "corpus"), seed=0)
+    assert "none of the 3 files" in corpus_error(sample) and "not valid Python: 1" in corpus_error(sample)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,8 +10,9 @@ import pytest
 
 from generators.code.calls import CallError, Signature, format_call, is_literal, parse_call
 from generators.code.inputs import (
-    DOCSTRING, SIGNATURE, CodeInputs, CodeInputsConfig, doctest_calls, function_node, proposed_calls, signature_calls,
+    DOCSTRING, HYPOTHESIS, CodeInputs, CodeInputsConfig, doctest_calls, function_node, proposed_calls,
 )  # fmt: skip
+from generators.code.strategies import hypothesis_calls
 from synth.llm import Completion
 from synth.stage import StageContext
 
@@ -89,21 +89,31 @@ def test_doctests_become_calls():
     assert doctest_calls(fn(), Signature.of(fn())) == ["pad('ab', 4)", "pad('abc', width=5, fill='*')"]
 
 
-def test_signature_calls_follow_hints_and_defaults_and_are_seeded():
-    calls = signature_calls(fn(), Signature.of(fn()), 6, random.Random(3))
+def test_hypothesis_calls_follow_hints_and_defaults_and_are_seeded():
+    calls = hypothesis_calls(fn(), Signature.of(fn()), 6, seed=3)
     assert len(calls) == 6 and len(set(calls)) == 6
     for call in calls:
         args, kwargs = parse_call(call, "pad")
         assert isinstance(args[0], str) and all(isinstance(v, int) for v in args[1:2])
         assert isinstance(kwargs.get("fill", " "), str)
-    assert calls == signature_calls(fn(), Signature.of(fn()), 6, random.Random(3))
+    assert calls == hypothesis_calls(fn(), Signature.of(fn()), 6, seed=3)
+    assert calls != hypothesis_calls(fn(), Signature.of(fn()), 6, seed=4)
 
 
-def test_names_decide_when_there_are_no_hints():
+def test_doctest_values_give_the_types_of_unhinted_parameters():
+    node = function_node("def total(rows, scale):\n    return sum(r[0] for r in rows) * scale\n", "total")
+    examples = [(([(1, "a"), (2, "b")], 2), {})]
+    for call in hypothesis_calls(node, Signature.of(node), 6, seed=0, examples=examples):
+        rows, scale = parse_call(call, "total")[0]
+        assert isinstance(rows, list) and isinstance(scale, int)
+        assert all(isinstance(r, tuple) and type(r[0]) is int and type(r[1]) is str for r in rows)
+
+
+def test_names_decide_when_nothing_else_does():
     node = function_node("def f(text, n, items):\n    return text * n, items\n", "f")
-    for call in signature_calls(node, Signature.of(node), 5, random.Random(0)):
+    for call in hypothesis_calls(node, Signature.of(node), 5, seed=0):
         text, n, items = parse_call(call, "f")[0]
-        assert isinstance(text, str) and isinstance(n, int) and isinstance(items, (list, tuple))
+        assert isinstance(text, str) and isinstance(n, int) and isinstance(items, list)
 
 
 class FakeLLM:
@@ -148,7 +158,7 @@ def test_without_a_model_the_fallback_alone_gives_cases():
     inputs = stage(llm=None, inputs_per_function=5)
     inputs.setup()
     chosen = inputs.inputs_for({"function_id": "x", "name": "pad", "source": SOURCE}, "")
-    assert len(chosen) == 5 and {o for _, o in chosen} == {DOCSTRING, SIGNATURE}
+    assert len(chosen) == 5 and {o for _, o in chosen} == {DOCSTRING, HYPOTHESIS}
 
 
 def test_use_in_the_body_decides_when_there_are_no_hints():
@@ -156,6 +166,30 @@ def test_use_in_the_body_decides_when_there_are_no_hints():
         "def f(a, b, c, d, e):\n    if isinstance(e, bytes):\n        pass\n"
         "    return a.lower(), b.items(), [i for i in range(c)], d + 1, e\n", "f"
     )
-    for call in signature_calls(node, Signature.of(node), 5, random.Random(0)):
+    for call in hypothesis_calls(node, Signature.of(node), 5, seed=0):
         a, b, c, d, e = parse_call(call, "f")[0]
         assert (type(a), type(b), type(c), type(d), type(e)) == (str, dict, int, int, bytes)
+
+
+def test_the_model_sees_the_doctest_calls_as_shapes_and_a_copy_of_one_is_the_doctests():
+    inputs = stage(inputs_per_function=8)
+    inputs.llm = FakeLLM()
+    prompt = inputs.prompt({"name": "pad", "source": SOURCE})
+    shapes = prompt.split("Example calls (the shapes of its arguments):")[-1]
+    assert "pad('ab', 4)\npad('abc', width=5, fill='*')\n\n8 new calls:" in shapes
+    assert "'  ab'" not in prompt, "the doctests' outputs are no part of the request"
+    chosen = dict(inputs.inputs_for({"function_id": "x", "name": "pad", "source": SOURCE},
+                                    'pad("ab", 4)\npad("zz", 1)'))  # fmt: skip
+    assert chosen["pad('ab', 4)"] == DOCSTRING and chosen["pad('zz', 1)"] == "fake-model"
+
+
+def test_hypothesis_draws_do_not_depend_on_the_modules_a_process_has_loaded(tmp_path, monkeypatch):
+    """Hypothesis would mix literals of loaded local modules into draws; ours must not see them."""
+    before = hypothesis_calls(fn(), Signature.of(fn()), 8, seed=11)
+    words = [f"local_constant_{i}" for i in range(300)]
+    (tmp_path / "many_words.py").write_text(f"WORDS = {words!r}\nNUMBERS = {list(range(5000, 5300))!r}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import many_words  # noqa: F401 - loaded for its constants
+
+    assert hypothesis_calls(fn(), Signature.of(fn()), 8, seed=11) == before
+    assert not any("local_constant" in call for call in before)

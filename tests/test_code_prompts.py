@@ -25,7 +25,7 @@ def circle(r: float) -> float:
 ROW = {
     "function_id": "f1", "name": "circle", "module": "geometry", "source": SOURCE,
     "inputs": ["circle(1)", "circle(2)", "circle(-1)", "circle(0.5)", "circle('x')"],
-    "input_origins": ["m", "m", "fallback:docstring", "fallback:signature", "m"],
+    "input_origins": ["m", "m", "fallback:docstring", "fallback:hypothesis", "m"],
     "outputs": ["3.14", "12.57", "ValueError: negative radius", "0.79", "unrepresentable"],
     "case_status": ["ok", "ok", "raised", "ok", "unrepresentable"],
     "case_ok": [True, True, False, True, False],
@@ -38,17 +38,17 @@ def stage(**config) -> Case2Code:
 
 
 def test_one_record_per_usable_case_with_a_seeded_format():
-    records = stage().cases(ROW)
+    records = [record for record, reason in stage().cases(ROW)]
     assert [r["input"] for r in records] == ["circle(1)", "circle(2)", "circle(0.5)"]
-    assert records == stage().cases(ROW), "same seed, same records"
+    assert records == [record for record, _ in stage().cases(ROW)], "same seed, same records"
     table = to_case_table(records)
     assert table.num_rows == 3 and table.column("kind").to_pylist() == ["code"] * 3
-    assert [r["model"] for r in records] == ["m", "m", "fallback:signature"]
+    assert [r["model"] for r in records] == ["m", "m", "fallback:hypothesis"]
 
 
 @pytest.mark.parametrize("fmt", ["infer_function", "predict_output", "complete_function"])
 def test_each_format_shows_what_it_should(fmt):
-    instruction, response = format_case(fmt, ROW, [1, 0, 2], random.Random(0))
+    instruction, response = format_case(fmt, ROW, [1, 0, 2], random.Random(0), SOURCE.strip())
     if fmt == "predict_output":
         assert "circle(2)" in instruction and "def circle" in instruction and response == "12.57"
         assert "circle(1)" not in instruction
@@ -69,7 +69,7 @@ def test_partial_function_keeps_header_and_docstring_and_cuts_the_rest():
 
 
 def test_only_chosen_formats_are_made():
-    records = stage(formats={"predict_output": 1.0}).cases(ROW)
+    records = [record for record, _ in stage(formats={"predict_output": 1.0}).cases(ROW)]
     assert {r["format"] for r in records} == {"predict_output"}
     with pytest.raises(ValueError, match="at least one of them > 0"):
         Case2CodeConfig(formats={"predict_output": 0.0})

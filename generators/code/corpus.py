@@ -19,17 +19,25 @@ candidate; it is kept when it
 Rejected candidates are emitted with their `_drop_reason` (the runner counts them); kept ones are
 shuffled with the stage seed and cut to `max_functions`. Reading the corpus happens in the driver:
 the sample needs the whole candidate list, and it is only source text (a few MB for the stdlib).
+
+Files that are not Python source are skipped and counted per reason (`SKIP_REASONS`): the stage's
+counters in the manifest (`files_read`, `files_skipped_<reason>`) and its report in the card say
+how many; an empty corpus, or one where nothing could be read, is an error that says so.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import io
 import logging
 import random
 import re
 import subprocess
+import tokenize
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -92,6 +100,15 @@ STDLIB_SKIP = frozenset({"test", "tests", "idlelib", "tkinter", "turtledemo", "l
 
 _BUILTINS = frozenset(dir(builtins))
 
+SKIP_REASONS = {
+    "unreadable": "could not be read",
+    "binary": "binary (NUL bytes)",
+    "encoding": "not text in their declared encoding (UTF-8 when none is declared)",
+    "syntax_error": "not valid Python",
+    "empty": "empty",
+}
+"""Why a file (or a Parquet row) of the corpus gives no candidates, and how the card says it."""
+
 
 class CodeFunctionsConfig(StageConfig):
     kind: Literal["code_functions"] = "code_functions"
@@ -124,37 +141,89 @@ def stdlib_folder(python: str | None = None) -> Path:
     return Path(out.stdout.strip())
 
 
-def folder_modules(root: Path, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
-    """(module name, source) of every readable .py file under `root`, in a stable order."""
+@dataclass
+class SourceReport:
+    """What reading the corpus found: where, how many files (or rows), and which were skipped why."""
+
+    where: str
+    files: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def read(self) -> int:
+        return self.files - sum(self.skipped.values())
+
+    def counters(self) -> dict[str, float]:
+        return {"files_read": self.read, **{f"files_skipped_{r}": n for r, n in sorted(self.skipped.items())}}
+
+    def skips_text(self) -> str:
+        return ", ".join(f"{SKIP_REASONS[r]}: {n}" for r, n in sorted(self.skipped.items())) or "none"
+
+
+def folder_modules(root: Path, skip: frozenset[str] = frozenset(),
+                   report: SourceReport | None = None) -> Iterator[tuple[str, str]]:  # fmt: skip
+    """(module name, source) of every .py file under `root` that is Python text, in a stable order;
+    the others are counted in `report`."""
+    report = report if report is not None else SourceReport(str(root))
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root).parts
         if any(part in skip for part in parts[:-1]):
             continue
+        report.files += 1
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            text = decode_source(path.read_bytes())
+        except OSError:
+            text = "unreadable"
+        if text in SKIP_REASONS:
+            report.skipped[text] += 1
             continue
         stem = () if path.stem == "__init__" else (path.stem,)
         yield ".".join(parts[:-1] + stem) or root.name, text
 
 
-def parquet_modules(path: Path, column: str) -> Iterator[tuple[str, str]]:
+def decode_source(data: bytes) -> str:
+    """The text of a source file, or the reason it has none (a key of `SKIP_REASONS`)."""
+    if b"\0" in data:
+        return "binary"
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)  # PEP 263 declarations
+        return data.decode(encoding)
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return "encoding"
+
+
+def parquet_modules(path: Path, column: str, report: SourceReport) -> Iterator[tuple[str, str]]:
     table = pq.read_table(path)
     if column not in table.column_names:
         raise SpecError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names)}); set `code_column`")
     for index, text in enumerate(table.column(column).to_pylist()):
-        if text:
+        report.files += 1
+        if not text:
+            report.skipped["empty"] += 1
+        elif "\0" in text:
+            report.skipped["binary"] += 1
+        else:
             yield f"{path.name}[{index}]", text
 
 
 # ---------------------------------------------------------------- judging one function
 
 
-def function_candidates(text: str, module: str, max_lines: int = 30, min_lines: int = 2) -> Iterator[dict]:
-    """Rows of `FUNCTION_SCHEMA` for the module-level functions of one module's source."""
+def parse_module(text: str) -> ast.Module | None:
+    """The module's tree, or None when it is not valid Python."""
     try:
-        tree = ast.parse(text)
+        return ast.parse(text)
     except (SyntaxError, ValueError):
+        return None
+
+
+def function_candidates(
+    text: str, module: str, max_lines: int = 30, min_lines: int = 2, tree: ast.Module | None = None
+) -> Iterator[dict]:
+    """Rows of `FUNCTION_SCHEMA` for the module-level functions of one module's source (`tree`: its
+    parsed form, when the caller has it)."""
+    tree = tree or parse_module(text)
+    if tree is None:
         return
     lines = re.split(r"\r\n|\r|\n", text)  # as ast counts lines: not at form feeds, unlike splitlines()
     imports, constants = _module_imports(tree), _module_constants(tree, lines)
@@ -346,20 +415,32 @@ def _own_nodes(fn: ast.AST) -> Iterator[ast.AST]:
 # ---------------------------------------------------------------- the stage
 
 
-def corpus_table(config: CodeFunctionsConfig, seed: int) -> tuple[pa.Table, int]:
-    """All candidates: rejected ones with their reason, kept ones sampled to `max_functions`.
+@dataclass
+class CorpusSample:
+    table: pa.Table  # every candidate: rejected ones with their reason, then the sampled kept ones
+    not_sampled: int  # kept functions the sample left out
+    source: SourceReport
 
-    Returns the table and how many kept functions the sample left out.
-    """
+
+def corpus_table(config: CodeFunctionsConfig, seed: int) -> CorpusSample:
+    """All candidates: rejected ones with their reason, kept ones sampled to `max_functions`."""
     if config.parquet is not None:
-        modules = parquet_modules(config.parquet, config.code_column)
+        report = SourceReport(f"Parquet file {config.parquet}")
+        modules = parquet_modules(config.parquet, config.code_column, report)
     elif config.folder is not None:
-        modules = folder_modules(config.folder)
+        report = SourceReport(f"folder {config.folder}")
+        modules = folder_modules(config.folder, report=report)
     else:
-        modules = folder_modules(stdlib_folder(config.python), STDLIB_SKIP)
+        folder = stdlib_folder(config.python)
+        report = SourceReport(f"standard library {folder}")
+        modules = folder_modules(folder, STDLIB_SKIP, report)
     rows, seen = [], set()
     for module, text in modules:
-        for row in function_candidates(text, module, config.max_lines, config.min_lines):
+        tree = parse_module(text)
+        if tree is None:
+            report.skipped["syntax_error"] += 1
+            continue
+        for row in function_candidates(text, module, config.max_lines, config.min_lines, tree):
             if row["function_id"] not in seen:
                 seen.add(row["function_id"])
                 rows.append(row)
@@ -367,7 +448,39 @@ def corpus_table(config: CodeFunctionsConfig, seed: int) -> tuple[pa.Table, int]
     random.Random(seed).shuffle(kept)
     sample = kept[: config.max_functions]
     table = pa.Table.from_pylist([r for r in rows if r[DROP_REASON] is not None] + sample, schema=FUNCTION_SCHEMA)
-    return table, len(kept) - len(sample)
+    return CorpusSample(table, len(kept) - len(sample), report)
+
+
+def corpus_error(sample: CorpusSample) -> str | None:
+    """Why a corpus gives nothing to work on, or None."""
+    source = sample.source
+    if source.files == 0:
+        return f"code_functions: the corpus is empty: no Python source in the {source.where}"
+    if source.read == 0:
+        return (f"code_functions: none of the {source.files} files in the {source.where} is Python source "
+                f"({source.skips_text()})")
+    if sample.table.column(DROP_REASON).null_count == 0:
+        return (f"code_functions: no function of the {source.read} files read from the {source.where} passed the "
+                f"static checks (rejected: {sample.table.num_rows}; files skipped: {source.skips_text()})")  # fmt: skip
+    return None
+
+
+def report_text(sample: CorpusSample) -> str:
+    """The stage's section of the dataset card: what was read, skipped, rejected and sampled."""
+    source, table = sample.source, sample.table
+    sampled = table.column(DROP_REASON).null_count
+    rejected = Counter(r for r in table.column(DROP_REASON).to_pylist() if r is not None)
+    lines = [
+        f"Source: the {source.where}: {source.files} files, {source.read} read as Python, "
+        f"{source.files - source.read} skipped.",
+        "",
+        *[f"- skipped, {SKIP_REASONS[r]}: {n}" for r, n in sorted(source.skipped.items())],
+        "",
+        f"Functions: {table.num_rows + sample.not_sampled} candidates; {sum(rejected.values())} rejected by the "
+        f"static checks ({', '.join(f'{r}: {n}' for r, n in sorted(rejected.items())) or 'none'}); "
+        f"{sampled} sampled, {sample.not_sampled} more passed but were not sampled.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @register
@@ -377,12 +490,20 @@ class CodeFunctions(SourceStage):
     description = "Functions from the standard library, a folder or Parquet of code, statically filtered"
 
     def read(self) -> ray.data.Dataset:
-        table, not_sampled = corpus_table(self.config, self.ctx.stage_seed)
+        sample = corpus_table(self.config, self.ctx.stage_seed)
+        table, source = sample.table, sample.source
         sampled = table.column(DROP_REASON).null_count
-        log.info("code_functions: %d rejected, %d sampled, %d more passed but were not sampled",
-                 table.num_rows - sampled, sampled, not_sampled)  # fmt: skip
-        self.ctx.count(functions_not_sampled=not_sampled)
-        if sampled == 0:
-            raise SpecError("code_functions: no function in the corpus passed the static checks")
+        log.info("code_functions: %d files, %d read, skipped: %s; %d functions rejected, %d sampled, %d more passed "
+                 "but were not sampled", source.files, source.read, source.skips_text(), table.num_rows - sampled,
+                 sampled, sample.not_sampled)  # fmt: skip
+        self.ctx.count(functions_not_sampled=sample.not_sampled, **source.counters())
+        error = corpus_error(sample)
+        if error:
+            raise SpecError(error)
+        report = self.ctx.output_dir / "_reports" / self.ctx.stage_name / "report.md"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        tmp = report.with_name(".report.md.tmp")
+        tmp.write_text(report_text(sample))
+        tmp.replace(report)  # the card reads it (synth.card)
         size = self.config.block_size
         return ray.data.from_arrow([table.slice(i, size) for i in range(0, table.num_rows, size)])

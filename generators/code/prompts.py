@@ -9,7 +9,10 @@ Formats, one chosen per case with a seed derived from the stage seed, the functi
   input/output pairs; the whole function is the answer.
 
 The pairs shown are this case first, then up to `examples_per_prompt - 1` other usable cases of
-the same function. Records follow `generators.code.records.CODE_SCHEMA`.
+the same function. The function is shown (and given as the answer) without its docstring's
+examples and result comments (`generators.code.leaks.shown_source`); a case whose prompt still
+gives its answer away is dropped as `answer_in_prompt`. Records follow
+`generators.code.records.CODE_SCHEMA`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from generators.code.leaks import answer_in_prompt, shown_source
 from generators.code.records import content_id, to_case_table
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import MapStage, derive_seed
+from synth.stage import MapStage, derive_seed, mark_dropped
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
@@ -82,12 +86,11 @@ def partial_function(source: str, name: str, rng: random.Random) -> str:
     return "\n".join(lines[: head_end + extra])
 
 
-def format_case(fmt: str, row: dict, shown: list[int], rng: random.Random) -> tuple[str, str]:
-    """(instruction, response) of case `shown[0]` of a function row in format `fmt`."""
+def format_case(fmt: str, row: dict, shown: list[int], rng: random.Random, source: str) -> tuple[str, str]:
+    """(instruction, response) of case `shown[0]` of a function row in format `fmt`, showing `source`."""
     calls = [row["inputs"][i] for i in shown]
     outputs = [row["outputs"][i] for i in shown]
     errors = [row["case_status"][i] == "raised" for i in shown]
-    source = row["source"].strip()
     if fmt == "predict_output":
         return render("predict_output", source=source, call=calls[0]), outputs[0]
     examples = examples_text(calls, outputs, errors)
@@ -104,22 +107,27 @@ class Case2Code(MapStage):
     description = "Case2Code: one instruction/response record per usable test case, in a seeded format"
 
     def process(self, batch: pa.Table) -> pa.Table:
-        records = [record for row in batch.to_pylist() for record in self.cases(row)]
+        made = [pair for row in batch.to_pylist() for pair in self.cases(row)]
+        records = [record for record, _ in made]
         self.ctx.count(**{f"format_{f}": sum(r["format"] == f for r in records) for f in self.config.formats})
-        return to_case_table(records)
+        return mark_dropped(to_case_table(records), [reason for _, reason in made])
 
-    def cases(self, row: dict) -> list[dict]:
+    def cases(self, row: dict) -> list[tuple[dict, str | None]]:
+        """(record, drop reason or None) per usable case of a function row."""
         cfg = self.config
         usable = [i for i, ok in enumerate(row["case_ok"]) if ok][: cfg.max_cases_per_function]
         names, weights = list(cfg.formats), list(cfg.formats.values())
+        source = shown_source(row["source"], row["name"]).strip()
         records = []
         for case in usable:
             rng = random.Random(derive_seed(self.ctx.stage_seed, row["function_id"], case))
             fmt = rng.choices(names, weights)[0]
             others = [i for i in usable if i != case]
             shown = [case] + rng.sample(others, min(cfg.examples_per_prompt - 1, len(others)))
-            instruction, response = format_case(fmt, row, shown, rng)
-            records.append(self._record(row, case, shown, fmt, instruction, response))
+            instruction, response = format_case(fmt, row, shown, rng, source)
+            leaks = answer_in_prompt(fmt, instruction, response, row["inputs"][case], row["name"], source)
+            records.append((self._record(row, case, shown, fmt, instruction, response),
+                            "answer_in_prompt" if leaks else None))  # fmt: skip
         return records
 
     def _record(self, row: dict, case: int, shown: list[int], fmt: str, instruction: str, response: str) -> dict:

@@ -10,10 +10,11 @@ Every record of kind "code" has these columns (`CODE_SCHEMA`), one record per te
 | `run_id`          | string       | the run that made it                                                 |
 | `seed`            | int64        | the run's seed                                                       |
 | `model`           | string       | what proposed the input: the LLM's id, or `fallback:docstring` /     |
-|                   |              | `fallback:signature` (inputs built from doctests / hints and names)  |
+|                   |              | `fallback:hypothesis` (doctest calls / drawn from strategies)        |
 | `format`          | string       | infer_function, predict_output or complete_function                  |
 | `instruction`     | string       | the prompt                                                           |
-| `response`        | string       | the answer: the function's source, or the case's output              |
+| `response`        | string       | the answer: the function's source as shown (without its docstring's  |
+|                   |              | examples and result comments), or the case's output                  |
 | `function_id`     | string       | xxhash64 hex of `source`                                             |
 | `function_name`   | string       | the function's name                                                  |
 | `module`          | string       | where it came from: a module name (`textwrap`) or a file path        |

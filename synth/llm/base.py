@@ -26,6 +26,9 @@ class SamplingParams(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="Penalty on tokens already in the text; "
                                     "backends without one (local transformers) ignore it")
     seed: int = 0
+    grammar: str | None = None
+    """A GBNF grammar the completion must match; sent as `grammar` by the `openai` backend, which
+    llama.cpp's llama-server honours. A stage sets it only for a backend that takes it."""
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,8 @@ def request_key(backend: str, model_id: str, messages: ChatRequest, sampling: Sa
         "backend": backend,
         "model": model_id,
         "messages": [dict(m) for m in messages],
-        "sampling": sampling.model_dump(mode="json"),
+        # no grammar: the key it had before the field existed, so earlier caches stay valid
+        "sampling": sampling.model_dump(mode="json", exclude={"grammar"} if sampling.grammar is None else None),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 

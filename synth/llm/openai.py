@@ -122,6 +122,8 @@ class OpenAIClient(Backend):
             body["stop"] = list(sampling.stop)
         if sampling.presence_penalty:
             body["presence_penalty"] = sampling.presence_penalty
+        if sampling.grammar is not None:
+            body["grammar"] = sampling.grammar  # llama-server's extension: constrained decoding
         return body
 
     def _parse(self, response: httpx.Response) -> Completion:

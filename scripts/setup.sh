@@ -11,6 +11,7 @@ PY=${PYTHON:-python3.11}
 
 need_apt=()
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)  # llama-server's build
 # The sandbox's seccomp filter is compiled with libseccomp (through ctypes: no Python binding).
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2 ' || need_apt+=(libseccomp2)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -42,7 +42,7 @@ from generators.code.corpus import STDLIB_SKIP, folder_modules, function_candida
 import generators.code.execute as execute  # noqa: E402
 from generators.code.execute import HARNESS_PRELOAD, ExecutionOptions, run_all, run_function  # noqa: E402
 from generators.code.inputs import function_node, signature_calls  # noqa: E402
-from synth.forkserver import ForkServer  # noqa: E402
+from synth.sandbox.forkserver import ForkServer  # noqa: E402
 from synth.sandbox import Sandbox  # noqa: E402
 
 ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)  # seccomp: `return ALLOW`

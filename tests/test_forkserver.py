@@ -1,4 +1,4 @@
-"""synth.forkserver: a forked sandbox gives the code what a bwrap run gives it, and runs share nothing.
+"""synth.sandbox.forkserver: a forked sandbox gives the code what a bwrap run gives it, and runs share nothing.
 
 The attack suite (test_sandbox_attacks.py) runs every attack against both; this file checks the
 plain behaviour, the server's own life (hash seed, a zygote that dies, concurrency) and refusal.
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import synth.forkserver as forkserver
+import synth.sandbox.forkserver as forkserver
 from generators.code.calls import Signature
 from generators.code.corpus import STDLIB_SKIP, folder_modules, function_candidates, stdlib_folder
 from generators.code.execute import ExecutionOptions, run_all
 from generators.code.inputs import function_node, signature_calls
-from synth.forkserver import ForkServer
-from synth.forkserver_pool import close_idle, shared_server
+from synth.sandbox.forkserver import ForkServer
+from synth.sandbox.forkserver_pool import close_idle, shared_server
 from synth.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 
 LIMITS = SandboxLimits(wall_s=3, cpu_s=2, memory_mb=256, processes=8, tmpfs_mb=4, output_kb=64)

@@ -141,7 +141,7 @@ def _uid_of(pid: int) -> int:
 
 
 def test_refuses_without_bubblewrap(monkeypatch):
-    monkeypatch.setattr("synth.sandbox.shutil.which", lambda name, path=None: None)
+    monkeypatch.setattr("synth.sandbox.bwrap.shutil.which", lambda name, path=None: None)
     with pytest.raises(SandboxUnavailable, match="bubblewrap"):
         Sandbox(LIMITS)
 
@@ -157,13 +157,13 @@ def test_refuses_when_bwrap_cannot_build_the_sandbox_and_runs_nothing(monkeypatc
         def which(name, path=None):
             return str(fake) if name == "bwrap" else real_which(name, path=path)
 
-        monkeypatch.setattr("synth.sandbox.shutil.which", which)
+        monkeypatch.setattr("synth.sandbox.bwrap.shutil.which", which)
         with pytest.raises(SandboxUnavailable, match="No permissions.*user namespaces.*never run unsandboxed"):
             Sandbox(LIMITS)
 
 
 def test_refuses_a_bwrap_it_cannot_execute(monkeypatch):
-    monkeypatch.setattr("synth.sandbox.shutil.which", lambda name, path=None: "/dev/null")
+    monkeypatch.setattr("synth.sandbox.bwrap.shutil.which", lambda name, path=None: "/dev/null")
     with pytest.raises(SandboxUnavailable, match="cannot start /dev/null"):
         Sandbox(LIMITS)
 
@@ -174,18 +174,18 @@ def test_refuses_an_interpreter_it_cannot_start():
 
 
 def test_refuses_without_libseccomp(monkeypatch):
-    import synth.seccomp
+    import synth.sandbox.seccomp as seccomp
 
     def missing(name, *args, **kwargs):
         raise OSError(f"{name}: cannot open shared object file")
 
-    synth.seccomp._library.cache_clear()
-    synth.seccomp.filter_bpf.cache_clear()
-    monkeypatch.setattr(synth.seccomp.ctypes, "CDLL", missing)
+    seccomp._library.cache_clear()
+    seccomp.filter_bpf.cache_clear()
+    monkeypatch.setattr(seccomp.ctypes, "CDLL", missing)
     try:
         with pytest.raises(SandboxUnavailable, match="seccomp.*libseccomp2.*never run unsandboxed"):
             Sandbox(LIMITS)
     finally:
         monkeypatch.undo()
-        synth.seccomp._library.cache_clear()
-        synth.seccomp.filter_bpf.cache_clear()
+        seccomp._library.cache_clear()
+        seccomp.filter_bpf.cache_clear()

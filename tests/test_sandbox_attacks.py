@@ -23,8 +23,8 @@ import pytest
 
 from filters.quality.code_checks import CodeChecksConfig, drop_reason
 from generators.code.execute import ExecutionOptions, FunctionRun, run_function
-from synth import memory_cgroup
-from synth.forkserver import ForkServer
+from synth.sandbox import memory_cgroup
+from synth.sandbox.forkserver import ForkServer
 from synth.sandbox import SANDBOX_UID, Sandbox, SandboxLimits
 
 LIMITS = SandboxLimits(wall_s=4, cpu_s=2, memory_mb=256, processes=8, file_mb=2, tmpfs_mb=4, output_kb=64)
@@ -510,7 +510,7 @@ _DENIED_PROBES = {
 
 
 def test_seccomp_denies_the_kernels_risky_surface(sandbox):
-    from synth.seccomp import DENIED, syscall_number
+    from synth.sandbox.seccomp import DENIED, syscall_number
 
     calls = {name: (syscall_number(name), args) for name, args in _DENIED_PROBES.items() if syscall_number(name)}
     calls["clone3"] = (syscall_number("clone3"), (0, 0))
@@ -565,8 +565,8 @@ def test_the_hosts_session_keyring_is_out_of_reach(sandbox, monkeypatch, filtere
     system calls; without it, each run's own fresh keyring still keeps the host's out of reach."""
     import ctypes
 
-    import synth.launcher as launcher
-    from synth.seccomp import syscall_number
+    import synth.sandbox.launcher as launcher
+    from synth.sandbox.seccomp import syscall_number
 
     keyctl, add_key = syscall_number("keyctl"), syscall_number("add_key")
     libc = ctypes.CDLL(None, use_errno=True)
@@ -651,7 +651,7 @@ def test_the_result_channel_is_out_of_reach(sandbox):
         "        outcomes.append(libc.syscall(number, *args) == -1 and ctypes.get_errno())\n"
         "    return outcomes\n"
     )
-    from synth.seccomp import syscall_number
+    from synth.sandbox.seccomp import syscall_number
 
     attach = (syscall_number("ptrace"), (16, 2, 0, 0))  # PTRACE_ATTACH to the harness (pid 2)
     write_memory = (syscall_number("process_vm_writev"), (2, 0, 0, 0, 0, 0))

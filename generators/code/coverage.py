@@ -33,7 +33,7 @@ from pydantic import Field
 
 from generators.code.calls import parse_call
 from generators.code.execute import HARNESS_PRELOAD, ExecutionOptions
-from synth.forkserver_pool import shared_server
+from synth.sandbox.forkserver_pool import shared_server
 from synth.registry import register
 from synth.sandbox import SandboxResult, SandboxUnavailable
 from synth.spec import StageConfig

@@ -4,7 +4,7 @@
 inputs go into a sandbox; per input, a status and a text come back (see the harness for the
 statuses). One sandbox per function, not per input: a function cannot change another's state
 or outputs. By default (`fork_server`) each function's sandbox is forked from a warm zygote
-(`synth.forkserver`), which spares the interpreter start a `synth.sandbox.Sandbox` run pays;
+(`synth.sandbox.forkserver`), which spares the interpreter start a `synth.sandbox.Sandbox` run pays;
 where a zygote cannot build sandboxes, a warning says so and each function gets a bwrap run.
 
 The `code_execute` stage adds, per function row:
@@ -39,8 +39,8 @@ from pydantic import Field
 
 from generators.code.calls import parse_call
 from synth.registry import register
-from synth.forkserver import PRELOAD, ForkServer
-from synth.forkserver_pool import shared_server
+from synth.sandbox.forkserver import PRELOAD, ForkServer
+from synth.sandbox.forkserver_pool import shared_server
 from synth.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailable, program_too_large
 from synth.spec import StageConfig, StrictModel
 from synth.stage import MapStage, set_column
@@ -62,7 +62,7 @@ class ExecutionOptions(StrictModel):
     python: str | None = Field(None, description="Interpreter inside the sandbox (default: see synth.sandbox)")
     parallel: int = Field(2, ge=1, description="Sandboxes running at once per worker")
     fork_server: bool = Field(
-        True, description="Fork each function's sandbox from a warm zygote (synth.forkserver), ~3x faster; "
+        True, description="Fork each function's sandbox from a warm zygote (synth.sandbox.forkserver), ~3x faster; "
         "false: start bubblewrap and a fresh interpreter per function"
     )  # fmt: skip
 
@@ -148,7 +148,7 @@ def run_all(
 ) -> list[FunctionRun]:
     """`run_function` for each row (`source`, `name`, `inputs`), `options.parallel` at a time,
     through a fork server of `parallel` zygotes where `options.fork_server` (kept for the next
-    call with the same settings: see `synth.forkserver_pool`)."""
+    call with the same settings: see `synth.sandbox.forkserver_pool`)."""
     if not options.fork_server:
         return _run_each(sandbox, rows, options, hash_seed)
     try:

@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from synth.forkserver import PRELOAD, ForkServer
-from synth.sandbox import Sandbox
+from synth.sandbox.forkserver import PRELOAD, ForkServer
+from synth.sandbox.bwrap import Sandbox
 
 KEEP_IDLE_S = 30.0
 

@@ -6,7 +6,7 @@ container runtimes and PAM logins give it) could read the host's keys and leave 
 host and later runs. Linux keeps the session keyring per thread, so every sandbox is started
 from a dedicated thread that first joins a new anonymous one (`KEYCTL_JOIN_SESSION_KEYRING`
 with no name): the sandbox gets a keyring of its own, empty, and the host's threads keep
-theirs. The seccomp filter (`synth.seccomp`) denies the key system calls inside anyway.
+theirs. The seccomp filter (`synth.sandbox.seccomp`) denies the key system calls inside anyway.
 
 Where the host itself may not call keyctl (a container whose own filter denies it), the thread
 cannot join one; the sandbox then inherits the host's keyring, which the code, denied those
@@ -22,8 +22,8 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from synth.memory_cgroup import MemoryCgroup
-from synth.seccomp import syscall_number
+from synth.sandbox.memory_cgroup import MemoryCgroup
+from synth.sandbox.seccomp import syscall_number
 
 log = logging.getLogger(__name__)
 

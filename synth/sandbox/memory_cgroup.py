@@ -8,7 +8,7 @@ own whose limit covers everything charged to it: the memory of every process, sh
 Past it the kernel's OOM killer ends a process of that sandbox alone.
 
 Children must be born inside it, or what they allocated before a move stays charged outside.
-Cgroup v1 places threads, not only processes: the launcher thread (`synth.launcher`) enters the
+Cgroup v1 places threads, not only processes: the launcher thread (`synth.sandbox.launcher`) enters the
 cgroup, starts bwrap, which inherits it, and leaves again; the host's other threads stay out.
 
 Where there is no such controller (cgroup v2 only, or no write access), `available()` is False,

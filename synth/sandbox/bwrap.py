@@ -13,11 +13,11 @@ its exit status, stdout and stderr, or why it was stopped. What the command gets
   so not even `/proc/1/environ` holds the parent's; inherited file descriptors are closed;
 - rlimits, applied inside its namespaces by util-linux `prlimit`: CPU seconds, address space,
   processes, file size, open files, no core dumps;
-- a seccomp filter (`synth.seccomp`, an allow-list after Docker's default profile), loaded by
+- a seccomp filter (`synth.sandbox.seccomp`, an allow-list after Docker's default profile), loaded by
   bwrap with `--seccomp` before the command starts;
-- a session keyring of its own, fresh and empty (`synth.launcher` starts every sandbox);
+- a session keyring of its own, fresh and empty (`synth.sandbox.launcher` starts every sandbox);
 - one memory limit for the whole run, shared memory included: a memory cgroup of its own where
-  the host has a writable cgroup v1 memory controller (`synth.memory_cgroup`);
+  the host has a writable cgroup v1 memory controller (`synth.sandbox.memory_cgroup`);
 - a program-size limit (`program_kb`), checked before the run: `program_too_large`;
 - a parent-side wall clock: past `wall_s` the whole sandbox is SIGKILLed: its init (bwrap's
   PID 1 of the namespace), which takes every process inside with it, daemons too. Either way
@@ -36,7 +36,7 @@ by that user; the default is the running base interpreter when it is, else `/usr
 Where bubblewrap is missing or cannot build the sandbox (no unprivileged user namespaces, say),
 constructing a `Sandbox` raises `SandboxUnavailable` saying what is missing.
 
-`synth.forkserver.ForkServer` builds the same kind of sandbox per run by forking a warm
+`synth.sandbox.forkserver.ForkServer` builds the same kind of sandbox per run by forking a warm
 interpreter that waits inside one of these, sparing each run the interpreter start.
 """
 
@@ -57,9 +57,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from synth import launcher, memory_cgroup
+from synth.sandbox import launcher, memory_cgroup
 from synth.errors import SynthError
-from synth.seccomp import SeccompUnavailable, bpf_file, filter_bpf
+from synth.sandbox.seccomp import SeccompUnavailable, bpf_file, filter_bpf
 from synth.spec import StrictModel
 
 SANDBOX_UID = 65534
@@ -180,13 +180,13 @@ class Sandbox:
 
     @staticmethod
     def memory_cgroup(limit_mb: int) -> memory_cgroup.MemoryCgroup | None:
-        """A memory cgroup for one sandbox (`synth.memory_cgroup`), or None where the host has none."""
+        """A memory cgroup for one sandbox (`synth.sandbox.memory_cgroup`), or None where the host has none."""
         return memory_cgroup.MemoryCgroup(limit_mb) if memory_cgroup.available() else None
 
     def start_process(self, command: list[str], stdin_fd: int, pass_fds: tuple[int, ...], stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, cgroup: memory_cgroup.MemoryCgroup | None = None) -> subprocess.Popen:  # fmt: skip
         """Start `command` (from `command()`, which names `pass_fds`) with an empty environment, in a
-        session of its own, a fresh session keyring (`synth.launcher`) and `cgroup`."""
+        session of its own, a fresh session keyring (`synth.sandbox.launcher`) and `cgroup`."""
         try:
             return launcher.popen(
                 command, cgroup, stdin=stdin_fd, stdout=stdout, stderr=stderr, env={},
@@ -216,8 +216,8 @@ class Sandbox:
         """The full command line: bwrap (as the sandbox user when we are root), prlimit, `argv`.
 
         `user_namespaces=True` lets `argv` create user namespaces: only for a fork server's
-        zygote (`synth.forkserver`), which builds each sandbox's in a namespace of its own, and
-        which alone runs without `seccomp_fd` (the filter, `synth.seccomp`, that bwrap loads
+        zygote (`synth.sandbox.forkserver`), which builds each sandbox's in a namespace of its own, and
+        which alone runs without `seccomp_fd` (the filter, `synth.sandbox.seccomp`, that bwrap loads
         before it execs the command): each forked run loads the filter before its code.
 
         bwrap writes its init's pid to `info_fd`. The rlimits are set inside the namespaces, by

@@ -1,7 +1,7 @@
 """The program of a fork server's zygote: it runs INSIDE an outer bubblewrap sandbox (see
-`synth.forkserver`) and builds one fresh sandbox per request by forking itself.
+`synth.sandbox.forkserver`) and builds one fresh sandbox per request by forking itself.
 
-`synth.forkserver` passes this file's text to the sandboxed interpreter (`python -S -c`), with one
+`synth.sandbox.forkserver` passes this file's text to the sandboxed interpreter (`python -S -c`), with one
 argument: `marshal.dumps(config).hex()`, config a dict of `limits` (the rlimits), `tmpfs_mb` and
 `preload` (standard-library modules imported once, here, so that every sandbox starts with
 them). It cannot import the project, which is not in the sandbox.
@@ -91,7 +91,7 @@ class _SockFprog(ctypes.Structure):
 
 
 def _load_filter(bpf):
-    """The seccomp filter (classic BPF from synth.seccomp) on this process and its children, for good."""
+    """The seccomp filter (classic BPF from synth.sandbox.seccomp) on this process and its children, for good."""
     program = ctypes.create_string_buffer(bpf, len(bpf))
     fprog = _SockFprog(len(bpf) // 8, ctypes.cast(program, ctypes.c_void_p))
     _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
@@ -102,7 +102,7 @@ def _set_up_init(config):
     run's own, the other namespaces, the mounts and hostname; then a user namespace of the run's
     own, where none can be made."""
     keyctl = config["keyctl"]
-    if keyctl is not None:  # where the host may not call keyctl, neither may the code (see synth.launcher)
+    if keyctl is not None:  # where the host may not call keyctl, neither may the code (see synth.sandbox.launcher)
         _libc.syscall(keyctl, _KEYCTL_JOIN_SESSION_KEYRING, None)
     flags = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
     _check(_libc.unshare(flags), "unshare(mount, net, ipc, uts, cgroup)")

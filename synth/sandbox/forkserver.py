@@ -5,7 +5,7 @@ most of the cost of running one function on a few inputs. A `ForkServer` starts 
 each a Python inside one long-lived bubblewrap sandbox (the same command line as `Sandbox`,
 except that the zygote may create user namespaces), with standard-library modules preloaded.
 Each `run_python` forks a zygote, and the fork builds a sandbox of its own before the code runs
-(`synth.zygote` says how): its own PID, mount, network, IPC, UTS, cgroup and user namespaces
+(`synth.sandbox.zygote` says how): its own PID, mount, network, IPC, UTS, cgroup and user namespaces
 (under the zygote's), a private /tmp tmpfs and /proc, the rlimits, no capabilities and no way to
 create user namespaces; when its init exits, everything it started dies with it. Runs never
 share a process, a namespace of their own or a writable file, and the zygote holds nothing from
@@ -37,7 +37,7 @@ import time
 from functools import cache
 from pathlib import Path
 
-from synth.sandbox import (
+from synth.sandbox.bwrap import (
     NEVER_UNSANDBOXED,
     SANDBOX_ENV,
     TEARDOWN_S,
@@ -53,8 +53,8 @@ from synth.sandbox import (
     read_init_pid,
     sandbox_result,
 )
-from synth.seccomp import syscall_number
-from synth.zygote import DONE, MAX_REQUEST, READY, STARTED
+from synth.sandbox.seccomp import syscall_number
+from synth.sandbox.zygote import DONE, MAX_REQUEST, READY, STARTED
 
 PRELOAD = ("collections", "functools", "itertools", "math", "operator", "re", "string", "types")
 """Standard-library modules every zygote imports once, so runs start with them (trusted code only)."""

@@ -30,7 +30,7 @@ dataset of the same spec and seed does nothing new (`overwrite` makes it again),
 or a retry of `write` after its manifest landed is harmless.
 
 Parsing is light: Airflow re-parses the DAG file every few minutes under a time-out. A spec is
-read once and validated only at its top level (`synth.spec.load_spec_outline`); stages are known by
+read once and validated only at its top level (`synth.run_spec.load_spec_outline`); stages are known by
 kind and name, their roles from `BUILTIN_ROLES`, so neither Ray, torch nor any stage module is
 imported. The tasks import the runner and validate the whole spec when they run: an error in a
 stage's fields fails the first task at once, naming the file, line and key.
@@ -53,8 +53,10 @@ from airflow.sdk import DAG, Asset, AssetAlias, Connection, Param, Variable, cha
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from synth.errors import SpecError, SynthError
+from synth.run_spec import RunSpec, load_spec, load_spec_outline
 from synth.schedule import AirflowOptions
-from synth.spec import RunSpec, StageConfig, load_spec, load_spec_outline, read_yaml
+from synth.spec import StageConfig
+from synth.yaml_source import read_yaml
 
 PIPELINES_ENV = "SYNTH_PIPELINES_DIR"
 """Folder of specs to build DAGs from; default: the repo's `pipelines/`."""

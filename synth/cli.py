@@ -66,7 +66,7 @@ def generate(
 ) -> None:
     """Run a pipeline spec and write a Parquet dataset with its manifest and card."""
     from synth.runner import run
-    from synth.spec import load_spec
+    from synth.run_spec import load_spec
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_spec = None

@@ -48,7 +48,8 @@ from synth.inputs import check_llm_backend, content_hash, llm_fields
 from synth.manifest import MANIFEST, StageReport, git_revision, llm_totals, package_versions
 from synth.ray_session import init_ray
 from synth.registry import stage_class
-from synth.spec import RunSpec, StageConfig, spec_to_dict
+from synth.run_spec import RunSpec, spec_to_dict
+from synth.spec import StageConfig
 from synth.stage import DROP_REASON, FilterStage, GlobalStage, MapStage, SourceStage, Stage, StageContext
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ import yaml
 
 from synth.registry import register
 from synth.runner import run
-from synth.spec import StageConfig, load_spec
+from synth.run_spec import load_spec
+from synth.spec import StageConfig
 from synth.stage import FilterStage, GlobalStage, mark_dropped
 
 REPO = Path(__file__).resolve().parents[1]

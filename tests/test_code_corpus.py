@@ -12,7 +12,7 @@ import yaml
 from generators.code.corpus import CodeFunctionsConfig, corpus_error, corpus_table, function_candidates, stdlib_folder
 from synth.errors import SpecError
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 MODULE = '''
 import os

@@ -28,7 +28,7 @@ from generators.code.leaks import shown_source
 from generators.code.records import CODE_SCHEMA
 from synth.runner import run
 from synth.sandbox import Sandbox
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 CORPUS = '''
 import math

@@ -28,7 +28,7 @@ import generators.code.prompts  # noqa: F401
 from generators.code.calls import CallError, format_call, parse_call
 from generators.code.corpus import stdlib_folder
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "code.yaml"
 MODULES = ("pickle.py", "statistics.py", "difflib.py", "enum.py", "http/cookiejar.py")

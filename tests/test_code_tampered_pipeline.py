@@ -13,7 +13,7 @@ import generators.code.execute  # noqa: F401
 import generators.code.inputs  # noqa: F401
 import generators.code.prompts  # noqa: F401
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 CORPUS = '''
 import xml.etree.ElementTree as ET

@@ -23,7 +23,8 @@ from filters.dedup.minhash import MinhashDedup
 from synth.errors import SpecError
 from synth.registry import register
 from synth.runner import run
-from synth.spec import StageConfig, load_spec
+from synth.run_spec import load_spec
+from synth.spec import StageConfig
 from synth.stage import SourceStage, StageContext
 
 

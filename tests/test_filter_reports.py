@@ -20,7 +20,8 @@ import filters.quality.perplexity  # noqa: F401 - registers perplexity
 from synth.cli import app
 from synth.registry import register
 from synth.runner import run
-from synth.spec import StageConfig, load_spec
+from synth.run_spec import load_spec
+from synth.spec import StageConfig
 from synth.stage import SourceStage
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

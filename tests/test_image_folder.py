@@ -16,7 +16,7 @@ from generators.image.folder import ImageFolder, ImageFolderConfig
 from generators.image.records import decode_png
 from synth.errors import SynthError
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 from synth.stage import StageContext
 
 warnings.filterwarnings("ignore", module="pydicom")

@@ -12,7 +12,7 @@ from generators.image.phantoms import CLASSES, draw_phantom
 from generators.image.records import decode_png, image_id
 from synth.errors import SpecError
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 
 def test_one_seed_gives_one_slice_and_the_label_decides_the_lesion():

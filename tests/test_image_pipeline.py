@@ -14,7 +14,7 @@ import generators.image.evaluate
 import generators.image.phantoms
 import generators.image.sampler  # noqa: F401
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"

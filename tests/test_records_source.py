@@ -19,7 +19,7 @@ import yaml
 
 from synth.errors import SpecError
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 SEEDS = Path(__file__).resolve().parents[1] / "pipelines" / "seeds" / "instruct_seed_tasks.jsonl"
 REPEATED = 9

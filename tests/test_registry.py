@@ -28,7 +28,7 @@ def test_an_unknown_kind_lists_the_known_ones():
 
 def test_loading_an_instruct_spec_imports_no_model_library():
     probe = (
-        "import sys; from synth.spec import load_spec; load_spec('pipelines/instruct.yaml'); "
+        "import sys; from synth.run_spec import load_spec; load_spec('pipelines/instruct.yaml'); "
         "print(sorted(m for m in ('torch', 'transformers', 'sdv', 'diffusers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 

@@ -20,7 +20,7 @@ import stages_for_tests  # noqa: F401 - registers the test stages
 import stages_that_fail  # noqa: F401
 from synth.errors import BugError, SpecError, SynthError
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 TESTS = Path(__file__).resolve().parent
 SEEDS = TESTS.parent / "pipelines" / "seeds" / "instruct_seed_tasks.jsonl"

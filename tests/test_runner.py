@@ -13,7 +13,7 @@ import yaml
 import stages_for_tests  # noqa: F401 - registers the test stages
 from synth.errors import OutputExistsError
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 
 def write_spec(tmp_path: Path, stages: list[dict], **top) -> Path:

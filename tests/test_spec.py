@@ -10,7 +10,7 @@ import pytest
 
 import stages_for_tests  # noqa: F401 - registers the test stages
 from synth.errors import SpecError
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 GOOD = """\
 name: numbers

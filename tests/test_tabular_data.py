@@ -17,7 +17,7 @@ from generators.tabular.data import (
 )  # fmt: skip
 from generators.tabular.source import TabularSynthConfig  # noqa: F401 - registers tabular_synth
 from synth.errors import SpecError
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:

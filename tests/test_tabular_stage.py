@@ -20,7 +20,7 @@ import yaml
 import generators.tabular.report  # noqa: F401 - registers tabular_report
 from generators.tabular.source import RECORD_COLUMNS, cross_block_repeats, mark_rows, records
 from synth.runner import run
-from synth.spec import load_spec
+from synth.run_spec import load_spec
 
 ROWS = 160
 

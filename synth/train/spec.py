@@ -4,9 +4,6 @@ One YAML file describes a training run: the Parquet dataset to read and how to t
 into tokens, the model to start from (the embedded SmolLM2, a local Hugging Face folder, or a
 small one from scratch, optionally with LoRA), the optimisation schedule, and where it runs.
 Relative paths are taken from the working directory, like a pipeline's `output:`.
-
-This module imports nothing from `synth.spec` at import time, because `synth.spec` imports
-`TrainSpec` for `RunSpec.train`; the YAML helpers are imported where a file is loaded.
 """
 
 from __future__ import annotations
@@ -17,8 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -27,6 +22,8 @@ from pydantic import (
 
 from synth.errors import SynthError
 from synth.schedule import AirflowOptions
+from synth.spec import StrictModel
+from synth.yaml_source import plain_data, read_yaml, spec_error
 
 EMBEDDED = "embedded"
 SCRATCH = "scratch"
@@ -36,13 +33,7 @@ class TrainError(SynthError):
     """Training cannot start or go on: bad data, a missing model, an output that is not ours."""
 
 
-class _Strict(BaseModel):
-    """Unknown keys are errors (the rule of `synth.spec.StrictModel`, see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     """Which Parquet dataset to read and how its rows become training tokens."""
 
     path: Path | None = Field(
@@ -62,7 +53,7 @@ class DataSpec(_Strict):
     eval_sequences: int = Field(32, ge=1, description="At most this many packed held-out sequences are evaluated")
 
 
-class ScratchModel(_Strict):
+class ScratchModel(StrictModel):
     """A small Llama-style decoder trained from random weights (for pretraining and tests)."""
 
     hidden_size: int = Field(256, ge=8)
@@ -78,7 +69,7 @@ class ScratchModel(_Strict):
         return self
 
 
-class LoraSpec(_Strict):
+class LoraSpec(StrictModel):
     """Low-rank adapters through `peft`; the saved model has them merged into plain weights."""
 
     r: int = Field(16, ge=1)
@@ -89,7 +80,7 @@ class LoraSpec(_Strict):
         min_length=1)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     base: str = Field(EMBEDDED, description="embedded (SmolLM2-135M-Instruct), scratch, or a Hugging Face model folder")
     scratch: ScratchModel = ScratchModel()
     tokenizer: str | None = Field(None, description="scratch: a tokenizer folder; default: the embedded model's")
@@ -116,7 +107,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     workers: int = Field(1, ge=1, description="1: train in this process; more: Ray Train workers (DDP)")
     use_gpu: bool | None = Field(None, description="Default: CUDA when this machine (or the Ray cluster) has it")
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray Train workers only")
@@ -124,7 +115,7 @@ class Resources(_Strict):
     peak_tflops: float | None = Field(None, gt=0, description="GPU peak for MFU; default: known bf16 peaks by name")
 
 
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     name: str = Field("train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
     output: Path | None = Field(None, description="Default: train/ inside the dataset's folder")
@@ -171,8 +162,6 @@ class TrainSpec(_Strict):
 
 def load_train_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainSpec:
     """Read and validate a training spec; errors name the file, the line and the key."""
-    from synth.spec import plain_data, read_yaml, spec_error
-
     path = Path(path)
     tree = read_yaml(path)
     if not isinstance(tree, dict):

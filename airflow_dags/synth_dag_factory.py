@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Asset, AssetAlias, Connection, Param, Variable, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
@@ -57,6 +57,9 @@ from synth.run_spec import RunSpec, load_spec, load_spec_outline
 from synth.schedule import AirflowOptions
 from synth.spec import StageConfig
 from synth.yaml_source import read_yaml
+
+if TYPE_CHECKING:
+    from synth.manifest import Manifest
 
 PIPELINES_ENV = "SYNTH_PIPELINES_DIR"
 """Folder of specs to build DAGs from; default: the repo's `pipelines/`."""
@@ -222,7 +225,7 @@ def run_stages(spec_file: str, stages: list[str]) -> list[dict]:
     # `overwrite` acts once: on the first try of the first task; a retry resumes what it started.
     overwrite = context["params"]["overwrite"] and stages[0] == spec.stage_names[0] and context["ti"].try_number == 1
     if not overwrite and (manifest := _finished_manifest(spec)) is not None:
-        return [s for s in manifest["stages"] if s["name"] in stages]
+        return [s.to_json() for s in manifest.stages if s.name in stages]
     with _input_errors_fail_the_task():
         result = run(spec, ray_address=ray_address(context["params"]), overwrite=overwrite, spec_file=spec_file,
                      until_stage=spec.stage_names.index(stages[-1]))
@@ -241,8 +244,8 @@ def write_dataset(spec_file: str, alias: str) -> dict:
         with _input_errors_fail_the_task():
             manifest = run(spec, ray_address=ray_address(context["params"]), spec_file=spec_file).manifest
     output = Path(spec.output)
-    summary = {"output": str(output), "records": manifest["records"], "run_id": manifest["run_id"],
-               "drops": manifest["drops"]}
+    summary = {"output": str(output), "records": manifest.records, "run_id": manifest.run_id,
+               "drops": manifest.drops}
     context["outlet_events"][AssetAlias(name=alias)].add(Asset(uri=output.as_uri()), extra=summary)
     return summary
 
@@ -267,16 +270,14 @@ def _run_spec(spec_file: str, params: dict[str, Any], with_train: bool = False) 
     return spec if with_train else spec.model_copy(update={"train": None})
 
 
-def _finished_manifest(spec: RunSpec) -> dict | None:
+def _finished_manifest(spec: RunSpec) -> Manifest | None:
     """The manifest of this very spec's finished dataset in its output folder, if there is one."""
-    from synth import io
-    from synth.manifest import MANIFEST
+    from synth.manifest import MANIFEST, Manifest
 
-    path = Path(spec.output) / MANIFEST
-    if not path.exists():
+    if not (Path(spec.output) / MANIFEST).exists():
         return None
-    manifest = io.read_json(path)
-    return manifest if manifest.get("spec_fingerprint") == spec.fingerprint() else None
+    manifest = Manifest.read(Path(spec.output))
+    return manifest if manifest.spec_fingerprint == spec.fingerprint() else None
 
 
 # ---------------------------------------------------------------- training DAGs

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from synth import io
+from synth.manifest import Manifest
 
 SAMPLE_ROWS = 3
 SAMPLE_CHARS = 300
@@ -17,22 +18,22 @@ def _cell(value: object) -> str:
     return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + "…"
 
 
-def _stage_table(manifest: dict) -> list[str]:
+def _stage_table(manifest: Manifest) -> list[str]:
     lines = ["| # | stage | kind | in | out | dropped | seconds | resumed |", "|---|---|---|---|---|---|---|---|"]
-    for s in manifest["stages"]:
-        dropped = ", ".join(f"{reason}: {n}" for reason, n in s["dropped"].items()) or "0"
+    for s in manifest.stages:
+        dropped = ", ".join(f"{reason}: {n}" for reason, n in s.dropped.items()) or "0"
         lines.append(
-            f"| {s['index']} | {s['name']} | {s['kind']} | {s['rows_in']} | {s['kept']} | {dropped} "
-            f"| {s['seconds']:.1f} | {'yes' if s['resumed'] else ''} |"
+            f"| {s.index} | {s.name} | {s.kind} | {s.rows_in} | {s.kept} | {dropped} "
+            f"| {s.seconds:.1f} | {'yes' if s.resumed else ''} |"
         )
     return lines
 
 
-def _counters(manifest: dict) -> list[str]:
+def _counters(manifest: Manifest) -> list[str]:
     """What stages counted besides drops (tokens, inputs by source, files skipped...), one line a stage."""
     lines = [
-        f"- `{s['name']}`: " + ", ".join(f"{k} {v:g}" for k, v in sorted(s["counters"].items()))
-        for s in manifest["stages"] if s.get("counters")
+        f"- `{s.name}`: " + ", ".join(f"{k} {v:g}" for k, v in sorted(s.counters.items()))
+        for s in manifest.stages if s.counters
     ]  # fmt: skip
     return ["Counted by the stages:", "", *lines, ""] if lines else []
 
@@ -67,12 +68,12 @@ def _reports(output: Path) -> list[str]:
     return ["## Reports", "", *lines] if lines else []
 
 
-def render_card(output: Path, manifest: dict) -> str:
-    llm = manifest["llm"]
+def render_card(output: Path, manifest: Manifest) -> str:
+    llm = manifest.llm
     lines = [
-        f"# {manifest['name']}",
+        f"# {manifest.name}",
         "",
-        f"{manifest['records']} records made by `synth` (run `{manifest['run_id']}`, seed {manifest['seed']}).",
+        f"{manifest.records} records made by `synth` (run `{manifest.run_id}`, seed {manifest.seed}).",
         "",
         "## Loading",
         "",
@@ -85,7 +86,7 @@ def render_card(output: Path, manifest: dict) -> str:
         "",
         "| column | type |",
         "|---|---|",
-        *[f"| `{name}` | {type_} |" for name, type_ in manifest["schema"].items()],
+        *[f"| `{name}` | {type_} |" for name, type_ in manifest.columns.items()],
         "",
         "## How it was made",
         "",
@@ -102,8 +103,8 @@ def render_card(output: Path, manifest: dict) -> str:
             "",
         ]
     lines += [
-        f"Versions: {', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}. "
-        f"Git revision: {manifest['git_revision'] or 'unknown'}. The full spec is in `_manifest.json`.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}. "
+        f"Git revision: {manifest.git_revision or 'unknown'}. The full spec is in `_manifest.json`.",
         "",
         *_reports(output),
         "## Samples",
@@ -113,12 +114,12 @@ def render_card(output: Path, manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def write_card(output: Path, manifest: dict) -> None:
-    if "instruction" in manifest["schema"]:
+def write_card(output: Path, manifest: Manifest) -> None:
+    if "instruction" in manifest.columns:
         # Instruction data gets its diversity measured (a report the card includes, below).
         from generators.instruct.diversity import write_diversity_report
 
-        write_diversity_report(output, manifest)
+        write_diversity_report(output, manifest.to_json())
     text = render_card(output, manifest)
     tmp = output / ".README.md.tmp"
     tmp.write_text(text)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from synth.errors import BugError, SynthError
-from synth.manifest import MANIFEST, StageReport
+from synth.manifest import MANIFEST, Manifest, StageReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic training data pipelines on Ray.")
 console = Console(stderr=True)
@@ -45,14 +45,14 @@ class _ConsoleProgress:
         console.print(f"[bold]▶[/] {text}")
 
 
-def _summary(manifest: dict) -> Table:
-    table = Table(title=f"{manifest['name']}: {manifest['records']} records")
+def _summary(manifest: Manifest) -> Table:
+    table = Table(title=f"{manifest.name}: {manifest.records} records")
     for column in ("stage", "kind", "in", "kept", "dropped (by reason)", "seconds"):
         table.add_column(column, justify="right" if column in ("in", "kept", "seconds") else "left")
-    for s in manifest["stages"]:
-        dropped = ", ".join(f"{r}: {n}" for r, n in s["dropped"].items()) or "-"
-        seconds = "resumed" if s["resumed"] else f"{s['seconds']:.1f}"
-        table.add_row(s["name"], s["kind"], str(s["rows_in"]), str(s["kept"]), dropped, seconds)
+    for s in manifest.stages:
+        dropped = ", ".join(f"{r}: {n}" for r, n in s.dropped.items()) or "-"
+        seconds = "resumed" if s.resumed else f"{s.seconds:.1f}"
+        table.add_row(s.name, s.kind, str(s.rows_in), str(s.kept), dropped, seconds)
     return table
 
 
@@ -93,12 +93,12 @@ def inspect(
     manifest_file = output / MANIFEST
     if not manifest_file.exists():
         _fail(f"{output}: no {MANIFEST}; not a finished synth dataset")
-    manifest = json.loads(manifest_file.read_text())
+    manifest = Manifest.read(output)
     console.print(_summary(manifest))
     schema = Table(title="schema")
     schema.add_column("column")
     schema.add_column("type")
-    for name, type_ in manifest["schema"].items():
+    for name, type_ in manifest.columns.items():
         schema.add_row(name, type_)
     console.print(schema)
     _print_reports(output, manifest)
@@ -108,15 +108,15 @@ def inspect(
         console.print_json(json.dumps(shown, default=str))
 
 
-def _print_reports(output: Path, manifest: dict) -> None:
+def _print_reports(output: Path, manifest: Manifest) -> None:
     """Each stage that left a report (every filter does): its drops by reason and where its files are."""
-    for s in manifest["stages"]:
-        folder = output / "_reports" / s["name"]
+    for s in manifest.stages:
+        folder = output / "_reports" / s.name
         if not (folder / "report.md").exists():
             continue
-        dropped = ", ".join(f"{reason}: {n}" for reason, n in s["dropped"].items()) or "none"
+        dropped = ", ".join(f"{reason}: {n}" for reason, n in s.dropped.items()) or "none"
         plots = ", ".join(sorted(p.name for p in folder.glob("*.png"))) or "none"
-        for line in (f"{s['name']}: kept {s['kept']} of {s['rows_in']}; dropped {dropped}",
+        for line in (f"{s.name}: kept {s.kept} of {s.rows_in}; dropped {dropped}",
                      f"  report: {folder / 'report.md'}", f"  histograms in {folder}: {plots}"):  # fmt: skip
             console.print(line, highlight=False, soft_wrap=True)
 

@@ -1,15 +1,19 @@
-"""Provenance: what `_manifest.json` records about how a dataset was made.
+"""Provenance: what `_manifest.json` records about how a dataset was made, as pydantic models.
 
-The manifest is written last, by atomic rename; its presence marks a finished dataset.
+The manifest is written last, by atomic rename; its presence marks a finished dataset. Its JSON
+is part of the output contract: `Manifest` writes and reads the same keys as the plain dict it
+replaced, and every module that reads a manifest reads it through `Manifest.read`.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
-from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST = "_manifest.json"
 
@@ -18,9 +22,10 @@ TRACKED_PACKAGES = (
 )
 
 
-@dataclass
-class StageReport:
-    """One stage's record counts, drops by reason, time and counters (LLM tokens and the like)."""
+class StageReport(BaseModel):
+    """One stage's record counts, drops by reason, time and counters (LLM tokens and the like).
+
+    Written into the stage's `_SUCCESS.json` and into the manifest's `stages`."""
 
     index: int
     name: str
@@ -31,15 +36,47 @@ class StageReport:
     dropped: dict[str, int]
     seconds: float
     fingerprint: str
-    counters: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, float] = Field(default_factory=dict)
     resumed: bool = False
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_json(cls, data: dict) -> StageReport:
-        return cls(**data)
+        return cls.model_validate(data)
+
+
+class Manifest(BaseModel):
+    """`_manifest.json`: what a finished dataset is, and how it was made."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    run_id: str
+    seed: int
+    records: int
+    columns: dict[str, str] = Field(alias="schema", description="Column name -> Arrow type of OUTPUT/data")
+    files: list[str]
+    stages: list[StageReport]
+    drops: dict[str, dict[str, int]] = Field(description="Stage -> drop reason -> records")
+    llm: dict[str, float] = Field(description="LLM_COUNTERS summed over the stages")
+    spec: dict
+    spec_file: str | None
+    spec_fingerprint: str
+    inputs: dict[str, dict[str, str]] = Field(description="Stage -> file read -> sha256 of its content")
+    versions: dict[str, str]
+    git_revision: str | None
+    ray: str
+    started_at: str
+    finished_at: str
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        return cls.model_validate(json.loads((folder / MANIFEST).read_text()))
 
 
 def package_versions() -> dict[str, str]:

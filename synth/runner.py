@@ -45,7 +45,7 @@ from synth.card import write_card
 from synth.errors import OutputExistsError, SynthError
 from synth.filter_report import write_filter_report
 from synth.inputs import check_llm_backend, content_hash, llm_fields
-from synth.manifest import MANIFEST, StageReport, git_revision, llm_totals, package_versions
+from synth.manifest import MANIFEST, Manifest, StageReport, git_revision, llm_totals, package_versions
 from synth.ray_session import init_ray
 from synth.registry import stage_class
 from synth.run_spec import RunSpec, spec_to_dict
@@ -84,7 +84,7 @@ class Progress:
 @dataclass
 class RunResult:
     output: Path
-    manifest: dict | None
+    manifest: Manifest | None
     """None when the run stopped early (`until_stage`): the dataset is not written yet."""
     stages: list[StageReport]
 
@@ -109,15 +109,15 @@ def run(
     progress = progress or Progress()
     output = Path(spec.output).resolve()
     started = datetime.now(timezone.utc)
-    run_id = f"{spec.name}-{spec.fingerprint()[:12]}"
     # Everything that can be checked is, before Ray starts and before the output folder is touched.
-    inputs = check_inputs(spec, output, run_id)
-    if spec.train is not None and not overwrite and until_stage is None and _finished_by(output, spec, inputs):
+    inputs = check_inputs(spec, output)
+    run_id = inputs.run_id(spec.name)
+    if spec.train is not None and not overwrite and until_stage is None and _finished_by(output, inputs):
         # The dataset is done; only training is left (it resumes from its last checkpoint).
         progress.message("dataset already written by this spec; training on it")
         _train(spec, output, overwrite, ray_address)
-        return RunResult(output=output, manifest=io.read_json(output / MANIFEST), stages=[])
-    _claim_output(output, spec, overwrite)
+        return RunResult(output=output, manifest=Manifest.read(output), stages=[])
+    _claim_output(output, spec.name, inputs.spec_fingerprint, overwrite)
     where = init_ray(ray_address, spec.ray)
     data_context = ray.data.DataContext.get_current()
     data_context.execution_options.preserve_order = True
@@ -161,7 +161,7 @@ def run(
         _write_dropped(output, spec, reports)
     manifest = _manifest(spec, spec_file, run_id, where, started, reports, output, inputs)
     write_card(output, manifest)
-    io.write_json_atomic(output / MANIFEST, manifest)
+    io.write_json_atomic(output / MANIFEST, manifest.to_json())
     if spec.train is not None:
         progress.message("training on the dataset")
         _train(spec, output, overwrite, ray_address)
@@ -186,14 +186,13 @@ def _quiet_ray_data_errors() -> Iterator[None]:
 _RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
 
 
-def _finished_by(output: Path, spec: RunSpec, inputs: Inputs) -> bool:
+def _finished_by(output: Path, inputs: Inputs) -> bool:
     """The output holds the dataset of this spec made from the input files as they are now."""
     if not (output / MANIFEST).exists():
         return False
-    manifest = io.read_json(output / MANIFEST)
-    stages = manifest.get("stages") or [{}]
-    return (manifest.get("spec_fingerprint") == spec.fingerprint()
-            and stages[-1].get("fingerprint") == inputs.fingerprints[-1])
+    manifest = Manifest.read(output)
+    return (manifest.spec_fingerprint == inputs.spec_fingerprint and bool(manifest.stages)
+            and manifest.stages[-1].fingerprint == inputs.fingerprints[-1])
 
 
 # ---------------------------------------------------------------- before Ray
@@ -201,14 +200,21 @@ def _finished_by(output: Path, spec: RunSpec, inputs: Inputs) -> bool:
 
 @dataclass
 class Inputs:
-    """What the checks before Ray found: each stage's fingerprint and the hashes of its input files."""
+    """What the checks before Ray found: the fingerprints, computed once here and handed along, and
+    the hashes of the input files."""
 
+    spec_fingerprint: str
+    """`RunSpec.fingerprint()`: the run's identity (run_id, `_run.json`, the manifest)."""
     fingerprints: list[str]
+    """Each stage's: the spec up to it and the content of the files it and the stages before it read."""
     files: dict[str, dict[str, str]]
     """Stage name -> {path: sha256 of its content}; recorded in the manifest."""
 
+    def run_id(self, name: str) -> str:
+        return f"{name}-{self.spec_fingerprint[:12]}"
 
-def check_inputs(spec: RunSpec, output: Path | None = None, run_id: str = "") -> Inputs:
+
+def check_inputs(spec: RunSpec, output: Path | None = None) -> Inputs:
     """Check every stage's inputs and the LLM backends still needed; fingerprint each stage.
 
     Runs on the driver without Ray. A stage's fingerprint covers the spec up to it and the content
@@ -216,6 +222,8 @@ def check_inputs(spec: RunSpec, output: Path | None = None, run_id: str = "") ->
     stage that reads it and every stage after it.
     """
     output = output or Path(spec.output).resolve()
+    spec_fingerprint = spec.fingerprint()
+    run_id = f"{spec.name}-{spec_fingerprint[:12]}"
     fingerprints: list[str] = []
     files: dict[str, dict[str, str]] = {}
     needed_llms: set[str] = set()
@@ -227,15 +235,16 @@ def check_inputs(spec: RunSpec, output: Path | None = None, run_id: str = "") ->
         stage.check_inputs()
         files[name] = {str(p): content_hash(p) for p in stage.input_files()}
         read = {n: files[n] for n in spec.stage_names[: index + 1] if files[n]}
-        payload = {"spec": spec.fingerprint(index), "inputs": read}
+        upto = spec.fingerprint(index)
         # Stages that read no file keep the spec's own fingerprint.
-        fingerprints.append(hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-                            if read else spec.fingerprint(index))
+        fingerprints.append(hashlib.sha256(json.dumps({"spec": upto, "inputs": read}, sort_keys=True).encode())
+                            .hexdigest() if read else upto)
         if not _is_finished(output, index, name, fingerprints[-1]):
             needed_llms.update(llm_fields(config).values())
     for llm in sorted(needed_llms):
         check_llm_backend(llm, spec.llm[llm])
-    return Inputs(fingerprints=fingerprints, files={k: v for k, v in files.items() if v})
+    return Inputs(spec_fingerprint=spec_fingerprint, fingerprints=fingerprints,
+                  files={k: v for k, v in files.items() if v})
 
 
 def _is_finished(output: Path, index: int, name: str, fingerprint: str) -> bool:
@@ -252,7 +261,7 @@ def _train(spec: RunSpec, output: Path, overwrite: bool, ray_address: str | None
 # ---------------------------------------------------------------- output folder
 
 
-def _claim_output(output: Path, spec: RunSpec, overwrite: bool) -> None:
+def _claim_output(output: Path, name: str, spec_fingerprint: str, overwrite: bool) -> None:
     """Refuse to clobber a finished dataset or another spec's unfinished run."""
     ours = (output / MANIFEST).exists() or (output / RUN_FILE).exists()
     if output.exists() and any(output.iterdir()) and not ours:
@@ -265,14 +274,14 @@ def _claim_output(output: Path, spec: RunSpec, overwrite: bool) -> None:
         )
     elif (output / RUN_FILE).exists():
         previous = io.read_json(output / RUN_FILE).get("fingerprint")
-        if previous != spec.fingerprint():
+        if previous != spec_fingerprint:
             raise OutputExistsError(
                 f"{output}: holds an unfinished run of a different spec or seed; "
                 "pass --overwrite to discard it or choose another --output"
             )
         log.info("resuming the unfinished run in %s", output)
     output.mkdir(parents=True, exist_ok=True)
-    io.write_json_atomic(output / RUN_FILE, {"name": spec.name, "fingerprint": spec.fingerprint()})
+    io.write_json_atomic(output / RUN_FILE, {"name": name, "fingerprint": spec_fingerprint})
 
 
 def _stage_dir(output: Path, index: int, name: str) -> Path:
@@ -455,27 +464,27 @@ def _write_dropped(output: Path, spec: RunSpec, reports: list[StageReport]) -> N
 def _manifest(
     spec: RunSpec, spec_file: str | None, run_id: str, where: str, started: datetime,
     reports: list[StageReport], output: Path, inputs: Inputs,
-) -> dict:
+) -> Manifest:
     data_dir = output / "data"
     schema = io.dataset_schema(data_dir)
-    return {
-        "name": spec.name,
-        "run_id": run_id,
-        "seed": spec.seed,
-        "records": reports[-1].kept,
-        "schema": {name: str(type_) for name, type_ in zip(schema.names, schema.types)},
-        "files": [f.name for f in io.parquet_files(data_dir)],
-        "stages": [r.to_json() for r in reports],
-        "drops": {r.name: r.dropped for r in reports if r.dropped},
-        "llm": llm_totals(reports),
-        "spec": spec_to_dict(spec),
-        "spec_file": spec_file,
-        "spec_fingerprint": spec.fingerprint(),
-        "inputs": inputs.files,
-        "versions": package_versions(),
-        "git_revision": git_revision(),
-        "ray": where,
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return Manifest(
+        name=spec.name,
+        run_id=run_id,
+        seed=spec.seed,
+        records=reports[-1].kept,
+        columns={name: str(type_) for name, type_ in zip(schema.names, schema.types)},
+        files=[f.name for f in io.parquet_files(data_dir)],
+        stages=reports,
+        drops={r.name: r.dropped for r in reports if r.dropped},
+        llm=llm_totals(reports),
+        spec=spec_to_dict(spec),
+        spec_file=spec_file,
+        spec_fingerprint=inputs.spec_fingerprint,
+        inputs=inputs.files,
+        versions=package_versions(),
+        git_revision=git_revision(),
+        ray=where,
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 

@@ -220,7 +220,7 @@ def run_functions_only(tmp_path: Path, folder: Path):
 def test_the_manifest_and_card_report_skipped_files(ray_session, tmp_path):
     bad_files(tmp_path / "corpus")
     result = run_functions_only(tmp_path, tmp_path / "corpus")
-    counters = result.manifest["stages"][0]["counters"]
+    counters = result.manifest.stages[0].counters
     assert counters["files_read"] == 2 and counters["files_skipped_syntax_error"] == 1
     assert counters["files_skipped_binary"] == 1 and counters["files_skipped_encoding"] == 1
     card = (result.output / "README.md").read_text()

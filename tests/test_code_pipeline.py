@@ -117,7 +117,7 @@ def result(ray_session, tmp_path_factory):
 
 
 def test_every_function_is_kept_or_dropped_for_its_reason(result):
-    drops = result.manifest["drops"]
+    drops = result.manifest.drops
     assert drops["code_functions"] == {"io": 1, "not_self_contained": 1}
     assert drops["code_load_check"] == {"load_error": 2}, "numpy and the function's own package are not in the sandbox"
     assert result.stages[2].rows_in == 7, "code_inputs never sees a function that cannot load"
@@ -131,7 +131,7 @@ def test_every_function_is_kept_or_dropped_for_its_reason(result):
 
 def test_the_card_reports_inputs_by_source_and_the_cases_each_kept(result):
     card = (result.output / "README.md").read_text()
-    counters = {s["name"]: s["counters"] for s in result.manifest["stages"]}["code_coverage"]
+    counters = {s.name: s.counters for s in result.manifest.stages}["code_coverage"]
     assert counters["candidates_fallback:hypothesis"] > counters["chosen_fallback:hypothesis"] > 0
     assert f"chosen_fallback:hypothesis {counters['chosen_fallback:hypothesis']:g}" in card
     rows = pads.dataset(str(result.output / "data")).to_table().column("model").to_pylist()

@@ -54,8 +54,8 @@ def test_a_forging_function_is_dropped_as_tampered(ray_session, tmp_path):
     }  # fmt: skip
     (tmp_path / "code.yaml").write_text(yaml.safe_dump(spec))
     result = run(load_spec(tmp_path / "code.yaml"))
-    assert "code_functions" not in result.manifest["drops"], "the forger passed the static check"
-    assert result.manifest["drops"]["code_checks"] == {"tampered": 1}
+    assert "code_functions" not in result.manifest.drops, "the forger passed the static check"
+    assert result.manifest.drops["code_checks"] == {"tampered": 1}
     rows = pads.dataset(str(result.output / "data")).to_table().to_pylist()
     assert rows and {r["function_name"] for r in rows} == {"double"}
     assert not any(r["output"].endswith("7") for r in rows), "a forged output (x * 10 + 7) was recorded"

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from generators.instruct.diversity import diversity
 from synth.card import write_card
+from synth.manifest import Manifest
 from synth.cli import app
 
 SEED_FILE = Path(__file__).parents[1] / "pipelines" / "seeds" / "instruct_seed_tasks.jsonl"
@@ -39,18 +40,25 @@ def test_a_large_dataset_is_measured_on_a_seeded_sample():
     assert first == again and first["measured"] == 20 and first["records"] == 50
 
 
+def tiny_manifest(schema: dict[str, str], spec: dict) -> Manifest:
+    return Manifest(
+        name="tiny", run_id="r1", seed=0, records=5, schema=schema, files=[], stages=[], drops={}, llm={},
+        spec=spec, spec_file=None, spec_fingerprint="f", inputs={}, versions={}, git_revision=None,
+        ray="embedded", started_at="", finished_at="",
+    )  # fmt: skip
+
+
 def test_card_and_inspect_show_the_diversity_of_an_instruction_dataset(tmp_path):
     seeds = [json.loads(line)["instruction"] for line in SEED_FILE.read_text().splitlines()]
     instructions = seeds[:3] + ["Write a limerick about a sleepy cat.", "Convert 30 km to miles."]
     out = tmp_path / "out"
     (out / "data").mkdir(parents=True)
     pq.write_table(pa.table({"instruction": instructions, "output": ["x"] * 5}), out / "data" / "part-00000.parquet")
-    manifest = {
-        "name": "tiny", "run_id": "r1", "seed": 0, "records": 5, "llm": {}, "versions": {}, "git_revision": None,
-        "schema": {"instruction": "string", "output": "string"}, "stages": [],
-        "spec": {"stages": [{"kind": "self_instruct", "seed_tasks": str(SEED_FILE)}]},
-    }  # fmt: skip
-    (out / "_manifest.json").write_text(json.dumps(manifest))
+    manifest = tiny_manifest(
+        {"instruction": "string", "output": "string"},
+        {"stages": [{"kind": "self_instruct", "seed_tasks": str(SEED_FILE)}]},
+    )
+    (out / "_manifest.json").write_text(json.dumps(manifest.to_json()))
     write_card(out, manifest)
 
     card = (out / "README.md").read_text()
@@ -66,7 +74,5 @@ def test_other_datasets_get_no_diversity_report(tmp_path):
     out = tmp_path / "out"
     (out / "data").mkdir(parents=True)
     pq.write_table(pa.table({"text": ["a"]}), out / "data" / "part-00000.parquet")
-    manifest = {"name": "t", "run_id": "r", "seed": 0, "records": 1, "llm": {}, "versions": {},
-                "git_revision": None, "schema": {"text": "string"}, "stages": [], "spec": {}}  # fmt: skip
-    write_card(out, manifest)
+    write_card(out, tiny_manifest({"text": "string"}, {}))
     assert not (out / "_reports").exists() and "diversity" not in (out / "README.md").read_text()

@@ -55,7 +55,7 @@ def test_filter_reports_land_in_the_card_and_inspect(ray_session, tmp_path):
             "stages": [{"kind": "test_texts"}, {"kind": "text_heuristics"}]}  # fmt: skip
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     result = run(load_spec(tmp_path / "spec.yaml"))
-    assert result.manifest["drops"] == {"text_heuristics": {"empty_text": 2, "repeated_2gram": 1, "mean_word_length_low": 1}}
+    assert result.manifest.drops == {"text_heuristics": {"empty_text": 2, "repeated_2gram": 1, "mean_word_length_low": 1}}
 
     folder = result.output / "_reports" / "text_heuristics"
     report = (folder / "report.md").read_text()
@@ -102,8 +102,8 @@ def test_model_filters_run_in_actor_pools(ray_session, tmp_path):
     }  # fmt: skip
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     result = run(load_spec(tmp_path / "spec.yaml"))
-    assert result.manifest["drops"]["perplexity"]["empty_text"] == 2
-    assert result.manifest["records"] == 5
+    assert result.manifest.drops["perplexity"]["empty_text"] == 2
+    assert result.manifest.records == 5
     assert (result.output / "_reports" / "perplexity" / "perplexity.png").exists()
     assert "| `judge_score` |" in (result.output / "_reports" / "llm_judge" / "report.md").read_text()
-    assert result.manifest["llm"]["llm_requests"] == 5
+    assert result.manifest.llm["llm_requests"] == 5

@@ -43,7 +43,7 @@ def test_tiny_pipeline_writes_labelled_samples_and_a_report(ray_session, tmp_pat
     assert all(r["generator"] == "diffusion_sample" and r["model"].startswith("unet-ddpm:") for r in kept)
     for column in ("pixel_std", "phash", "memorisation_ratio", "nearest_real_id", "predicted_label"):
         assert column in table.column_names
-    drops = sum(n for stage in result.manifest["drops"].values() for n in stage.values())
+    drops = sum(n for stage in result.manifest.drops.values() for n in stage.values())
     assert len(kept) + drops == 6  # every sample is kept or counted under a reason
 
     report = result.output / "_reports" / "image_eval"
@@ -51,14 +51,14 @@ def test_tiny_pipeline_writes_labelled_samples_and_a_report(ray_session, tmp_pat
     assert (report / "samples.png").stat().st_size > 0 and (report / "real.png").stat().st_size > 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["fid_domain"]) == {"ours", "baseline", "real"}
-    assert result.manifest["stages"][1]["counters"]["train_steps"] == 3
+    assert result.manifest.stages[1].counters["train_steps"] == 3
 
     # killed after the model was saved but before the stage was committed: the rerun reuses the model
     (result.output / "_manifest.json").unlink()
     (sorted((result.output / "_stages").iterdir())[1] / "_SUCCESS.json").unlink()
     again = run(spec)
     assert [s.resumed for s in again.stages] == [True, False, True, True, True, True, True]
-    assert again.manifest["stages"][1]["counters"]["train_steps"] == 0
+    assert again.manifest.stages[1].counters["train_steps"] == 0
 
 
 def test_shipped_pipelines_are_valid():

@@ -217,7 +217,7 @@ def run_pipeline(name: str, folder: Path, llm_url: str) -> dict:
     spec = load_spec(shrunk_spec(name, folder, llm_url))
     result = run(spec)
     run_ids = set(pq.read_table(result.output / "data", columns=["run_id"]).column(0).to_pylist())
-    assert run_ids == {result.manifest["run_id"]} and result.manifest["run_id"].startswith(f"{spec.name}-")
+    assert run_ids == {result.manifest.run_id} and result.manifest.run_id.startswith(f"{spec.name}-")
     return data_digest(result.output / "data")
 
 

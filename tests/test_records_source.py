@@ -64,21 +64,21 @@ def test_existing_records_in_three_formats_are_filtered_and_deduplicated_alike(r
                run(load_spec(write_spec(tmp_path, {"path": str(saved), "split": "train"}, "from_hf")))]
 
     first = results[0].manifest
-    assert [s["rows_in"] for s in first["stages"]][1:] == [len(rows), first["stages"][1]["kept"]]
-    assert first["stages"][0]["kept"] == len(rows)
-    assert first["drops"]["exact_dedup"]["exact_duplicate"] > 0  # the repeats the filter kept
-    assert first["drops"]["instruct_checks"]["output_too_short"] > 0  # one-word class labels
+    assert [s.rows_in for s in first.stages][1:] == [len(rows), first.stages[1].kept]
+    assert first.stages[0].kept == len(rows)
+    assert first.drops["exact_dedup"]["exact_duplicate"] > 0  # the repeats the filter kept
+    assert first.drops["instruct_checks"]["output_too_short"] > 0  # one-word class labels
     out = data(results[0].output)
     assert set(out.column("kind").to_pylist()) == {"instruct"}
     assert set(out.column("generator").to_pylist()) == {"records"}
     assert len(set(out.column("id").to_pylist())) == out.num_rows
     triples = set(zip(*(out.column(c).to_pylist() for c in ("instruction", "input", "output"))))
-    assert len(triples) == out.num_rows == first["records"]
+    assert len(triples) == out.num_rows == first.records
     for result in results[1:]:
         other = data(result.output)
         assert other.select(["id", "instruction", "input", "output"]).equals(out.select(["id", "instruction", "input",
                                                                                          "output"]))
-        assert result.manifest["drops"] == first["drops"]
+        assert result.manifest.drops == first.drops
 
 
 def test_the_kind_comes_from_the_columns_and_a_table_it_cannot_place_is_one_line_before_ray(tmp_path):

@@ -86,7 +86,7 @@ def test_a_failed_check_leaves_nothing_so_the_fixed_spec_runs_into_the_same_fold
     numbers_file(tmp_path, ["1", "2", "3"])
     fixed = load_spec(write_spec(tmp_path, [{"kind": "test_numbers_file", "path": str(numbers)},
                                             {"kind": "test_drop_multiples", "of": 3}]))  # fmt: skip
-    assert run(fixed).manifest["records"] == 2
+    assert run(fixed).manifest.records == 2
 
 
 # ---------------------------------------------------------------- fingerprints cover file content
@@ -105,7 +105,7 @@ def test_editing_an_input_file_in_place_reruns_its_stage_and_the_ones_after(ray_
     edited = run(spec)
     assert [r.resumed for r in edited.stages] == [False, False]
     assert [r.kept for r in edited.stages] == [6, 4]
-    assert edited.manifest["inputs"]["test_numbers_file"].keys() == {str(numbers)}
+    assert edited.manifest.inputs["test_numbers_file"].keys() == {str(numbers)}
 
 
 # ---------------------------------------------------------------- errors raised in Ray workers
@@ -156,7 +156,7 @@ def test_calls_paid_by_a_failed_attempt_count_as_paid_in_the_resumed_runs_manife
     assert paid_before >= 1
 
     marker.unlink()
-    llm = run(spec).manifest["llm"]
+    llm = run(spec).manifest.llm
     assert llm["llm_requests"] == 3
     assert llm["llm_backend_calls"] == 3  # every call this run paid for, in either attempt
     assert llm["llm_paid_by_earlier_attempts"] == paid_before

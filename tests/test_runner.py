@@ -13,7 +13,7 @@ import yaml
 import stages_for_tests  # noqa: F401 - registers the test stages
 from synth.errors import OutputExistsError
 from synth.runner import run
-from synth.run_spec import load_spec
+from synth.run_spec import RunSpec, load_spec
 
 
 def write_spec(tmp_path: Path, stages: list[dict], **top) -> Path:
@@ -34,6 +34,11 @@ PIPELINE = [
 ]
 
 
+MANIFEST_KEYS = ["name", "run_id", "seed", "records", "schema", "files", "stages", "drops", "llm", "spec", "spec_file",
+                 "spec_fingerprint", "inputs", "versions", "git_revision", "ray", "started_at", "finished_at"]
+"""The keys of `_manifest.json` since its first version: the manifest model writes the same ones."""
+
+
 def test_run_counts_drops_and_writes_manifest(ray_session, tmp_path):
     result = run(load_spec(write_spec(tmp_path, PIPELINE, write_dropped=True)))
     table = read_data(result.output)
@@ -42,6 +47,8 @@ def test_run_counts_drops_and_writes_manifest(ray_session, tmp_path):
     assert "_drop_reason" not in table.column_names
 
     manifest = json.loads((result.output / "_manifest.json").read_text())
+    assert list(manifest) == MANIFEST_KEYS
+    assert result.manifest.to_json() == manifest
     assert manifest["records"] == 33
     assert manifest["drops"] == {"test_drop_multiples": {"multiple_of_3": 17}}
     assert [s["kept"] for s in manifest["stages"]] == [50, 33, 33]
@@ -53,6 +60,15 @@ def test_run_counts_drops_and_writes_manifest(ray_session, tmp_path):
     assert set(dropped.column("_drop_reason").to_pylist()) == {"multiple_of_3"}
     assert dropped.num_rows == 17
     assert "33 records" in (result.output / "README.md").read_text()
+
+
+def test_the_spec_is_fingerprinted_once_per_stage_and_once_whole(ray_session, tmp_path, monkeypatch):
+    calls = []
+    fingerprint = RunSpec.fingerprint
+    monkeypatch.setattr(RunSpec, "fingerprint", lambda self, upto=None: calls.append(upto) or fingerprint(self, upto))
+    result = run(load_spec(write_spec(tmp_path, PIPELINE[:2])))
+    assert sorted(calls, key=str) == [0, 1, None]
+    assert result.manifest.run_id == f"numbers-{result.manifest.spec_fingerprint[:12]}"
 
 
 def test_global_stage(ray_session, tmp_path):
@@ -69,7 +85,7 @@ def test_finished_dataset_is_never_overwritten_silently(ray_session, tmp_path):
     run(spec)
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run(spec)
-    assert run(spec, overwrite=True).manifest["records"] == 33
+    assert run(spec, overwrite=True).manifest.records == 33
 
 
 def test_other_spec_cannot_resume_into_unfinished_output(ray_session, tmp_path):
@@ -110,8 +126,8 @@ def test_same_spec_and_seed_give_the_same_dataset(ray_session, tmp_path):
     a, b = results
     assert read_data(a.output).column("n").to_pylist() == [n for n in range(50) if n % 3]
     assert read_data(a.output).equals(read_data(b.output))
-    assert a.manifest["run_id"] == b.manifest["run_id"]
-    assert a.manifest["files"] == b.manifest["files"]
+    assert a.manifest.run_id == b.manifest.run_id
+    assert a.manifest.files == b.manifest.files
 
 
 def test_a_train_section_trains_on_the_written_dataset_and_resumes_alone(ray_session, tmp_path):
@@ -124,7 +140,7 @@ def test_a_train_section_trains_on_the_written_dataset_and_resumes_alone(ray_ses
     result = run(spec)
     model = result.output / "train" / "model"
     assert (model / "config.json").exists() and (result.output / "train" / "metrics.jsonl").exists()
-    assert result.manifest["spec_fingerprint"] == spec.fingerprint()
+    assert result.manifest.spec_fingerprint == spec.fingerprint()
 
     # A run killed while training: the dataset is finished, so a rerun trains instead of refusing.
     shutil.rmtree(model)

@@ -109,10 +109,10 @@ def test_every_row_meets_the_conditions_and_constraints(first_run):
 
 def test_repeats_across_blocks_are_counted_as_drops(first_run):
     _, _, result = first_run
-    synth = result.manifest["stages"][0]
-    repeats = synth["dropped"].get("breaks_unique(age)", 0)
-    assert synth["rows_out"] == 60 and synth["kept"] == 60 - repeats
-    assert synth["counters"]["sampled"] >= 60
+    synth = result.manifest.stages[0]
+    repeats = synth.dropped.get("breaks_unique(age)", 0)
+    assert synth.rows_out == 60 and synth.kept == 60 - repeats
+    assert synth.counters["sampled"] >= 60
 
 
 def test_report_is_written_with_its_plots(first_run):

@@ -155,14 +155,14 @@ def stage_role(config: StageConfig) -> str | None:
 def role_of_class(kind: str) -> str | None:
     """A stage kind's role from its class (imports its module)."""
     from synth.registry import stage_class
-    from synth.stage import FilterStage, GlobalStage, SourceStage
+    from synth.stage import FilterStage
 
     cls = stage_class(kind)
-    if issubclass(cls, SourceStage):
+    if cls.source:
         return "generate"
     if issubclass(cls, FilterStage):
         return "filter"
-    if issubclass(cls, GlobalStage) and "dedup" in kind:
+    if "dedup" in kind:
         return "dedup"
     return None
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import xxhash
 from pydantic import Field
@@ -33,7 +34,7 @@ from synth.errors import SpecError
 from synth.records import RECORD_COLUMNS
 from synth.registry import register
 from synth.spec import StageConfig, existing_path
-from synth.stage import SourceStage
+from synth.stage import BlockStage
 
 RecordKind = Literal["instruct", "code", "tabular", "image"]
 
@@ -158,29 +159,33 @@ def _encode(value: object) -> bytes:
 
 
 @register
-class Records(SourceStage):
+class Records(BlockStage):
     kind = "records"
     Config = RecordsConfig
     description = "Existing records (Parquet, JSONL, a saved Hugging Face dataset) to filter, dedup and train on"
+    source = True
 
     def check_inputs(self) -> None:
         super().check_inputs()
         record_kind(self.config, columns(self.config))
 
-    def read(self):
-        import ray.data
-
-        cfg, ctx = self.config, self.ctx
-        kind = record_kind(cfg, columns(cfg))
+    def plan(self) -> list[dict]:
+        """One block per Parquet file, else one for the JSONL file or the saved dataset."""
+        cfg = self.config
         fmt = source_format(cfg.path)
         if fmt == "parquet":
             files = sorted(cfg.path.rglob("*.parquet")) if cfg.path.is_dir() else [cfg.path]
-            ds = ray.data.read_parquet([str(f) for f in files])
-        elif fmt == "jsonl":
-            ds = ray.data.read_json(str(cfg.path), lines=True)
+            return [{"format": fmt, "file": str(f)} for f in files]
+        return [{"format": fmt, "file": str(cfg.path)}]
+
+    def make(self, block: dict) -> pa.Table:
+        cfg, ctx = self.config, self.ctx
+        path = Path(block["file"])
+        if block["format"] == "parquet":
+            table = pq.read_table(path)
+        elif block["format"] == "jsonl":
+            table = pa_json.read_json(path)
         else:
-            # The saved Arrow files are memory-mapped here and put in Ray's object store.
-            ds = ray.data.from_arrow(_load_hf(cfg.path, cfg.split).data.table)
-        model = f"records:{cfg.path.name}"
-        return ds.map_batches(with_contract, batch_format="pyarrow",
-                              fn_args=(kind, ctx.run_id, ctx.seed, model))  # fmt: skip
+            table = _load_hf(path, cfg.split).data.table  # memory-mapped Arrow files
+        kind = record_kind(cfg, columns(cfg))
+        return with_contract(table, kind, ctx.run_id, ctx.seed, f"records:{cfg.path.name}")

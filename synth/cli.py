@@ -135,15 +135,17 @@ def _print_diversity(output: Path) -> None:
 def list_stages() -> None:
     """List the registered stage kinds."""
     from synth.registry import all_stages
-    from synth.stage import FilterStage, GlobalStage, MapStage, SourceStage
+    from synth.stage import BlockStage, FilterStage, FitSampleStage, GlobalStage, MapStage, TableStage
 
+    shapes = ((FilterStage, "filter"), (MapStage, "map"), (TableStage, "table"), (FitSampleStage, "fit-sample"),
+              (BlockStage, "blocks"), (GlobalStage, "global"))
     table = Table(title="stages")
-    for column in ("kind", "type", "description"):
+    for column in ("kind", "shape", "description"):
         table.add_column(column)
     for kind, cls in all_stages().items():
-        role = next(name for base, name in ((SourceStage, "source"), (FilterStage, "filter"), (MapStage, "map"),
-                                            (GlobalStage, "global")) if issubclass(cls, base))
-        table.add_row(kind, role, cls.description or (cls.__doc__ or "").strip().split("\n")[0])
+        shape = next(name for base, name in shapes if issubclass(cls, base))
+        shape = f"source ({shape})" if cls.source else shape
+        table.add_row(kind, shape, cls.description or (cls.__doc__ or "").strip().split("\n")[0])
     Console().print(table)
 
 

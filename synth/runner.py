@@ -42,7 +42,7 @@ import ray.data
 
 from synth import failures, io, units
 from synth.card import write_card
-from synth.errors import OutputExistsError, SynthError
+from synth.errors import OutputExistsError, SpecError, SynthError
 from synth.filter_report import write_filter_report
 from synth.inputs import check_llm_backend, content_hash, llm_fields
 from synth.manifest import MANIFEST, Manifest, StageReport, git_revision, llm_totals, package_versions
@@ -50,7 +50,17 @@ from synth.ray_session import init_ray
 from synth.registry import stage_class
 from synth.run_spec import RunSpec, spec_to_dict
 from synth.spec import StageConfig
-from synth.stage import DROP_REASON, FilterStage, GlobalStage, MapStage, SourceStage, Stage, StageContext
+from synth.stage import (
+    DROP_REASON,
+    BlockStage,
+    FilterStage,
+    FitSampleStage,
+    GlobalStage,
+    MapStage,
+    Stage,
+    StageContext,
+    TableStage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +242,7 @@ def check_inputs(spec: RunSpec, output: Path | None = None) -> Inputs:
         ctx = StageContext(run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=name, stage_index=index,
                            output_dir=output, llm_specs=dict(spec.llm))
         stage = stage_class(config.kind)(config, ctx)
+        check_resources(stage)
         stage.check_inputs()
         files[name] = {str(p): content_hash(p) for p in stage.input_files()}
         read = {n: files[n] for n in spec.stage_names[: index + 1] if files[n]}
@@ -245,6 +256,21 @@ def check_inputs(spec: RunSpec, output: Path | None = None) -> Inputs:
         check_llm_backend(llm, spec.llm[llm])
     return Inputs(spec_fingerprint=spec_fingerprint, fingerprints=fingerprints,
                   files={k: v for k, v in files.items() if v})
+
+
+def check_resources(stage: Stage) -> None:
+    """`resources` a stage's shape would ignore are an error, not silently dropped: `concurrency`
+    sizes the actor pool of a stateful stage, `batch_size` the units of a map stage. A global stage
+    reads its own `resources` (it schedules itself)."""
+    if isinstance(stage, GlobalStage):
+        return
+    res, name = stage.config.resources, stage.ctx.stage_name
+    if res.concurrency != 1 and not getattr(stage, "stateful", False):
+        raise SpecError(f"stage {name!r}: resources.concurrency: {stage.kind} runs in tasks, not an actor pool "
+                        "(only a stateful stage has one); leave it out")
+    if res.batch_size is not None and not isinstance(stage, MapStage):
+        raise SpecError(f"stage {name!r}: resources.batch_size: {stage.kind} does not work on batches of the stage "
+                        "before (only map and filter stages do); leave it out")
 
 
 def _is_finished(output: Path, index: int, name: str, fingerprint: str) -> bool:
@@ -320,20 +346,37 @@ def _run_stage(
 
 
 def _execute(stage: Stage, upstream: Path | None, target: Path) -> None:
-    """Run one stage from the upstream stage's folder into `target` (a temporary folder)."""
-    if isinstance(stage, SourceStage):
-        if upstream is not None:
-            raise SynthError(f"stage {stage.ctx.stage_name!r} ({stage.kind}) is a source: it must come first")
-        _write_dataset(stage.read(), target)
-        return
-    if upstream is None:
+    """Run one stage from the upstream stage's folder into `target` (a temporary folder), by its shape."""
+    if stage.source and upstream is not None:
+        raise SynthError(f"stage {stage.ctx.stage_name!r} ({stage.kind}) is a source: it must come first")
+    if not stage.source and upstream is None:
         raise SynthError(f"stage {stage.ctx.stage_name!r} ({stage.kind}) needs input: put a source stage first")
-    if isinstance(stage, GlobalStage):
-        _write_dataset(stage.apply(_ordered_dataset(upstream)), target)
-    elif isinstance(stage, MapStage):
+    if isinstance(stage, MapStage):
         _run_map_stage(stage, upstream, target)
+    elif isinstance(stage, TableStage):
+        _run_table_stage(stage, upstream, target)
+    elif isinstance(stage, BlockStage):
+        if isinstance(stage, FitSampleStage):
+            _run_in_one_task(stage, upstream, _fit_job)
+        _run_block_stage(stage, target)
+    elif isinstance(stage, GlobalStage):
+        _write_dataset(stage.apply(_ordered_dataset(upstream)), target)
     else:
-        raise TypeError(f"{type(stage).__name__} is not a SourceStage, MapStage or GlobalStage")
+        raise TypeError(f"{type(stage).__name__} is not a MapStage, TableStage, BlockStage or GlobalStage")
+
+
+def ray_options(stage: Stage) -> dict:
+    """The one place a stage's `resources` become Ray options, for its tasks, actors and Ray Data
+    operators alike: CPUs, GPUs (when asked for), custom resources, the workers' environment."""
+    res = stage.config.resources
+    options: dict = {"num_cpus": res.num_cpus}
+    if res.num_gpus:
+        options["num_gpus"] = res.num_gpus
+    if res.resources:
+        options["resources"] = dict(res.resources)
+    if env := stage.worker_env():
+        options["runtime_env"] = {"env_vars": env}
+    return options
 
 
 def _write_dataset(ds: ray.data.Dataset, target: Path) -> None:
@@ -352,66 +395,171 @@ def _ordered_dataset(folder: Path) -> ray.data.Dataset:
     return ray.data.from_arrow_refs([ray.put(units.read_unit(u)) for u in units.plan_units(folder, None)])
 
 
+def _write_part(table: pa.Table, target: Path, index: int) -> None:
+    pq.write_table(_with_reason_column(table), units.unit_file(target, index), row_group_size=units.DEFAULT_UNIT_ROWS)
+
+
+@contextmanager
+def _set_up(stage: Stage) -> Iterator[Stage]:
+    """The stage's setup() and teardown() around its work, on the worker that does it."""
+    stage.setup()
+    try:
+        yield stage
+    finally:
+        stage.teardown()
+
+
+# ---------------------------------------------------------------- whole-table jobs
+
+
+def _read_kept(folder: str | None) -> pa.Table | None:
+    """Every kept row of a stage folder, in its order (None for no folder: a source)."""
+    if folder is None:
+        return None
+    tables = [units.read_unit(u) for u in units.plan_units(Path(folder), None)]
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def _table_job(stage_cls: type[TableStage], config: StageConfig, ctx: StageContext, upstream: str | None,
+               target: str) -> int:
+    with _set_up(stage_cls(config, ctx)) as stage:
+        table = stage.transform(_read_kept(upstream))
+    Path(target).mkdir(parents=True)
+    _write_part(table, Path(target), 0)
+    return table.num_rows
+
+
+def _fit_job(stage_cls: type[FitSampleStage], config: StageConfig, ctx: StageContext, upstream: str | None) -> None:
+    with _set_up(stage_cls(config, ctx)) as stage:
+        stage.fit(_read_kept(upstream))
+
+
+def _run_in_one_task(stage: Stage, upstream: Path | None, job, *args) -> object:
+    """`job(stage class, config, ctx, upstream folder, *args)` in ONE Ray task with the stage's resources."""
+    log.info("%s: one task with every kept row of the stage before (%s)", stage.ctx.stage_name, ray_options(stage))
+    task = ray.remote(**ray_options(stage))(job)
+    folder = None if upstream is None else str(upstream)
+    return ray.get(task.remote(type(stage), stage.config, stage.ctx, folder, *args))
+
+
+def _run_table_stage(stage: TableStage, upstream: Path | None, target: Path) -> None:
+    if stage.on_driver:
+        _table_job(type(stage), stage.config, stage.ctx, None if upstream is None else str(upstream), str(target))
+    else:
+        _run_in_one_task(stage, upstream, _table_job, str(target))
+
+
+# ---------------------------------------------------------------- block plans
+
+
+class _Worker:
+    """Holds one stage instance on a Ray worker: setup() when it starts, teardown() when it ends.
+
+    Called with a batch of item numbers; `do` makes item i and writes it as part i, so the order
+    of the output does not depend on which worker finishes first."""
+
+    def __init__(self, stage_cls: type[Stage], config: StageConfig, ctx: StageContext, items: list, target: str):
+        self.stage: Stage | None = stage_cls(config, ctx)
+        self.stage.setup()
+        self.items, self.target = items, Path(target)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [self.do(index) for index in batch.column("unit").to_pylist()]
+        return pa.table({"unit": batch.column("unit"), "rows": rows})
+
+    def do(self, index: int) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.stage is not None:
+            self.stage.teardown()
+            self.stage = None
+
+    def __del__(self) -> None:
+        # Ray Data deletes an actor's callable when the actor exits gracefully.
+        self.close()
+
+
+class _BlockWorker(_Worker):
+    def do(self, index: int) -> int:
+        table = self.stage.make(self.items[index])
+        _write_part(table, self.target, index)
+        return table.num_rows
+
+
+def _run_block_stage(stage: BlockStage, target: Path) -> None:
+    blocks = stage.plan()
+    log.info("%s: %d blocks in %s", stage.ctx.stage_name, len(blocks), "an actor pool" if stage.stateful else "tasks")
+    target.mkdir(parents=True)
+    _map_over(stage, _BlockWorker, blocks, target)
+    stage.finish([units.unit_file(target, i) for i in range(len(blocks))])
+    if not io.parquet_files(target):
+        io.write_empty_part(target, pa.schema([(DROP_REASON, pa.string())]))
+    units.unify_parts(target)
+
+
+def _map_over(stage: Stage, worker: type, items: list, target: Path) -> None:
+    """`worker(stage class, config, ctx, items, target)` over the numbered items, one at a time:
+    in an actor pool of `resources.concurrency` for a stateful stage, else one task per item (each
+    task sets the stage up and tears it down)."""
+    if not items:
+        return
+    work = ray.data.from_items([{"unit": i} for i in range(len(items))], override_num_blocks=len(items))
+    args = (type(stage), stage.config, stage.ctx, items, str(target))
+    if stage.stateful:
+        work = work.map_batches(worker, fn_constructor_args=args, batch_size=1, batch_format="pyarrow",
+                                compute=ray.data.ActorPoolStrategy(size=stage.config.resources.concurrency),
+                                **ray_options(stage))  # fmt: skip
+    else:
+        work = work.map_batches(_InTask(worker, args), batch_size=1, batch_format="pyarrow", **ray_options(stage))
+    work.materialize()
+
+
+class _InTask:
+    """A worker class run in a task per item: built (setup), used once, closed (teardown)."""
+
+    def __init__(self, worker: type[_Worker], args: tuple):
+        self.worker, self.args = worker, args
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        instance = self.worker(*self.args)
+        try:
+            return instance(batch)
+        finally:
+            instance.close()
+
+
 # ---------------------------------------------------------------- map stages
 
 
-class _UnitWorker:
-    """Runs a map stage on the units it is handed, each written as its own part."""
+class _UnitWorker(_Worker):
+    """Runs a map stage on units of the stage before; a stateful one says how far it got."""
 
-    def __init__(self, stage: MapStage, plan: list, target: str):
-        self.stage, self.plan, self.target = stage, plan, Path(target)
+    rows_done = 0
+    started = 0.0
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [_run_unit(self.stage, self.plan, self.target, index) for index in batch.column("unit").to_pylist()]
-        return pa.table({"unit": batch.column("unit"), "rows": rows})
-
-
-class _StageWorker(_UnitWorker):
-    """Holds one stage instance per Ray actor, so setup() (model loading) runs once per actor."""
-
-    def __init__(self, stage_cls: type[MapStage], config: StageConfig, ctx: StageContext, plan: list, target: str):
-        super().__init__(stage_cls(config, ctx), plan, target)
-        self.stage.setup()
-        self.rows_done = 0
-        self.started = time.perf_counter()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        done = super().__call__(batch)
-        # Model stages take minutes per unit; a line per unit shows they move (Ray forwards it).
-        self.rows_done += sum(done.column("rows").to_pylist())
-        log.info("%s: %d rows done by this worker in %.0f s", self.stage.ctx.stage_name, self.rows_done,
-                 time.perf_counter() - self.started)
-        return done
+    def do(self, index: int) -> int:
+        self.started = self.started or time.perf_counter()
+        rows = _run_unit(self.stage, self.items, self.target, index)
+        if self.stage.stateful:
+            # Model stages take minutes per unit; a line per unit shows they move (Ray forwards it).
+            self.rows_done += rows
+            log.info("%s: %d rows done by this worker in %.0f s", self.stage.ctx.stage_name, self.rows_done,
+                     time.perf_counter() - self.started)
+        return rows
 
 
 def _run_unit(stage: MapStage, plan: list, target: Path, index: int) -> int:
     """Process unit `index` and write its part; returns the input rows done."""
     rows = units.read_unit(plan[index])
-    pq.write_table(_with_reason_column(stage.process(rows)), units.unit_file(target, index))
+    _write_part(stage.process(rows), target, index)
     return rows.num_rows
 
 
 def _run_map_stage(stage: MapStage, upstream: Path, target: Path) -> None:
-    res = stage.config.resources
-    plan = units.plan_units(upstream, res.batch_size)
+    plan = units.plan_units(upstream, stage.config.resources.batch_size)
     target.mkdir(parents=True)
-    remote_args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None, "resources": res.resources or None}
-    remote_args = {k: v for k, v in remote_args.items() if v is not None}
-    work = ray.data.from_items([{"unit": i} for i in range(len(plan))], override_num_blocks=max(1, len(plan)))
-    if stage.stateful:
-        work = work.map_batches(
-            _StageWorker,
-            fn_constructor_args=(type(stage), stage.config, stage.ctx, plan, str(target)),
-            compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-            batch_size=1,
-            batch_format="pyarrow",
-            **remote_args,
-        )
-    else:
-        stage.setup()
-        work = work.map_batches(_UnitWorker(stage, plan, str(target)), batch_size=1, batch_format="pyarrow",
-                                **remote_args)  # fmt: skip
-    work.materialize()
+    _map_over(stage, _UnitWorker, plan, target)
     units.unify_parts(target)
 
 

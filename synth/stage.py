@@ -1,16 +1,26 @@
-"""The stage protocol: the one shape every generator, filter and global step takes.
+"""The stage protocol: a stage holds logic and declares a shape; the runner alone schedules it on Ray.
 
-Four kinds of stage, all registered by name (see `synth.registry`):
+Shapes, all registered by name (see `synth.registry`):
 
-- `SourceStage.read(ctx) -> ray.data.Dataset`: makes records from nothing or from files.
-- `MapStage.process(batch) -> batch`: per-batch work on `pyarrow.Table` batches. Stateful
-  stages (models) set `stateful = True` and run in a Ray actor pool; `setup()` runs once per actor.
+- `MapStage.process(batch) -> batch`: per-unit work on `pyarrow.Table` batches of the stage before.
+  Stateful stages (models) set `stateful = True` and run in a Ray actor pool; the others in tasks.
 - `FilterStage`: a `MapStage` that scores a batch and returns a drop reason per row (None keeps
   it). It never deletes: the runner counts drops per stage and reason and removes them.
-- `GlobalStage.apply(ds, ctx) -> ray.data.Dataset`: whole-dataset steps (dedup, fitting).
+- `TableStage.transform(table) -> table`: a whole-table job, run as ONE task: every kept row of the
+  stage before (None for a source) in, this stage's rows out. For work that truly needs every row
+  at once: a bootstrap loop, fitting a model, a report.
+- `BlockStage`: a seeded block plan. `plan()` lists small blocks (each with its own seed) on the
+  driver; `make(block) -> table` builds each block's rows in tasks, or in an actor pool when
+  `stateful`. The rows of the stage before are not read (a sampler replaces them).
+- `FitSampleStage`: a `BlockStage` whose blocks sample a model that `fit(table)` learns first,
+  in one task (tabular synthesizers, diffusion).
+- `GlobalStage.apply(ds) -> ray.data.Dataset`: the one declared escape to Ray itself, for the
+  dedup shuffles.
 
-Any stage may mark rows for dropping by setting the `_drop_reason` column; the runner counts them.
-Execution (Ray, materialisation, resume) lives in `synth.runner`, apart from stage logic.
+A stage with `source = True` makes records from nothing and must come first. `setup()` runs on the
+worker before the stage's first input and `teardown()` beside it after its last. Any stage may mark
+rows for dropping by setting the `_drop_reason` column; the runner counts them. Execution (Ray
+options from `resources`, materialisation, resume) lives in `synth.runner`.
 """
 
 from __future__ import annotations
@@ -96,10 +106,22 @@ class Stage:
     kind: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
     description: ClassVar[str] = ""
+    source: ClassVar[bool] = False
+    """True for a stage that makes records from nothing (or from files): it must come first."""
 
     def __init__(self, config: StageConfig, ctx: StageContext):
         self.config = config
         self.ctx = ctx
+
+    def setup(self) -> None:
+        """Runs on the worker, once, before the stage's first unit, block or table."""
+
+    def teardown(self) -> None:
+        """Runs on the worker after the stage's last input there: close pools, free models."""
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment variables the stage's Ray workers need (the runner puts them in runtime_env)."""
+        return {}
 
     def check_inputs(self) -> None:
         """Check, on the driver before Ray starts, everything this stage will read or call.
@@ -117,17 +139,9 @@ class Stage:
         return config_paths(self.config)
 
 
-class SourceStage(Stage):
-    def read(self) -> ray.data.Dataset:
-        raise NotImplementedError
-
-
 class MapStage(Stage):
     stateful: ClassVar[bool] = False
     """True when setup() loads something costly (a model): the stage then runs in an actor pool."""
-
-    def setup(self) -> None:
-        """Runs once per worker before the first batch."""
 
     def process(self, batch: pa.Table) -> pa.Table:
         raise NotImplementedError
@@ -147,7 +161,49 @@ class FilterStage(MapStage):
         return mark_dropped(batch, reasons)
 
 
+class TableStage(Stage):
+    """A whole-table job: one task, the whole kept table of the stage before in, a table out."""
+
+    on_driver: ClassVar[bool] = False
+    """True for a source that reads files where the driver runs (a cluster's workers may not see
+    them): the runner runs the job in the driver's process instead of a Ray task."""
+
+    def transform(self, table: pa.Table | None) -> pa.Table:
+        """This stage's rows from every kept row of the stage before (None when it is a source)."""
+        raise NotImplementedError
+
+
+class BlockStage(Stage):
+    """A seeded block plan: blocks planned on the driver, each made by a worker into its own part."""
+
+    stateful: ClassVar[bool] = False
+    """True when setup() loads something costly (a model): blocks are then made in an actor pool."""
+
+    def plan(self) -> list[dict[str, Any]]:
+        """The blocks to make, in output order: small picklable dicts, each with what decides its rows."""
+        raise NotImplementedError
+
+    def make(self, block: dict[str, Any]) -> pa.Table:
+        """The rows of one block."""
+        raise NotImplementedError
+
+    def finish(self, parts: list[Path]) -> None:
+        """On the driver once every block's part is written (`parts[i]` from block i): a step that
+        needs all blocks, reading little (keys, counts). The default does nothing."""
+
+
+class FitSampleStage(BlockStage):
+    """Fit once, then sample in blocks: `fit` runs as one task before `plan`, `make` samples."""
+
+    def fit(self, table: pa.Table | None) -> None:
+        """Learn from every kept row of the stage before (None for a source, which reads its own
+        data) and save the model where `plan` and `make` find it (under the output folder)."""
+        raise NotImplementedError
+
+
 class GlobalStage(Stage):
+    """Whole-dataset steps on Ray itself: the one escape from the shapes above, for dedup shuffles."""
+
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         raise NotImplementedError
 

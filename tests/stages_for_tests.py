@@ -1,11 +1,13 @@
 """Small real stages for testing the runner without models: numbers, sentences, a parity filter,
-a doubler, a global keep-largest.
+a doubler, a global keep-largest, and one stage of each shape that says where it ran.
 
 They are shipped to Ray workers by value, so the workers need not import this test module.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Literal
 
@@ -16,29 +18,29 @@ import ray.data
 
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import FilterStage, GlobalStage, MapStage, SourceStage
+from synth.stage import BlockStage, FilterStage, FitSampleStage, GlobalStage, MapStage, TableStage, derive_seed
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @register
-class Numbers(SourceStage):
+class Numbers(TableStage):
     """Rows 0..count-1 with their square."""
 
     kind = "test_numbers"
+    source = True
 
     class Config(StageConfig):
         kind: Literal["test_numbers"] = "test_numbers"
         count: int = 100
 
-    def read(self) -> ray.data.Dataset:
+    def transform(self, table: None) -> pa.Table:
         n = self.config.count
-        return ray.data.from_arrow(pa.table({"n": pa.array(range(n), pa.int64()),
-                                             "square": pa.array([i * i for i in range(n)], pa.int64())}))
+        return pa.table({"n": pa.array(range(n), pa.int64()), "square": pa.array([i * i for i in range(n)], pa.int64())})
 
 
 @register
-class Sentences(SourceStage):
+class Sentences(TableStage):
     """`count` short English sentences in a `text` column: data a model can pretrain on.
 
     With `duplicates`, each sentence is followed by an exact copy and a near copy (one word added),
@@ -46,18 +48,19 @@ class Sentences(SourceStage):
     """
 
     kind = "test_sentences"
+    source = True
 
     class Config(StageConfig):
         kind: Literal["test_sentences"] = "test_sentences"
         count: int = 40
         duplicates: bool = False
 
-    def read(self) -> ray.data.Dataset:
+    def transform(self, table: None) -> pa.Table:
         animals = ["cat", "dog", "bird", "fish", "horse"]
         texts = [f"The {animals[i % 5]} number {i} sleeps in the sun all day long." for i in range(self.config.count)]
         if self.config.duplicates:
             texts = [t for text in texts for t in (text, text, text.replace(" long.", " long today."))]
-        return ray.data.from_arrow(pa.table({"id": [f"s{i:03d}" for i in range(len(texts))], "text": texts}))
+        return pa.table({"id": [f"s{i:03d}" for i in range(len(texts))], "text": texts})
 
 
 @register
@@ -116,3 +119,75 @@ class KeepLargest(GlobalStage):
         report.mkdir(parents=True, exist_ok=True)
         (report / "report.md").write_text(f"Kept the top {self.config.top}.\n\n![plot](plot.png)\n")
         return ds.sort("n", descending=True).limit(self.config.top)
+
+
+@register
+class WhereItRuns(MapStage):
+    """Adds the pid of setup() and of process(); teardown() leaves its pid in OUTPUT/_teardown/."""
+
+    kind = "test_where_it_runs"
+
+    class Config(StageConfig):
+        kind: Literal["test_where_it_runs"] = "test_where_it_runs"
+
+    def setup(self) -> None:
+        self.setup_pid = os.getpid()
+
+    def process(self, batch):
+        n = batch.num_rows
+        return (batch.append_column("setup_pid", pa.array([self.setup_pid] * n, pa.int64()))
+                .append_column("process_pid", pa.array([os.getpid()] * n, pa.int64())))
+
+    def teardown(self) -> None:
+        folder = self.ctx.output_dir / "_teardown"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{os.getpid()}-{self.setup_pid}").touch()
+
+
+@register
+class SeededBlocks(BlockStage):
+    """`blocks` blocks of `rows` random numbers, each from its own seed; made out of order on purpose."""
+
+    kind = "test_seeded_blocks"
+    source = True
+    stateful = True
+
+    class Config(StageConfig):
+        kind: Literal["test_seeded_blocks"] = "test_seeded_blocks"
+        blocks: int = 6
+        rows: int = 3
+
+    def plan(self) -> list[dict]:
+        return [{"block": b, "seed": derive_seed(self.ctx.stage_seed, b)} for b in range(self.config.blocks)]
+
+    def make(self, block: dict) -> pa.Table:
+        import random
+        import time
+
+        rng = random.Random(block["seed"])
+        time.sleep(0.2 * ((self.config.blocks - block["block"]) % 3))  # later blocks tend to finish first
+        return pa.table({"block": [block["block"]] * self.config.rows,
+                         "value": [rng.random() for _ in range(self.config.rows)]})
+
+
+@register
+class MeanPlusBlocks(FitSampleStage):
+    """Fits the mean of `n` (saved beside the run), then makes `blocks` rows of mean + block."""
+
+    kind = "test_mean_plus_blocks"
+
+    class Config(StageConfig):
+        kind: Literal["test_mean_plus_blocks"] = "test_mean_plus_blocks"
+        blocks: int = 4
+
+    def fit(self, table: pa.Table) -> None:
+        path = self.ctx.output_dir / "_models" / self.ctx.stage_name / "fit.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"mean": pc.mean(table.column("n")).as_py(), "pid": os.getpid()}))
+
+    def plan(self) -> list[dict]:
+        fit = json.loads((self.ctx.output_dir / "_models" / self.ctx.stage_name / "fit.json").read_text())
+        return [{"value": fit["mean"] + b, "fit_pid": fit["pid"]} for b in range(self.config.blocks)]
+
+    def make(self, block: dict) -> pa.Table:
+        return pa.table({"value": [block["value"]], "fit_pid": [block["fit_pid"]]})

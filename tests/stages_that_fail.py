@@ -15,12 +15,11 @@ from typing import Literal
 
 import pyarrow as pa
 import ray.cloudpickle
-import ray.data
 
 from synth.errors import SpecError, SynthError
 from synth.registry import register
 from synth.spec import InputFile, StageConfig
-from synth.stage import MapStage, SourceStage
+from synth.stage import MapStage, TableStage
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -36,10 +35,11 @@ def read_numbers(path) -> list[int]:
 
 
 @register
-class NumbersFile(SourceStage):
+class NumbersFile(TableStage):
     """One row per line of a text file of whole numbers."""
 
     kind = "test_numbers_file"
+    source = True
 
     class Config(StageConfig):
         kind: Literal["test_numbers_file"] = "test_numbers_file"
@@ -49,8 +49,8 @@ class NumbersFile(SourceStage):
         super().check_inputs()
         read_numbers(self.config.path)
 
-    def read(self) -> ray.data.Dataset:
-        return ray.data.from_arrow(pa.table({"n": pa.array(read_numbers(self.config.path), pa.int64())}))
+    def transform(self, table: None) -> pa.Table:
+        return pa.table({"n": pa.array(read_numbers(self.config.path), pa.int64())})
 
 
 @register

@@ -51,7 +51,7 @@ class RecordedFilter(FilterStage):
         log: Path
         crash_once: bool = False
 
-    def setup(self) -> None:  # a stateless stage sets up once per run, in the calling process
+    def setup(self) -> None:  # once per unit (60 rows: one), on the worker
         with self.config.log.open("a") as log:
             log.write("computed\n")
         if self.config.crash_once and len(self.config.log.read_text().splitlines()) == 1:

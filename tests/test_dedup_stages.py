@@ -25,24 +25,28 @@ from synth.registry import register
 from synth.runner import run
 from synth.run_spec import load_spec
 from synth.spec import StageConfig
-from synth.stage import SourceStage, StageContext
+from synth.stage import BlockStage, StageContext
 
 
 @register
-class DedupRows(SourceStage):
+class DedupRows(BlockStage):
     """The rows of a Parquet file, in `blocks` blocks."""
 
     kind = "test_dedup_rows"
+    source = True
 
     class Config(StageConfig):
         kind: Literal["test_dedup_rows"] = "test_dedup_rows"
         path: str
         blocks: int = 3
 
-    def read(self) -> ray.data.Dataset:
-        table = pq.read_table(self.config.path)
-        step = max(1, -(-table.num_rows // self.config.blocks))
-        return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    def plan(self) -> list[dict]:
+        rows = pq.read_metadata(self.config.path).num_rows
+        step = max(1, -(-rows // self.config.blocks))
+        return [{"start": i, "rows": step} for i in range(0, rows, step)]
+
+    def make(self, block: dict) -> pa.Table:
+        return pq.read_table(self.config.path).slice(block["start"], block["rows"])
 
 
 # ---------------------------------------------------------------- corpora

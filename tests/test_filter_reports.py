@@ -9,7 +9,6 @@ from typing import Literal
 import pyarrow as pa
 import pytest
 import ray.cloudpickle
-import ray.data
 import stages_for_tests  # noqa: F401 - registers the test stages
 import yaml
 from typer.testing import CliRunner
@@ -22,7 +21,7 @@ from synth.registry import register
 from synth.runner import run
 from synth.run_spec import load_spec
 from synth.spec import StageConfig
-from synth.stage import SourceStage
+from synth.stage import TableStage
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -38,16 +37,17 @@ TEXTS = [
 
 
 @register
-class Texts(SourceStage):
+class Texts(TableStage):
     """The rows of `TEXTS` as `text`, each the answer to one `instruction`."""
 
     kind = "test_texts"
+    source = True
 
     class Config(StageConfig):
         kind: Literal["test_texts"] = "test_texts"
 
-    def read(self) -> ray.data.Dataset:
-        return ray.data.from_arrow(pa.table({"instruction": ["Tell me a fact."] * len(TEXTS), "text": TEXTS}))
+    def transform(self, table: None) -> pa.Table:
+        return pa.table({"instruction": ["Tell me a fact."] * len(TEXTS), "text": TEXTS})
 
 
 def test_filter_reports_land_in_the_card_and_inspect(ray_session, tmp_path):

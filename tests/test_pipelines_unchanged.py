@@ -47,7 +47,7 @@ GOLDEN = Path(__file__).parent / "data" / "pipeline_digests.json"
 SHRINK: dict[str, dict[str, dict]] = {
     # pipeline file -> stage kind -> fields replaced (sizes, steps, resources for 2 CPUs)
     "code.yaml": {
-        "code_functions": {"max_functions": 6, "block_size": 3},
+        "code_functions": {"max_functions": 6},
         "code_inputs": {"llm": None, "inputs_per_function": 3, "candidates_per_function": 6,
                         "resources": {"num_cpus": 0.5, "batch_size": 4}},
         "code_coverage": {"inputs_per_function": 3},

@@ -2,7 +2,7 @@
 
 - `image_checks` (per batch): `pixel_mean`, `pixel_std` and `saturated_fraction` (share of pixels
   at 255) per image; drops `undecodable`, `blank` (std below `min_std`) and `saturated`.
-- `image_phash_dedup` (global): a 64-bit DCT perceptual hash per image (`phash`, hex): the image
+- `image_phash_dedup` (a whole-table job): a 64-bit DCT perceptual hash per image (`phash`, hex): the image
   at 32x32, its 2-D DCT, the 8x8 lowest frequencies against their median. Walking the rows in
   order, a row within `max_distance` bits of an earlier kept row is dropped as `phash_duplicate`.
   The default, 1, is below what distinct images reach here: among 600 procedural phantoms at
@@ -25,8 +25,6 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
-import ray.data
 import scipy.fft
 from PIL import Image
 from pydantic import Field
@@ -36,7 +34,7 @@ from generators.image.records import decode_png
 from synth.errors import SynthError
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import FilterStage, GlobalStage, mark_dropped, set_column
+from synth.stage import FilterStage, TableStage, mark_dropped, set_column
 
 log = logging.getLogger(__name__)
 
@@ -127,35 +125,20 @@ def _with_phash(batch: pa.Table) -> pa.Table:
     return set_column(batch, "phash", pa.array(hashes, pa.string()))
 
 
-@ray.remote(num_cpus=0)
-def _phash_column(table: pa.Table) -> list[str | None]:
-    return table.column("phash").to_pylist()
-
-
-@ray.remote
-def _mark_duplicates(table: pa.Table, flags: list[bool]) -> pa.Table:
-    return mark_dropped(table, ["phash_duplicate" if f else None for f in flags])
-
-
 @register
-class PhashDedup(GlobalStage):
+class PhashDedup(TableStage):
     kind = "image_phash_dedup"
     Config = PhashDedupConfig
     description = "Drop images whose perceptual hash is within max_distance bits of an earlier image's"
 
-    def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
-        refs = ds.map_batches(_with_phash, batch_format="pyarrow").to_arrow_refs()
-        columns = ray.get([_phash_column.remote(r) for r in refs])
-        hashes = [int(h, 16) if h else None for column in columns for h in column]
-        decodable = [h for h in hashes if h is not None]
-        flags = iter(duplicate_flags(decodable, self.config.max_distance))
+    def transform(self, table: pa.Table) -> pa.Table:
+        """Every image is compared with every earlier one: one task holding every image."""
+        table = _with_phash(table)
+        hashes = [int(h, 16) if h else None for h in table.column("phash").to_pylist()]
+        flags = iter(duplicate_flags([h for h in hashes if h is not None], self.config.max_distance))
         all_flags = [next(flags) if h is not None else False for h in hashes]
         log.info("image_phash_dedup: %d of %d images are near duplicates", sum(all_flags), len(hashes))
-        marked, start = [], 0
-        for ref, column in zip(refs, columns):
-            marked.append(_mark_duplicates.remote(ref, all_flags[start : start + len(column)]))
-            start += len(column)
-        return ray.data.from_arrow_refs(marked)
+        return mark_dropped(table, ["phash_duplicate" if f else None for f in all_flags])
 
 
 # ---------------------------------------------------------------- memorisation

@@ -43,7 +43,6 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.data
 from pydantic import Field, model_validator
 
 from generators.code.reach import reach_reason
@@ -52,7 +51,7 @@ from synth.errors import SpecError
 from synth.registry import register
 from synth.sandbox import default_python
 from synth.spec import InputFile, InputFolder, StageConfig
-from synth.stage import DROP_REASON, SourceStage
+from synth.stage import DROP_REASON, TableStage
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,6 @@ class CodeFunctionsConfig(StageConfig):
     max_functions: int = Field(300, ge=1, description="Kept functions to sample, at most")
     max_lines: int = Field(30, ge=2, description="Longest function kept, in source lines")
     min_lines: int = Field(2, ge=1, description="Shortest function kept, in source lines")
-    block_size: int = Field(16, ge=1, description="Functions per output block (the unit of parallel work)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -484,12 +482,14 @@ def report_text(sample: CorpusSample) -> str:
 
 
 @register
-class CodeFunctions(SourceStage):
+class CodeFunctions(TableStage):
     kind = "code_functions"
     Config = CodeFunctionsConfig
     description = "Functions from the standard library, a folder or Parquet of code, statically filtered"
+    source = True
 
-    def read(self) -> ray.data.Dataset:
+    def transform(self, table: None) -> pa.Table:
+        """One task reads the corpus: functions are sampled from all of it, with the stage's seed."""
         sample = corpus_table(self.config, self.ctx.stage_seed)
         table, source = sample.table, sample.source
         sampled = table.column(DROP_REASON).null_count
@@ -505,5 +505,4 @@ class CodeFunctions(SourceStage):
         tmp = report.with_name(".report.md.tmp")
         tmp.write_text(report_text(sample))
         tmp.replace(report)  # the card reads it (synth.card)
-        size = self.config.block_size
-        return ray.data.from_arrow([table.slice(i, size) for i in range(0, table.num_rows, size)])
+        return table

@@ -44,8 +44,6 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
-import ray.data
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -55,7 +53,7 @@ from synth import io
 from synth.errors import SpecError, SynthError
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import GlobalStage, StageContext, derive_seed, set_column
+from synth.stage import StageContext, TableStage, derive_seed, set_column
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +65,13 @@ def torch_threads(config: StageConfig) -> int:
     return config.threads or max(1, int(config.resources.num_cpus))
 
 
-def torch_runtime_env(threads: int) -> dict | None:
+def torch_worker_env(threads: int) -> dict[str, str]:
     """For Ray workers running torch on several threads: idle OpenMP threads sleep, not spin.
 
     On 2 shared, busy cores, spinning made a 2-thread training step ten times slower (15 s
-    against 1.6 s). A runtime_env costs a fresh worker process, so one thread goes without.
+    against 1.6 s). A worker environment costs a fresh worker process, so one thread goes without.
     """
-    return {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}} if threads > 1 else None
+    return {"OMP_WAIT_POLICY": "PASSIVE"} if threads > 1 else {}
 
 
 class DiffusionTrainConfig(StageConfig):
@@ -359,30 +357,8 @@ def _finished(model_folder: Path, tag: str) -> bool:
 # ---------------------------------------------------------------- the stage
 
 
-def run_in_one_task(refs: list, stage: GlobalStage, fn, *args) -> ray.data.Dataset:
-    """`fn(table of every row, *args) -> table` in ONE Ray task with the stage's resources.
-
-    `refs` are the input's blocks, materialised first (`ds.to_arrow_refs()`), so the task (which
-    may hold every CPU) never waits on read tasks; they travel by reference and meet in the task.
-    """
-    res = stage.config.resources
-    task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.resources or None,
-                      runtime_env=torch_runtime_env(torch_threads(stage.config)))(_gather_then)  # fmt: skip
-    return ray.data.from_arrow_refs([task.remote(fn, refs, *args)])
-
-
-def _gather_then(fn, refs: list, *args) -> pa.Table:
-    return fn(pa.concat_tables(ray.get(refs)), *args)
-
-
-@ray.remote(num_cpus=0)
-def _label_columns(table: pa.Table) -> pa.Table:
-    return table.select(["label", "label_id", "width", "height"])
-
-
-def classes_of(refs: list) -> tuple[list[str], int]:
-    """The class names (ordered by label_id) and the one image size of a materialised image set."""
-    table = pa.concat_tables(ray.get([_label_columns.remote(r) for r in refs]))
+def classes_of(table: pa.Table) -> tuple[list[str], int]:
+    """The class names (ordered by label_id) and the one image size of an image table."""
     if table.num_rows == 0:
         raise SynthError("diffusion_train: got no images")
     sizes = sorted(set(zip(table.column("width").to_pylist(), table.column("height").to_pylist())))
@@ -437,16 +413,17 @@ def train_table(table: pa.Table, cfg: DiffusionTrainConfig, ctx: StageContext, c
 
 
 @register
-class DiffusionTrain(GlobalStage):
+class DiffusionTrain(TableStage):
     kind = "diffusion_train"
     Config = DiffusionTrainConfig
     description = "Train a class-conditional DDPM UNet (diffusers format) on labelled images, in one Ray task"
 
-    def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
-        res = self.config.resources
-        refs = ds.to_arrow_refs()
-        classes, size = classes_of(refs)
-        log.info("diffusion_train: the training loop is sequential, so it runs in ONE Ray task (num_cpus=%s, "
-                 "num_gpus=%s) holding all %d-px images; classes %s; folder %s", res.num_cpus, res.num_gpus,
-                 size, classes, model_root(self.ctx.output_dir, self.ctx.stage_name))  # fmt: skip
-        return run_in_one_task(refs, self, train_table, self.config, self.ctx, classes)
+    def worker_env(self) -> dict[str, str]:
+        return torch_worker_env(torch_threads(self.config))
+
+    def transform(self, table: pa.Table) -> pa.Table:
+        """The training loop is sequential: one task with every image; the rows pass through."""
+        classes, size = classes_of(table)
+        log.info("diffusion_train: training on all %d-px images in one task; classes %s; folder %s", size, classes,
+                 model_root(self.ctx.output_dir, self.ctx.stage_name))  # fmt: skip
+        return train_table(table, self.config, self.ctx, classes)

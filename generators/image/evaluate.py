@@ -32,7 +32,6 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.data
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
@@ -43,16 +42,16 @@ from generators.image.diffusion import (
     load_classes,
     model_root,
     pick_device,
-    run_in_one_task,
     split_paths,
     torch_threads,
+    torch_worker_env,
 )
 from generators.image.records import decode_many
 from synth import io
 from synth.errors import SynthError
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import GlobalStage, StageContext, derive_seed, mark_dropped, set_column
+from synth.stage import StageContext, TableStage, derive_seed, mark_dropped, set_column
 
 log = logging.getLogger(__name__)
 
@@ -370,12 +369,15 @@ def eval_table(table: pa.Table, cfg: ImageEvalConfig, ctx: StageContext, classes
 
 
 @register
-class ImageEval(GlobalStage):
+class ImageEval(TableStage):
     kind = "image_eval"
     Config = ImageEvalConfig
     description = "FID (Inception and domain features) and label agreement against held-out real images; a report"
 
-    def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+    def worker_env(self) -> dict[str, str]:
+        return torch_worker_env(torch_threads(self.config))
+
+    def transform(self, table: pa.Table) -> pa.Table:
+        """Evaluation compares whole sets: one task holding every sample."""
         classes = load_classes(model_root(self.ctx.output_dir, self.config.model) / "model", self.kind)
-        log.info("image_eval: evaluation compares whole sets, so it runs in ONE Ray task holding every sample")
-        return run_in_one_task(ds.to_arrow_refs(), self, eval_table, self.config, self.ctx, classes)
+        return eval_table(table, self.config, self.ctx, classes)

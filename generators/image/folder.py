@@ -12,9 +12,8 @@
 - Sizes: without `size`, every image must have the same size (an error lists the sizes found);
   with `size`, each image is padded to a square with black, centred, then resized to `size` px.
 
-Every file is decoded in the driver, where the folder is (workers of a cluster may not see it);
-an unreadable file is an error naming it. The records go to the object store in blocks of
-`rows_per_block` as they are made, so the driver never holds the whole set.
+Every file is decoded in the driver, where the folder is (workers of a cluster may not see it):
+a whole-table job the runner runs there (`on_driver`). An unreadable file is an error naming it.
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import ray
-import ray.data
+import pyarrow as pa
 from PIL import Image
 from pydantic import Field, model_validator
 
@@ -36,7 +34,7 @@ from generators.image.records import make_record, to_table
 from synth.errors import SynthError
 from synth.registry import register
 from synth.spec import InputFile, InputFolder, StageConfig
-from synth.stage import SourceStage
+from synth.stage import TableStage
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,6 @@ class ImageFolderConfig(StageConfig):
     classes: list[str] | None = Field(None, min_length=1, description="Known labels, in label_id order")
     size: int | None = Field(None, ge=8, le=4096, description="Pad to square and resize to this many px")
     window: Literal["file", "minmax"] = Field("file", description="DICOM to 8 bits: the file's window, or min-max")
-    rows_per_block: int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _csv_when_asked(self) -> ImageFolderConfig:
@@ -197,23 +194,25 @@ def fit_square(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 @register
-class ImageFolder(SourceStage):
+class ImageFolder(TableStage):
     kind = "image_folder"
     Config = ImageFolderConfig
     description = "Read a folder of PNG/DICOM images, labelled by subfolder or CSV, as 8-bit grayscale PNG records"
+    source = True
+    on_driver = True
 
     def check_inputs(self) -> None:
         super().check_inputs()
         class_list(labelled_files(self.config), self.config.classes)  # files and labels, before Ray
 
-    def read(self) -> ray.data.Dataset:
+    def transform(self, table: None) -> pa.Table:
+        """Decode every file: images of different sizes are refused only once all are seen."""
         cfg = self.config
         pairs = labelled_files(cfg)
         classes = class_list(pairs, cfg.classes)
-        log.info("image_folder: decoding %d files of %d classes in the driver, where %s is", len(pairs),
-                 len(classes), cfg.path)  # fmt: skip
+        log.info("image_folder: decoding %d files of %d classes from %s", len(pairs), len(classes), cfg.path)
         sizes: dict[tuple[int, int], list[Path]] = {}
-        refs, rows = [], []
+        rows = []
         for path, label in pairs:
             pixels = load_pixels(path, cfg.window)
             sizes.setdefault(pixels.shape[::-1], []).append(path)
@@ -222,13 +221,8 @@ class ImageFolder(SourceStage):
             rows.append(make_record(pixels, label=label, label_id=classes.index(label), generator="image_folder",
                                     run_id=self.ctx.run_id, seed=self.ctx.seed, model="file",
                                     source=path.relative_to(cfg.path).as_posix()))  # fmt: skip
-            if len(rows) == cfg.rows_per_block:
-                refs.append(ray.put(to_table(rows)))
-                rows = []
         if cfg.size is None and len(sizes) > 1:
             found = ", ".join(f"{w}x{h} ({len(p)} files, e.g. {p[0].name})" for (w, h), p in sorted(sizes.items()))
             raise SynthError(f"image_folder: images differ in size: {found}; set `size:` to resize them all")
-        if rows:
-            refs.append(ray.put(to_table(rows)))
         self.ctx.count(**{f"label_{label}": n for label, n in Counter(label for _, label in pairs).items()})
-        return ray.data.from_arrow_refs(refs)
+        return to_table(rows)

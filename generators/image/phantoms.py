@@ -28,14 +28,13 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import ray.data
 from pydantic import Field, field_validator
 from scipy.ndimage import gaussian_filter, shift
 
 from generators.image.records import make_record, to_table
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import SourceStage, derive_seed
+from synth.stage import BlockStage, derive_seed
 
 CLASSES = ("normal", "bright_lesion", "dark_lesion")
 ANATOMIES = ("head", "abdomen")
@@ -205,7 +204,7 @@ class PhantomImagesConfig(StageConfig):
     modalities: list[Literal["ct", "mr"]] = Field(list(MODALITIES), min_length=1)
     max_noise: float = Field(0.04, ge=0, le=0.5, description="Noise sigma is drawn in [0.2, 1] times this")
     artefact_probability: float = Field(0.3, ge=0, le=1, description="Chance of each artefact of the modality")
-    images_per_block: int = Field(256, ge=1, description="Images drawn per Ray task")
+    images_per_block: int = Field(256, ge=1, description="Images drawn per block (one task each)")
 
     @field_validator("classes")
     @classmethod
@@ -218,10 +217,10 @@ class PhantomImagesConfig(StageConfig):
         return value
 
 
-def draw_block(batch: pa.Table, config: PhantomImagesConfig, stage_seed: int, run_id: str) -> pa.Table:
-    """Image rows for the indices in `batch` (column `id` of `ray.data.range`)."""
+def draw_block(indices: range, config: PhantomImagesConfig, stage_seed: int, run_id: str) -> pa.Table:
+    """Image rows for the image `indices`, each drawn from a seed of its own."""
     rows = []
-    for index in batch.column("id").to_pylist():
+    for index in indices:
         label_id = index % len(config.classes)
         seed = derive_seed(stage_seed, index)
         p = draw_phantom(
@@ -235,15 +234,16 @@ def draw_block(batch: pa.Table, config: PhantomImagesConfig, stage_seed: int, ru
 
 
 @register
-class PhantomImages(SourceStage):
+class PhantomImages(BlockStage):
     kind = "phantom_images"
     Config = PhantomImagesConfig
     description = "Procedural CT/MR-like head and abdomen phantoms, labelled normal / bright_lesion / dark_lesion"
+    source = True
 
-    def read(self) -> ray.data.Dataset:
+    def plan(self) -> list[dict]:
         cfg = self.config
-        blocks = -(-cfg.count // cfg.images_per_block)
-        return ray.data.range(cfg.count, override_num_blocks=blocks).map_batches(
-            draw_block, fn_args=(cfg, self.ctx.stage_seed, self.ctx.run_id), batch_size=cfg.images_per_block,
-            batch_format="pyarrow", num_cpus=self.config.resources.num_cpus,
-        )  # fmt: skip
+        return [{"start": start, "stop": min(start + cfg.images_per_block, cfg.count)}
+                for start in range(0, cfg.count, cfg.images_per_block)]  # fmt: skip
+
+    def make(self, block: dict) -> pa.Table:
+        return draw_block(range(block["start"], block["stop"]), self.config, self.ctx.stage_seed, self.ctx.run_id)

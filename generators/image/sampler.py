@@ -12,8 +12,9 @@ with w the `guidance_scale` (w = 1: plain conditional sampling, one call per ste
 
 The stage `diffusion_sample` replaces its input rows with samples: `images_per_class` for each
 requested label, in blocks of `block_size` images, each block with its own seed
-`derive_seed(stage_seed, label, block)`. Blocks run in parallel on a pool of Ray actors, each
-loading the model once; the label requested is stored with each image.
+`derive_seed(stage_seed, label, block)`. It is a block plan: the runner makes the blocks in parallel
+on a pool of Ray actors, each loading the model once (`setup`); the label requested is stored
+with each image.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import ray
-import ray.data
 import torch
 from pydantic import Field
 
@@ -35,14 +34,14 @@ from generators.image.diffusion import (
     load_model,
     model_root,
     pick_device,
-    torch_runtime_env,
     torch_threads,
+    torch_worker_env,
 )
 from generators.image.records import make_record, to_table
 from synth.errors import SpecError
 from synth.registry import register
 from synth.spec import InputFolder, StageConfig
-from synth.stage import GlobalStage, StageContext, derive_seed
+from synth.stage import BlockStage, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -112,47 +111,39 @@ def plan_blocks(config: DiffusionSampleConfig, classes: list[str], stage_seed: i
     return blocks
 
 
-class SamplerWorker:
-    """One Ray actor: loads the model once, turns block rows into image rows."""
-
-    def __init__(self, folder: Path, config: DiffusionSampleConfig, ctx: StageContext):
-        torch.set_num_threads(torch_threads(config))
-        self.model = load_model(folder, str(pick_device(config.device)))
-        self.config, self.ctx = config, ctx
-        self.source = f"ddim{config.steps}/cfg{config.guidance_scale:g}" + (f"/eta{config.eta:g}" if config.eta else "")
-
-    def __call__(self, blocks: pa.Table) -> pa.Table:
-        rows = []
-        cfg = self.config
-        for block in blocks.to_pylist():
-            pixels = sample(self.model, [block["label_id"]] * block["count"], block["seed"], steps=cfg.steps,
-                            guidance_scale=cfg.guidance_scale, eta=cfg.eta, clip_sample=cfg.clip_sample)  # fmt: skip
-            for i, image in enumerate(pixels):
-                rows.append(make_record(image, label=block["label"], label_id=block["label_id"],
-                                        generator="diffusion_sample", run_id=self.ctx.run_id,
-                                        seed=derive_seed(block["seed"], i), model=self.model.model_id,
-                                        source=self.source))  # fmt: skip
-        self.ctx.count(sampled_images=len(rows))
-        return to_table(rows)
-
-
 @register
-class DiffusionSample(GlobalStage):
+class DiffusionSample(BlockStage):
     kind = "diffusion_sample"
     Config = DiffusionSampleConfig
     description = "Sample labelled images from a diffusion_train model: DDIM + classifier-free guidance, on Ray actors"
+    stateful = True
 
-    def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+    def plan(self) -> list[dict]:
         folder = resolve_model_dir(self.config, self.ctx.output_dir)
         classes = load_classes(folder, self.kind, hint="or set `model_dir:` to a folder it saved")
         blocks = plan_blocks(self.config, classes, self.ctx.stage_seed)
-        res = self.config.resources
         log.info("diffusion_sample: %d blocks from %s on %d actor(s); the input rows are replaced by samples",
-                 len(blocks), folder, res.concurrency)  # fmt: skip
-        remote_args = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus or None, "resources": res.resources or None}
-        return ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
-            SamplerWorker, fn_constructor_args=(folder, self.config, self.ctx), batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-            runtime_env=torch_runtime_env(torch_threads(self.config)),
-            **{k: v for k, v in remote_args.items() if v is not None},
-        )  # fmt: skip
+                 len(blocks), folder, self.config.resources.concurrency)  # fmt: skip
+        return blocks
+
+    def worker_env(self) -> dict[str, str]:
+        return torch_worker_env(torch_threads(self.config))
+
+    def setup(self) -> None:
+        """Load the model once per actor."""
+        torch.set_num_threads(torch_threads(self.config))
+        folder = resolve_model_dir(self.config, self.ctx.output_dir)
+        self.model = load_model(folder, str(pick_device(self.config.device)))
+        cfg = self.config
+        self.source_label = f"ddim{cfg.steps}/cfg{cfg.guidance_scale:g}" + (f"/eta{cfg.eta:g}" if cfg.eta else "")
+
+    def make(self, block: dict) -> pa.Table:
+        cfg = self.config
+        pixels = sample(self.model, [block["label_id"]] * block["count"], block["seed"], steps=cfg.steps,
+                        guidance_scale=cfg.guidance_scale, eta=cfg.eta, clip_sample=cfg.clip_sample)  # fmt: skip
+        rows = [make_record(image, label=block["label"], label_id=block["label_id"], generator="diffusion_sample",
+                            run_id=self.ctx.run_id, seed=derive_seed(block["seed"], i), model=self.model.model_id,
+                            source=self.source_label)
+                for i, image in enumerate(pixels)]  # fmt: skip
+        self.ctx.count(sampled_images=len(rows))
+        return to_table(rows)

@@ -56,7 +56,7 @@ from synth.errors import SpecError
 from synth.llm import ChatRequest, Completion, LLMClient
 from synth.registry import register
 from synth.spec import InputFile, StageConfig, format_loc
-from synth.stage import SourceStage, StageContext, derive_seed
+from synth.stage import StageContext, TableStage, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +428,7 @@ def _stops_after(last: int) -> tuple[str, ...]:
 
 
 def bootstrap_table(config: SelfInstructConfig, ctx: StageContext, seeds: list[SeedTask]) -> pa.Table:
-    """The whole bootstrap as one table; runs inside the stage's Ray task."""
+    """The whole bootstrap as one table."""
     llm = ctx.llm(config.llm)
     try:
         return to_table(Bootstrapper(config, ctx, llm, seeds).run())
@@ -437,21 +437,16 @@ def bootstrap_table(config: SelfInstructConfig, ctx: StageContext, seeds: list[S
 
 
 @register
-class SelfInstruct(SourceStage):
+class SelfInstruct(TableStage):
     kind = "self_instruct"
     Config = SelfInstructConfig
     description = "Self-Instruct: bootstrap instructions and instances from human-written seed tasks"
+    source = True
 
     def check_inputs(self) -> None:
         super().check_inputs()
         load_seed_tasks(self.config.seed_tasks)  # a bad seed line fails before Ray starts
 
-    def read(self):
-        import ray
-
-        seeds = load_seed_tasks(self.config.seed_tasks)
-        res = self.config.resources
-        log.info("self_instruct: the bootstrap is sequential and holds the model, so it runs as ONE Ray "
-                 "task (num_cpus=%s, num_gpus=%s)", res.num_cpus, res.num_gpus)  # fmt: skip
-        task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.resources)(bootstrap_table)
-        return ray.data.from_arrow_refs([task.remote(self.config, self.ctx, seeds)])
+    def transform(self, table: None) -> pa.Table:
+        """The bootstrap is sequential (each round samples the pool so far) and holds the model: one task."""
+        return bootstrap_table(self.config, self.ctx, load_seed_tasks(self.config.seed_tasks))

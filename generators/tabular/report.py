@@ -26,7 +26,7 @@ from synth import io
 from synth.errors import SynthError
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import GlobalStage
+from synth.stage import TableStage
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,13 @@ class TabularReportConfig(StageConfig):
 
 
 @register
-class TabularReport(GlobalStage):
+class TabularReport(TableStage):
     kind = "tabular_report"
     Config = TabularReportConfig
     description = "SDMetrics quality, TSTR utility, DCR, NNDR and anonymeter privacy risks of synthetic tables, with plots"
 
-    def apply(self, ds):
+    def transform(self, table: pa.Table) -> pa.Table:
+        """Compares whole tables: one task with every synthetic row; the rows pass through."""
         cfg, ctx = self.config, self.ctx
         fit_file = model_folder(ctx, cfg.source) / "fit.json"
         if not fit_file.exists():
@@ -57,12 +58,12 @@ class TabularReport(GlobalStage):
         holdout_rows = set(fit["holdout_rows"])
         train = real.iloc[[i for i in range(len(real)) if i not in holdout_rows]].reset_index(drop=True)
         holdout = real.iloc[sorted(holdout_rows)].reset_index(drop=True)
-        log.info("tabular_report: gathering up to %d synthetic rows in the driver to compare them with %d real "
-                 "training and %d holdout rows", cfg.max_rows, len(train), len(holdout))  # fmt: skip
-        synthetic = to_frame(pa.concat_tables(_tables(ds.limit(cfg.max_rows))))
+        log.info("tabular_report: comparing up to %d synthetic rows with %d real training and %d holdout rows",
+                 cfg.max_rows, len(train), len(holdout))  # fmt: skip
+        synthetic = to_frame(table.slice(0, cfg.max_rows))
         evaluation = evaluate(train, holdout, synthetic, meta, seed=ctx.seed, attacks=cfg.attacks)
         self._write(evaluation, train, synthetic, meta, fit)
-        return ds
+        return table
 
     def _write(self, evaluation: Evaluation, train, synthetic, meta: TableMeta, fit: dict) -> None:
         ctx = self.ctx
@@ -77,12 +78,6 @@ class TabularReport(GlobalStage):
         io.write_json_atomic(tmp / "report.json", summary)
         (tmp / "report.md").write_text(render(ctx.stage_name, summary, meta, plots))
         io.commit_dir(tmp, target)
-
-
-def _tables(ds) -> list[pa.Table]:
-    import ray
-
-    return ray.get(ds.to_arrow_refs())
 
 
 def _fit_facts(fit: dict, rows: int) -> dict:

@@ -1,23 +1,24 @@
-"""`tabular_synth`: fit a synthesizer on a real table in one Ray actor, then sample in parallel blocks.
+"""`tabular_synth`: fit a synthesizer on a real table in one task, then sample in parallel blocks.
 
-What `read()` does, in order:
+A fit-then-sample stage (`synth.stage.FitSampleStage`), in order:
 
-1. **Real table, on the driver.** It reads the whole table (a tabular fit needs every row, so
-   this stage gathers it on purpose), infers the metadata, checks every column the spec names,
-   draws the holdout split from the stage seed *before* fitting, and checks the constraints
-   against the training split. The fit only ever sees the training split.
-2. **Fit, in ONE Ray actor** with the stage's `resources` (num_cpus / num_gpus). The model is
+1. **Real table.** It reads the whole table (a tabular fit needs every row, so this stage
+   gathers it on purpose), infers the metadata, checks every column the spec names, draws the
+   holdout split from the stage seed *before* fitting, and checks the constraints against the
+   training split. The fit only ever sees the training split.
+2. **Fit, in ONE task** (`fit`) with the stage's `resources` (num_cpus / num_gpus). The model is
    written atomically to `OUTPUT/_models/<stage>/` with `fit.json` (metadata, holdout rows, fit
    fingerprint). A resumed run whose fit fingerprint matches loads it instead of refitting; the
    fingerprint covers the table's content, metadata, synthesizer, split and constraints, not
    `num_rows` or `conditions`.
-3. **Sample, in parallel blocks**: one Ray task per `block_rows` rows, seeded with
+3. **Sample, in parallel blocks** (`plan`, `make`): one task per `block_rows` rows, seeded with
    `derive_seed(stage_seed, "block", b)`, so the same spec and seed give the same rows however
    many workers run them. A block fixes the `conditions`, rejects rows that break a constraint
    (`generators.tabular.constraints`), fills generated columns with fresh values and restores the
    user's types.
-4. **Uniqueness across blocks**: the driver gathers only the 64-bit keys of `unique` columns and
-   marks a later block's repeat with `_drop_reason = "breaks_unique(...)"`, so the runner counts it.
+4. **Uniqueness across blocks** (`finish`): each block leaves the 64-bit keys of its `unique`
+   columns beside the model; the driver reads only those and marks a later block's repeat with
+   `_drop_reason = "breaks_unique(...)"` in its part, so the runner counts it.
 5. `OUTPUT/_models/<stage>/sampling.json` and the stage's counters record rows sampled and rows
    rejected per constraint (the rejection rate).
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from generators.tabular.constraints import Checker, Constraint, check_constraints, named_columns, row_keys, sample_valid
@@ -59,11 +62,11 @@ from generators.tabular.data import (
 from generators.tabular.synthesizers import SynthesizerParams, load_synthesizer, make_synthesizer, save_synthesizer
 from generators.tabular.tabddpm import TabDDPMParams
 from synth import io
-from synth.errors import SpecError, SynthError
+from synth.errors import SpecError
 from synth.records import RECORD_COLUMNS
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import DROP_REASON, SourceStage, StageContext, derive_seed
+from synth.stage import DROP_REASON, FitSampleStage, StageContext, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -214,26 +217,21 @@ def _typed(value: Any, column: pd.Series) -> Any:
     return value
 
 
-# ---------------------------------------------------------------- fitting, in one actor
+# ---------------------------------------------------------------- fitting, in one task
 
 
-class Fitter:
-    """The Ray actor that holds a stage's one fit: a tabular model learns from the whole training
-    split at once, so fitting is not split across workers."""
+def fit_and_save(params, train: pd.DataFrame, meta: TableMeta, constraints: list, seed: int, folder: Path,
+                 threads: int) -> float:
+    """Fit on the whole training split at once, save to `folder`, return the seconds the fit took."""
+    import torch
 
-    def __init__(self, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-
-    def fit(self, params, train: pd.DataFrame, meta: TableMeta, constraints: list, seed: int, folder: Path) -> float:
-        """Fit, save to `folder`, return the seconds the fit took."""
-        synthesizer = make_synthesizer(params)
-        started = time.perf_counter()
-        synthesizer.fit(train, meta, constraints, seed)
-        seconds = time.perf_counter() - started
-        save_synthesizer(synthesizer, folder)
-        return seconds
+    torch.set_num_threads(threads)
+    synthesizer = make_synthesizer(params)
+    started = time.perf_counter()
+    synthesizer.fit(train, meta, constraints, seed)
+    seconds = time.perf_counter() - started
+    save_synthesizer(synthesizer, folder)
+    return seconds
 
 
 # ---------------------------------------------------------------- sampling, in parallel blocks
@@ -329,51 +327,33 @@ def cross_block_repeats(keys_per_block: list[list[np.ndarray]], labels: list[str
 
 
 @register
-class TabularSynth(SourceStage):
+class TabularSynth(FitSampleStage):
     kind = "tabular_synth"
     Config = TabularSynthConfig
     description = "Fit CTGAN, TVAE, GaussianCopula or TabDDPM on a real table; sample with conditions and constraints"
+    source = True
 
     def check_inputs(self) -> None:
         super().check_inputs()
         check_before_run(self.config, self.ctx.stage_seed)  # the table, metadata, constraints
 
-    def read(self):
-        import ray
-
+    def fit(self, table: None) -> None:
+        """Fit (or keep an earlier run's fit of the same fingerprint) into the model folder."""
         cfg, ctx = self.config, self.ctx
-        log.info("tabular_synth: reading the whole table %s in the driver: a tabular fit needs every row",
-                 cfg.data.describe())  # fmt: skip
+        log.info("tabular_synth: reading the whole table %s: a tabular fit needs every row", cfg.data.describe())
         prepared = prepare(cfg, ctx.stage_seed)
         folder = model_folder(ctx)
-        fingerprint = self._fit(prepared, folder)
-        checker = Checker(cfg.constraints, prepared.train)
-        jobs = self._jobs(folder, prepared, checker, f"{cfg.synthesizer.model}-{fingerprint[:12]}")
-        res = cfg.resources
-        task = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.resources or None,
-                          num_returns=3)(sample_block)  # fmt: skip
-        log.info("tabular_synth: sampling %d rows in %d parallel blocks", cfg.num_rows, len(jobs))
-        refs = [task.remote(job) for job in jobs]
-        stats, keys = _get([[r[1] for r in refs], [r[2] for r in refs]])
-        tables = self._mark_repeats([r[0] for r in refs], keys, checker)
-        self._record_sampling(folder, stats)
-        return ray.data.from_arrow_refs(tables)
-
-    def _fit(self, prepared: Prepared, folder: Path) -> str:
-        """Fit (or reuse an earlier run's fit) and return the fit fingerprint."""
-        cfg, ctx = self.config, self.ctx
         fingerprint = cfg.fit_fingerprint(ctx.stage_seed)
         fit_file = folder / "fit.json"
         if fit_file.exists() and io.read_json(fit_file).get("fingerprint") == fingerprint:
             log.info("tabular_synth: reusing the %s model fitted by an earlier run (%s)", cfg.synthesizer.model, folder)
-            return fingerprint
-        res = cfg.resources
-        log.info("tabular_synth: fitting %s on %d training rows in ONE Ray actor (num_cpus=%s, num_gpus=%s); "
-                 "%d real rows are held out", cfg.synthesizer.model, len(prepared.train), res.num_cpus,
-                 res.num_gpus, len(prepared.holdout))  # fmt: skip
+            return
+        log.info("tabular_synth: fitting %s on %d training rows; %d real rows are held out", cfg.synthesizer.model,
+                 len(prepared.train), len(prepared.holdout))  # fmt: skip
         io.remove_temp_siblings(folder)
         tmp = io.temp_sibling(folder)
-        seconds = self._fit_in_actor(prepared, derive_seed(ctx.stage_seed, "fit"), tmp / "synthesizer")
+        seconds = fit_and_save(cfg.synthesizer, prepared.train, prepared.meta, cfg.constraints,
+                               derive_seed(ctx.stage_seed, "fit"), tmp / "synthesizer", self._threads())  # fmt: skip
         io.write_json_atomic(tmp / "fit.json", {
             "fingerprint": fingerprint, "model": cfg.synthesizer.model, "data": cfg.data.model_dump(mode="json"),
             "metadata": prepared.meta.model_dump(mode="json"), "train_rows": len(prepared.train),
@@ -381,19 +361,40 @@ class TabularSynth(SourceStage):
         })  # fmt: skip
         io.commit_dir(tmp, folder)
         log.info("tabular_synth: fitted %s in %.1f s", cfg.synthesizer.model, seconds)
-        return fingerprint
 
-    def _fit_in_actor(self, prepared: Prepared, seed: int, folder: Path) -> float:
-        import ray
+    def plan(self) -> list[dict]:
+        cfg, ctx = self.config, self.ctx
+        prepared = prepare(cfg, ctx.stage_seed)
+        folder = model_folder(ctx)
+        shutil.rmtree(_keys_folder(folder), ignore_errors=True)  # an earlier attempt's
+        checker = Checker(cfg.constraints, prepared.train)
+        model = f"{cfg.synthesizer.model}-{cfg.fit_fingerprint(ctx.stage_seed)[:12]}"
+        jobs = self._jobs(folder, prepared, checker, model)
+        log.info("tabular_synth: sampling %d rows in %d parallel blocks", cfg.num_rows, len(jobs))
+        return [{"job": job} for job in jobs]
 
-        cfg, res = self.config, self.config.resources
-        options = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "resources": res.resources or None}
-        actor = ray.remote(Fitter).options(**options).remote(max(1, int(res.num_cpus)))
-        try:
-            fit = actor.fit.remote(cfg.synthesizer, prepared.train, prepared.meta, cfg.constraints, seed, folder)
-            return _get([[fit]])[0][0]
-        finally:
-            ray.kill(actor)
+    def make(self, block: dict) -> pa.Table:
+        """One block's rows; its sampling counts and unique keys go beside the model for `finish`."""
+        job: BlockJob = block["job"]
+        table, stats, keys = sample_block(job)
+        folder = _keys_folder(job.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        io.write_json_atomic(folder / f"{job.block:06d}.json", {"stats": stats, "keys": [k.tolist() for k in keys]})
+        return table
+
+    def finish(self, parts: list[Path]) -> None:
+        """Mark repeats of `unique` keys across blocks; record what sampling did."""
+        folder = model_folder(self.ctx)
+        blocks = [io.read_json(f) for f in sorted(_keys_folder(folder).glob("*.json"))]
+        labels = [c.label for c in self.config.constraints if c.type == "unique"]
+        keys = [[np.asarray(k, dtype=np.uint64) for k in b["keys"]] for b in blocks]
+        for index, reasons in (cross_block_repeats(keys, labels) if labels else {}).items():
+            pq.write_table(mark_rows(pq.read_table(parts[index]), reasons), parts[index])
+        self._record_sampling(folder, [b["stats"] for b in blocks])
+        shutil.rmtree(_keys_folder(folder), ignore_errors=True)
+
+    def _threads(self) -> int:
+        return max(1, int(self.config.resources.num_cpus))
 
     def _jobs(self, folder: Path, prepared: Prepared, checker: Checker, model: str) -> list[BlockJob]:
         cfg, ctx = self.config, self.ctx
@@ -412,18 +413,10 @@ class TabularSynth(SourceStage):
                 meta=prepared.meta,
                 schema=prepared.table.schema,
                 record=record,
-                threads=max(1, int(cfg.resources.num_cpus)),
+                threads=self._threads(),
             )
             for b, start in enumerate(starts)
         ]
-
-    def _mark_repeats(self, tables: list, keys: list, checker: Checker) -> list:
-        import ray
-
-        labels = [c.label for c in checker.constraints if c.type == "unique"]
-        marked = cross_block_repeats(keys, labels) if labels else {}
-        mark = ray.remote(num_cpus=0.1)(mark_rows)
-        return [mark.remote(t, marked[b]) if b in marked else t for b, t in enumerate(tables)]
 
     def _record_sampling(self, folder: Path, stats: list[dict[str, int]]) -> None:
         total = sum((Counter(s) for s in stats), Counter())
@@ -438,18 +431,11 @@ class TabularSynth(SourceStage):
                  100 * summary["rejection_rate"], rejected or "")  # fmt: skip
 
 
+def _keys_folder(folder: Path) -> Path:
+    """Where sampling blocks leave their counts and unique keys for `finish`."""
+    return folder / "blocks"
+
+
 def model_folder(ctx: StageContext, stage: str | None = None) -> Path:
     """Where a tabular_synth stage keeps its fitted model, fit.json and sampling.json."""
     return ctx.output_dir / "_models" / (stage or ctx.stage_name)
-
-
-def _get(groups: list[list]) -> list[list]:
-    """ray.get of each group; a SynthError raised in a task comes out as itself, in one line."""
-    import ray
-
-    try:
-        return [ray.get(group) for group in groups]
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, SynthError):
-            raise exc.cause from None
-        raise

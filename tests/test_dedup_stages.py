@@ -7,6 +7,7 @@ duplicates sit in different blocks and meet only through the shuffle.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import ray.cloudpickle
 import ray.data
 import yaml
 
@@ -26,6 +28,9 @@ from synth.runner import run
 from synth.run_spec import load_spec
 from synth.spec import StageConfig
 from synth.stage import BlockStage, StageContext
+
+# DedupRows' blocks are made in Ray tasks, which cannot import this test module.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @register

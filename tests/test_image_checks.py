@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.data
 
 from filters.quality.image_checks import (
     ImageChecks,
@@ -56,10 +55,9 @@ def test_phash_sees_through_noise_but_not_across_images():
     assert duplicate_flags([0b1111, 0b1110, 0b0000, 0b1111], max_distance=1) == [False, True, False, True]
 
 
-def test_phash_dedup_stage_keeps_the_first_of_each_duplicate(ray_session):
+def test_phash_dedup_stage_keeps_the_first_of_each_duplicate():
     images = [phantom(5), phantom(6), phantom(5), phantom(7), phantom(6)]
-    ds = ray.data.from_arrow([table_of(images[:2]), table_of(images[2:])])
-    out = pa.concat_tables(ray.get(PhashDedup(PhashDedupConfig(), CTX).apply(ds).to_arrow_refs()))
+    out = PhashDedup(PhashDedupConfig(), CTX).transform(pa.concat_tables([table_of(images[:2]), table_of(images[2:])]))
     assert out.column(DROP_REASON).to_pylist() == [None, None, "phash_duplicate", None, "phash_duplicate"]
     assert len(out.column("phash").to_pylist()[0]) == 16
 

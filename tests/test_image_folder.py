@@ -114,7 +114,7 @@ def test_bad_input_gives_a_clear_error(ray_session, tmp_path, case):
     make(images)
     stage = ImageFolder(ImageFolderConfig.model_validate({"path": str(images), "classes": ["normal", "cyst"]}), CTX)
     with pytest.raises(SynthError, match=message):
-        stage.read()
+        stage.transform(None)
 
 
 def test_csv_naming_a_missing_file(ray_session, tmp_path):

@@ -274,18 +274,17 @@ def test_config_resolves_seed_file_relative_to_spec(tmp_path):
     assert config.seed_tasks == SEED_FILE.resolve()
 
 
-# ---------------------------------------------------------------- end to end, real model, on Ray
-# (`ray_session` is the shared session fixture of conftest.py)
+# ---------------------------------------------------------------- end to end, real model
 
 
 @pytest.mark.slow
-def test_self_instruct_stage_on_ray_with_local_model(ray_session, tmp_path):
+def test_self_instruct_stage_with_local_model(tmp_path):
     config = SelfInstructConfig(
         seed_tasks=SEED_FILE, num_instructions=4, prompts_per_round=4, max_rounds=4, new_tasks_per_prompt=4,
         task_sampling={"max_tokens": 160, "temperature": 0.9}, instance_sampling={"max_tokens": 96},
     )  # fmt: skip
     ctx = make_ctx(tmp_path, {"default": LLMSpec(backend="local", batch_size=8)})
-    table = pa.concat_tables(ray_session.get(SelfInstruct(config, ctx).read().to_arrow_refs()))
+    table = SelfInstruct(config, ctx).transform(None)  # what the runner's one task runs
 
     assert table.schema.equals(STAGE_SCHEMA)
     kept = table.filter(pa.compute.is_null(table[DROP_REASON]))

@@ -123,10 +123,19 @@ def test_agreement_counts_each_verdict_against_its_label():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["qwen2.5-coder-1.5b"])
-def test_verdict_agreement_with_the_strongest_local_model(model):
-    from gguf_client import GGUFClient
+@pytest.mark.xfail(strict=True, reason="measured: qwen2.5-coder-1.5b answers yes to (nearly) every record, "
+                   "23/30 and 13/30, the constant-yes baseline; an XPASS means a judge worth reporting")
+def test_verdict_agreement_with_the_strongest_local_model():
+    """The judge must beat answering "yes" to everything (23 of 30 instructions, 13 of 30 outputs)."""
+    from synth.llm import make_backend
 
-    agreement = verdict_agreement(GGUFClient(model), labelled_records())
-    print(f"verdict agreement, {model}: {agreement}")
-    assert agreement["instruction"] >= 0.0 and agreement["output"] >= 0.0  # floors set once measured
+    try:
+        llm = make_backend(LLMSpec(engine="llama.cpp", model="qwen2.5-coder-1.5b", batch_size=8, threads=2))
+        llm.load()
+    except Exception as exc:  # noqa: BLE001 - not installed here (SYNTH_SKIP_QWEN=1, no llama-cpp-python)
+        pytest.skip(f"qwen2.5-coder-1.5b through llama.cpp is not available: {exc}")
+    labelled = labelled_records()
+    agreement = verdict_agreement(llm, labelled)
+    print(f"verdict agreement, qwen2.5-coder-1.5b: {agreement}")
+    yes_baseline = {k: sum(r[k] for r in labelled) / len(labelled) for k in ("sensible", "good")}
+    assert agreement["instruction"] > yes_baseline["sensible"] and agreement["output"] > yes_baseline["good"]

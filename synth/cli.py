@@ -103,13 +103,15 @@ def inspect(
     console.print(schema)
     _print_reports(output, manifest)
     _print_diversity(output)
+    _print_training(output)
     for record in io.read_table(output / "data").slice(0, rows).to_pylist():
         shown = {k: (f"<{len(v)} bytes>" if isinstance(v, bytes) else v) for k, v in record.items()}
         console.print_json(json.dumps(shown, default=str))
 
 
 def _print_reports(output: Path, manifest: Manifest) -> None:
-    """Each stage that left a report (every filter does): its drops by reason and where its files are."""
+    """Each stage that left a report (every filter does): its drops by reason, where its files are, and
+    the `summary` line of its report.json where it has one (a judge's verdicts, say)."""
     for s in manifest.stages:
         folder = output / "_reports" / s.name
         if not (folder / "report.md").exists():
@@ -119,6 +121,10 @@ def _print_reports(output: Path, manifest: Manifest) -> None:
         for line in (f"{s.name}: kept {s.kept} of {s.rows_in}; dropped {dropped}",
                      f"  report: {folder / 'report.md'}", f"  histograms in {folder}: {plots}"):  # fmt: skip
             console.print(line, highlight=False, soft_wrap=True)
+        numbers = folder / "report.json"  # a measuring stage's numbers, with a one-line summary
+        summary = json.loads(numbers.read_text()).get("summary") if numbers.exists() else None
+        if isinstance(summary, str):
+            console.print(f"  {summary}", highlight=False, soft_wrap=True)
 
 
 def _print_diversity(output: Path) -> None:
@@ -129,6 +135,19 @@ def _print_diversity(output: Path) -> None:
 
         console.print(describe(json.loads(metrics.read_text())), highlight=False, soft_wrap=True)
         console.print(f"  report: {metrics.parent / 'report.md'}", highlight=False, soft_wrap=True)
+
+
+def _print_training(output: Path) -> None:
+    """A `synth train` run on this dataset (its default output, OUTPUT/train/): the losses before and after."""
+    summary_file = output / "train" / "summary.json"
+    if not summary_file.exists():
+        return
+    summary = json.loads(summary_file.read_text())
+    for name, what in (("eval_loss", "eval split"), ("held_out_loss", "held-out human answers")):
+        first, last = summary.get(f"{name}_first"), summary.get(f"{name}_last")
+        if first is not None and last is not None:
+            console.print(f"trained model ({output / 'train'}): loss on the {what} {first:.4f} before training, "
+                          f"{last:.4f} after", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @app.command("list")

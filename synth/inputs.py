@@ -112,10 +112,10 @@ def check_llm_names(stage: str, config: BaseModel, llm_specs: dict[str, LLMSpec]
 def check_llm_backend(name: str, spec: LLMSpec, timeout_s: float = 5.0) -> None:
     """What a backend needs before any request: a model folder, a model name, a server that answers."""
     if spec.backend == "local":
-        from synth.llm.models import embedded_gguf, resolve_model_dir
+        from synth.llm.models import embedded_gguf, resolve_local_model
 
-        try:
-            embedded_gguf() if spec.model is None else resolve_model_dir(spec.model)
+        try:  # a named GGUF model (joined and checked here once), a .gguf path or a model folder
+            embedded_gguf() if spec.model is None else resolve_local_model(spec.model)
         except SynthError as exc:
             raise SpecError(f"llm {name!r}: {exc}") from None
         return

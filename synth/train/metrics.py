@@ -1,8 +1,8 @@
 """Training metrics: one JSON line per step and per eval, per-layer gradient norms, MFU, a loss plot.
 
 `OUTPUT/metrics.jsonl` holds `{"step", "loss", "lr", "tokens", "tokens_per_s", "grad_norm",
-"grad_norms": {group: norm}, "mfu"?}` for every optimiser step and `{"step", "eval_loss"}` for
-every eval (step 0 is the model before training). A resumed run first cuts the file back to its
+"grad_norms": {group: norm}, "mfu"?}` for every optimiser step and `{"step", "eval_loss"}` (and
+`{"step", "held_out_loss"}` with `data.held_out`) for every eval (step 0 is the model before training). A resumed run first cuts the file back to its
 checkpoint's step, so the file always reads as one uninterrupted run.
 """
 
@@ -104,6 +104,10 @@ def plot_losses(metrics: list[dict], png: Path, title: str) -> None:
     top.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (per step)")
     top.plot(steps, _moving_average(losses), color="tab:blue", lw=1.5, label="train (smoothed)")
     top.plot([m["step"] for m in evals], [m["eval_loss"] for m in evals], "o-", color="tab:red", label="eval")
+    held = [m for m in metrics if "held_out_loss" in m]
+    if held:
+        top.plot([m["step"] for m in held], [m["held_out_loss"] for m in held], "s-", color="tab:green",
+                 label="held-out examples")  # fmt: skip
     top.set_ylabel("loss")
     top.set_title(title)
     top.legend()

@@ -51,6 +51,10 @@ class DataSpec(StrictModel):
     system_prompt: str | None = Field(None, description="sft: a system turn; default: the chat template's own")
     eval_fraction: float = Field(0.05, ge=0, le=0.5, description="Rows held out for eval (by hash of id and seed)")
     eval_sequences: int = Field(32, ge=1, description="At most this many packed held-out sequences are evaluated")
+    held_out: Path | None = Field(
+        None, description="sft: a JSONL file of examples kept out of the data (say, the seed tasks a "
+        "self_instruct stage held out: OUTPUT/_reports/self_instruct/held_out_tasks.jsonl); the loss of their "
+        "responses is measured before the first step and at every eval (held_out_loss)")
 
 
 class ScratchModel(StrictModel):

@@ -69,6 +69,20 @@ def test_the_grammar_of_one_function_admits_calls_of_it_alone():
         calls_grammar('x") | [a-z]* #')
 
 
+def test_the_grammar_of_one_signature_keeps_to_its_arity_and_keywords():
+    """The embedded model copies the few-shot example's three arguments and invents keywords."""
+    fn = function_node(SOURCES, "pad")
+    pad = Grammar(calls_grammar("pad", Signature.of(fn)))
+    for call in hypothesis_calls(fn, Signature.of(fn), 12, seed=1) + ["pad('a', 3, fill='-')", "pad(fill='-')"]:
+        assert pad.matches(call, "call"), call
+    for call in ["pad(-3, 0, 10)", "pad('a', colour=1)", "pad(1, 2, 3, fill='x')"]:
+        assert not pad.matches(call, "call"), call
+    mix = Grammar(calls_grammar("mix", Signature.of(function_node(SOURCES, "mix"))))
+    assert mix.matches("mix(1, {}, (), {'a'}, b'', 1.5, 7, 8, anything=9)", "call")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (scripts/setup.sh)")
+    assert llama_cpp.LlamaGrammar.from_string(calls_grammar("pad", Signature.of(fn)), verbose=False) is not None
+
+
 def test_the_llama_cpp_engine_keeps_the_model_to_calls_of_the_function():
     """Today's gap: the embedded model, asked as code_inputs asks it with no grammar, writes no call of
     the function (it rewrites the example or the function). Through the `local` backend's llama.cpp

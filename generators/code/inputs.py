@@ -74,15 +74,41 @@ def takes_grammar(spec: LLMSpec) -> bool:
 
 
 @functools.cache
-def calls_grammar(name: str | None = None) -> str:
+def calls_grammar(name: str | None = None, signature: Signature | None = None) -> str:
     """GBNF of lines that are each one call with literal arguments (llama.cpp's grammar format), of
-    `name` only when it is given: a weak model left free to pick the callee writes anything there."""
+    `name` only when it is given (a weak model left free to pick the callee writes anything there),
+    and with a `signature` no more positional arguments than it takes and only its keywords (the
+    embedded model otherwise invents keywords and copies the few-shot example's arity)."""
     text = (Path(__file__).parent / "templates" / "calls.gbnf").read_text()
     if name is None:
         return text
     if not name.isidentifier():
         raise ValueError(f"expected a function name, got {name!r}")
-    return text.replace("callee   ::= name", f'callee   ::= "{name}"')
+    text = text.replace("callee   ::= name", f'callee   ::= "{name}"')
+    return text if signature is None else text + _arguments_rules(signature)
+
+
+def _arguments_rules(signature: Signature) -> str:
+    """`args` of one signature (llama.cpp takes a rule's last definition)."""
+    names = [*signature.positional, *signature.keyword_only]
+    keyword = "name" if signature.var_keyword else " | ".join(f'"{k}"' for k in names)
+    rules, choices = [], []
+    if signature.var_positional:
+        rules.append('positional ::= value ("," ws value)*')
+    elif signature.positional:
+        nested = "value"
+        for _ in signature.positional[1:]:
+            nested = f'value ("," ws {nested})?'
+        rules.append(f"positional ::= {nested}")
+    if rules:
+        choices.append("positional")
+    if keyword:
+        rules += ['keywords ::= keyword ("," ws keyword)*', f'keyword  ::= ({keyword}) ws "=" ws value']
+        choices += ['positional "," ws keywords'] if choices else []
+        choices.append("keywords")
+    if not choices:
+        return '\nargs     ::= ""\n'
+    return "\n" + "\n".join([f'args     ::= ({" | ".join(choices)}) ","?', *rules]) + "\n"
 
 
 def proposed_calls(text: str, name: str, signature: Signature, max_chars: int = 200) -> Iterator[str]:
@@ -169,8 +195,13 @@ class CodeInputs(MapStage):
         if not self.config.grammar:
             return [c.text for c in self.llm.generate(requests, sampling)]
         # a grammar per function (its own name as the callee), so one request per generate call
-        return [self.llm.generate([request], sampling.model_copy(update={"grammar": calls_grammar(row["name"])}))[0].text
+        return [self.llm.generate([request], sampling.model_copy(update={"grammar": self.grammar(row)}))[0].text
                 for row, request in zip(rows, requests)]  # fmt: skip
+
+    @staticmethod
+    def grammar(row: dict) -> str:
+        """The calls the model may write for one function: of its name, fitting its parameters."""
+        return calls_grammar(row["name"], Signature.of(function_node(row["source"], row["name"])))
 
     def prompt(self, row: dict) -> str:
         """The request for one function: its source, and its doctest calls as examples of shapes."""

@@ -83,14 +83,14 @@ def test_the_grammar_of_one_signature_keeps_to_its_arity_and_keywords():
     assert llama_cpp.LlamaGrammar.from_string(calls_grammar("pad", Signature.of(fn)), verbose=False) is not None
 
 
-def test_the_llama_cpp_engine_keeps_the_model_to_calls_of_the_function():
+def test_the_llama_cpp_engine_keeps_the_model_to_calls_of_the_function(tmp_path):
     """Today's gap: the embedded model, asked as code_inputs asks it with no grammar, writes no call of
     the function (it rewrites the example or the function). Through the `local` backend's llama.cpp
     engine with the function's grammar every line it writes is a call of the function."""
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (scripts/setup.sh)")
     spec = LLMSpec(backend="local", engine="llama.cpp", batch_size=2, threads=1, cache=False)
     ctx = StageContext(run_name="t", run_id="t-1", seed=0, stage_name="code_inputs", stage_index=1,
-                       output_dir=Path("."), llm_specs={"default": spec})  # fmt: skip
+                       output_dir=tmp_path, llm_specs={"default": spec})  # fmt: skip
     stage = CodeInputs(CodeInputsConfig(grammar=True, sampling={"max_tokens": 32, "temperature": 0.8}), ctx)
     stage.setup()
     rows = [{"name": "pad", "source": SOURCES.split("def mix")[0]}]

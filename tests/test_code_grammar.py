@@ -1,5 +1,6 @@
-"""The grammar code_inputs may send to llama-server: every canonical call is in it, nothing that is not a
-literal call is (checked with a small GBNF matcher, tests/gbnf_matcher.py: no llama.cpp runs here)."""
+"""The grammar code_inputs sends to llama.cpp: every canonical call is in it, nothing that is not a literal
+call of the function is (checked with a small GBNF matcher, tests/gbnf_matcher.py), and llama.cpp (its
+server, and the `local` backend's llama.cpp engine) keeps the embedded model to it."""
 
 from __future__ import annotations
 
@@ -56,8 +57,48 @@ def test_the_openai_backend_sends_the_grammar_and_the_stage_asks_only_it():
     assert "grammar" not in client._body([{"role": "user", "content": "x"}], SamplingParams())
     ctx = StageContext(run_name="t", run_id="t-1", seed=0, stage_name="code_inputs", stage_index=1,
                        output_dir=Path("."), llm_specs={"default": LLMSpec(backend="local")})  # fmt: skip
-    with pytest.raises(SpecError, match="`grammar: true` needs the `openai` backend"):
+    with pytest.raises(SpecError, match="`grammar: true` needs llama.cpp"):
         CodeInputs(CodeInputsConfig(grammar=True), ctx).setup()
+
+
+def test_the_grammar_of_one_function_admits_calls_of_it_alone():
+    pad = Grammar(calls_grammar("pad"))
+    assert pad.matches("pad('a', 3)\npad(text='b')\n")
+    assert not pad.matches("clamp(5, 0, 10)") and not pad.matches("padding('a')")
+    with pytest.raises(ValueError, match="function name"):
+        calls_grammar('x") | [a-z]* #')
+
+
+def test_the_grammar_of_one_signature_keeps_to_its_arity_and_keywords():
+    """The embedded model copies the few-shot example's three arguments and invents keywords."""
+    fn = function_node(SOURCES, "pad")
+    pad = Grammar(calls_grammar("pad", Signature.of(fn)))
+    for call in hypothesis_calls(fn, Signature.of(fn), 12, seed=1) + ["pad('a', 3, fill='-')", "pad(fill='-')"]:
+        assert pad.matches(call, "call"), call
+    for call in ["pad(-3, 0, 10)", "pad('a', colour=1)", "pad(1, 2, 3, fill='x')"]:
+        assert not pad.matches(call, "call"), call
+    mix = Grammar(calls_grammar("mix", Signature.of(function_node(SOURCES, "mix"))))
+    assert mix.matches("mix(1, {}, (), {'a'}, b'', 1.5, 7, 8, anything=9)", "call")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (scripts/setup.sh)")
+    assert llama_cpp.LlamaGrammar.from_string(calls_grammar("pad", Signature.of(fn)), verbose=False) is not None
+
+
+def test_the_llama_cpp_engine_keeps_the_model_to_calls_of_the_function(tmp_path):
+    """Today's gap: the embedded model, asked as code_inputs asks it with no grammar, writes no call of
+    the function (it rewrites the example or the function). Through the `local` backend's llama.cpp
+    engine with the function's grammar every line it writes is a call of the function."""
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (scripts/setup.sh)")
+    spec = LLMSpec(backend="local", engine="llama.cpp", batch_size=2, threads=1, cache=False)
+    ctx = StageContext(run_name="t", run_id="t-1", seed=0, stage_name="code_inputs", stage_index=1,
+                       output_dir=tmp_path, llm_specs={"default": spec})  # fmt: skip
+    stage = CodeInputs(CodeInputsConfig(grammar=True, sampling={"max_tokens": 32, "temperature": 0.8}), ctx)
+    stage.setup()
+    rows = [{"name": "pad", "source": SOURCES.split("def mix")[0]}]
+    (text,) = stage._ask_llm(rows)
+    lines = [line for line in text.splitlines() if line.strip()]
+    pad = Grammar(calls_grammar("pad"))
+    assert lines and all(pad.matches(line, "call") for line in lines[:-1]), text  # the last may be cut short
+    assert lines[0].startswith("pad("), text
 
 
 def test_llama_cpp_reads_the_grammar():

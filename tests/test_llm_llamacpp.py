@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from synth.errors import LLMError
 from synth.llm import SamplingParams, make_backend
 from synth.llm.engines import GGUF_CPU_ENGINE, engine_for
 from synth.llm.local import LocalClient
@@ -107,3 +108,17 @@ def test_a_row_that_finishes_at_once_and_one_that_runs_to_max_tokens_share_the_s
     assert (long.completion_tokens, long.finish_reason) == (9, "length")
     (alone,) = client.generate([capital], sampling)
     assert refilled.text.strip() and (refilled.completion_tokens, refilled.finish_reason) == (alone.completion_tokens, alone.finish_reason)
+
+
+def test_a_grammar_decides_what_the_model_may_write(client):
+    """The chain draws and the grammar checks (redrawing from the tokens it allows): the answer is in
+    the grammar's language, where the model left alone writes a sentence."""
+    sampling = SamplingParams(max_tokens=8, temperature=0.8, seed=2, grammar='root ::= "yes" | "no"')
+    answers = client.generate(ask(*QUESTIONS[:3]), sampling)
+    assert {a.text for a in answers} <= {"yes", "no"}, [a.text for a in answers]
+    assert all(a.finish_reason == "stop" for a in answers)
+
+
+def test_a_grammar_llama_cpp_cannot_read_is_an_error(client):
+    with pytest.raises(LLMError, match="GBNF grammar"):
+        client.generate(ask("Hi!"), SamplingParams(max_tokens=4, grammar="start ::= 'x"))

@@ -35,7 +35,7 @@ from generators.code.strategies import hypothesis_calls
 from generators.instruct.prompts import Sampling, user_request
 from synth.errors import SpecError
 from synth.registry import register
-from synth.spec import StageConfig
+from synth.spec import LLMSpec, StageConfig
 from synth.stage import MapStage, derive_seed, mark_dropped, set_column
 
 DOCSTRING, HYPOTHESIS = "fallback:docstring", "fallback:hypothesis"
@@ -58,18 +58,57 @@ class CodeInputsConfig(StageConfig):
     fallback: bool = Field(True, description="Top up with doctest calls and calls drawn from hypothesis strategies")
     sampling: Sampling = Sampling(max_tokens=256, temperature=0.8)
     grammar: bool = Field(
-        False, description="Constrain the model to lines of literal calls (templates/calls.gbnf); needs the "
-        "`openai` backend pointed at llama.cpp's llama-server, which takes a GBNF `grammar`"
+        False, description="Constrain the model to lines of literal calls of the function (templates/calls.gbnf); "
+        "needs llama.cpp: the `openai` backend pointed at llama-server or the `local` backend's llama.cpp engine"
     )  # fmt: skip
 
 
 # ---------------------------------------------------------------- from the LLM
 
 
+def takes_grammar(spec: LLMSpec) -> bool:
+    """Whether a backend honours `SamplingParams.grammar` (GBNF): llama.cpp's server or engine."""
+    from synth.llm.engines import engine_for  # imports torch: only where a grammar is asked for
+
+    return spec.backend == "openai" or (spec.backend == "local" and engine_for(spec) == "llama.cpp")
+
+
 @functools.cache
-def calls_grammar() -> str:
-    """GBNF of lines that are each one call with literal arguments (llama.cpp's grammar format)."""
-    return (Path(__file__).parent / "templates" / "calls.gbnf").read_text()
+def calls_grammar(name: str | None = None, signature: Signature | None = None) -> str:
+    """GBNF of lines that are each one call with literal arguments (llama.cpp's grammar format), of
+    `name` only when it is given (a weak model left free to pick the callee writes anything there),
+    and with a `signature` no more positional arguments than it takes and only its keywords (the
+    embedded model otherwise invents keywords and copies the few-shot example's arity)."""
+    text = (Path(__file__).parent / "templates" / "calls.gbnf").read_text()
+    if name is None:
+        return text
+    if not name.isidentifier():
+        raise ValueError(f"expected a function name, got {name!r}")
+    text = text.replace("callee   ::= name", f'callee   ::= "{name}"')
+    return text if signature is None else text + _arguments_rules(signature)
+
+
+def _arguments_rules(signature: Signature) -> str:
+    """`args` of one signature (llama.cpp takes a rule's last definition)."""
+    names = [*signature.positional, *signature.keyword_only]
+    keyword = "name" if signature.var_keyword else " | ".join(f'"{k}"' for k in names)
+    rules, choices = [], []
+    if signature.var_positional:
+        rules.append('positional ::= value ("," ws value)*')
+    elif signature.positional:
+        nested = "value"
+        for _ in signature.positional[1:]:
+            nested = f'value ("," ws {nested})?'
+        rules.append(f"positional ::= {nested}")
+    if rules:
+        choices.append("positional")
+    if keyword:
+        rules += ['keywords ::= keyword ("," ws keyword)*', f'keyword  ::= ({keyword}) ws "=" ws value']
+        choices += ['positional "," ws keywords'] if choices else []
+        choices.append("keywords")
+    if not choices:
+        return '\nargs     ::= ""\n'
+    return "\n" + "\n".join([f'args     ::= ({" | ".join(choices)}) ","?', *rules]) + "\n"
 
 
 def proposed_calls(text: str, name: str, signature: Signature, max_chars: int = 200) -> Iterator[str]:
@@ -130,9 +169,9 @@ class CodeInputs(MapStage):
 
     def setup(self) -> None:
         name = self.config.llm
-        if self.config.grammar and name and name in self.ctx.llm_specs and self.ctx.llm_specs[name].backend != "openai":
-            raise SpecError(f"code_inputs: `grammar: true` needs the `openai` backend (llama-server); "
-                            f"llm {name!r} uses {self.ctx.llm_specs[name].backend!r}")  # fmt: skip
+        if self.config.grammar and name and name in self.ctx.llm_specs and not takes_grammar(self.ctx.llm_specs[name]):
+            raise SpecError(f"code_inputs: `grammar: true` needs llama.cpp: the `openai` backend pointed at "
+                            f"llama-server, or the `local` backend with `engine: llama.cpp`; llm {name!r} is neither")
         self.llm = self.ctx.llm(name) if name else None
 
     def process(self, batch: pa.Table) -> pa.Table:
@@ -152,10 +191,17 @@ class CodeInputs(MapStage):
         requests = [user_request(self.prompt(row)) for row in rows]
         # one seed for the stage: the backends make each request's text depend on it and on the
         # request alone, so a function's proposals do not depend on the batch it landed in
-        grammar = calls_grammar() if self.config.grammar else None
-        sampling = self.config.sampling.params(self.ctx.stage_seed)
-        sampling = sampling.model_copy(update={"stop": STOP, "grammar": grammar})
-        return [c.text for c in self.llm.generate(requests, sampling)]
+        sampling = self.config.sampling.params(self.ctx.stage_seed).model_copy(update={"stop": STOP})
+        if not self.config.grammar:
+            return [c.text for c in self.llm.generate(requests, sampling)]
+        # a grammar per function (its own name as the callee), so one request per generate call
+        return [self.llm.generate([request], sampling.model_copy(update={"grammar": self.grammar(row)}))[0].text
+                for row, request in zip(rows, requests)]  # fmt: skip
+
+    @staticmethod
+    def grammar(row: dict) -> str:
+        """The calls the model may write for one function: of its name, fitting its parameters."""
+        return calls_grammar(row["name"], Signature.of(function_node(row["source"], row["name"])))
 
     def prompt(self, row: dict) -> str:
         """The request for one function: its source, and its doctest calls as examples of shapes."""

@@ -8,6 +8,10 @@ the same step. The key/value memory is allocated once per context and reused by 
 
 Each request samples with its own llama.cpp sampler chain seeded from `sampling.seed` and the
 request's content (temperature, then top-p, then a seeded draw: the transformers engine's order).
+With `sampling.grammar` (GBNF) each request also gets a grammar sampler: the chain draws a token
+from the full distribution and the grammar only checks it; when it refuses, the chain draws again
+from the tokens the grammar allows (what llama.cpp's own common sampler does, and far cheaper than
+matching the grammar against the whole vocabulary at every step).
 Slots are filled in request order and the batches depend only on the requests and their tokens,
 so the same requests with the same seed give the same texts run after run; llama.cpp's kernels
 do not promise that a row's numbers are independent of the rows beside it, so unlike the
@@ -21,10 +25,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from synth.errors import LLMError
 from synth.llm.base import ChatRequest, Completion, SamplingParams
@@ -46,6 +53,7 @@ class _Row:
     prompt: list[int]
     limit: int
     sampler: int | None = None
+    grammar: int | None = None
     tokens: list[int] = field(default_factory=list)
     fed: int = 0
     """Prompt tokens already in the key/value memory."""
@@ -68,6 +76,8 @@ class LlamaCppClient(Backend):
         self._lock = threading.Lock()
         self.model = self.ctx = None
         self._ctx_shape = (0, 0)
+        self._candidate_buffer = None
+        """Every token's logit for a grammar-checked draw, allocated once (see `_candidates`)."""
 
     @property
     def model_id(self) -> str:
@@ -205,6 +215,11 @@ class LlamaCppClient(Backend):
             )
         row = _Row(index, prompt, limit=min(sampling.max_tokens, self.n_ctx_train - len(prompt)))
         row.sampler = self._sampler(sampling, request_seed(messages, sampling.seed))
+        if sampling.grammar is not None:
+            row.grammar = self.lc.llama_sampler_init_grammar(self.vocab, sampling.grammar.encode(), b"root")
+            if not row.grammar:
+                self._free(row)
+                raise LLMError("llama.cpp could not parse the request's GBNF grammar (no `root` rule, or a syntax error)")
         return row
 
     def _sampler(self, sampling: SamplingParams, seed: int):
@@ -244,18 +259,58 @@ class LlamaCppClient(Backend):
                     raise LLMError(f"llama.cpp failed to decode a batch of {self.batch.n_tokens} tokens")
                 for s, index in outputs:
                     row = slots[s]
-                    token = lc.llama_sampler_sample(row.sampler, ctx, index)
+                    token = self._sample(row, ctx, index)
                     if self._step(row, token, sampling):
                         results[row.index] = completion = self._completion(row, sampling)
-                        lc.llama_sampler_free(row.sampler)
-                        row.sampler, slots[s] = None, None
+                        self._free(row)
+                        slots[s] = None
                         if on_completion is not None:
                             on_completion(row.index, completion)
         finally:
             for row in rows:
-                if row.sampler is not None:
-                    lc.llama_sampler_free(row.sampler)
-                    row.sampler = None
+                self._free(row)
+
+    def _free(self, row: _Row) -> None:
+        for sampler in (row.sampler, row.grammar):
+            if sampler:
+                self.lc.llama_sampler_free(sampler)
+        row.sampler = row.grammar = None
+
+    def _sample(self, row: _Row, ctx, index: int) -> int:
+        """The next token of a row: its chain's draw, which its grammar (if any) must allow."""
+        lc = self.lc
+        if row.grammar is None:
+            return lc.llama_sampler_sample(row.sampler, ctx, index)
+        candidates = self._candidates(lc.llama_get_logits_ith(ctx, index))
+        lc.llama_sampler_apply(row.sampler, ctypes.byref(candidates))
+        token = candidates.data[candidates.selected].id
+        if not self._grammar_allows(row.grammar, token):
+            candidates = self._candidates(lc.llama_get_logits_ith(ctx, index))
+            lc.llama_sampler_apply(row.grammar, ctypes.byref(candidates))
+            lc.llama_sampler_apply(row.sampler, ctypes.byref(candidates))
+            token = candidates.data[candidates.selected].id
+        lc.llama_sampler_accept(row.sampler, token)
+        lc.llama_sampler_accept(row.grammar, token)
+        return token
+
+    def _candidates(self, logits):
+        """Every token with its logit, in a buffer reused from step to step."""
+        lc = self.lc
+        n = lc.llama_vocab_n_tokens(self.vocab)
+        if self._candidate_buffer is None:
+            self._candidate_buffer = (lc.llama_token_data * n)()
+        view = np.frombuffer(self._candidate_buffer, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        view["id"] = np.arange(n, dtype=np.int32)  # again each time: samplers sort the buffer in place
+        view["logit"] = np.ctypeslib.as_array(logits, shape=(n,))
+        view["p"] = 0.0
+        data = ctypes.cast(self._candidate_buffer, ctypes.POINTER(lc.llama_token_data))
+        return lc.llama_token_data_array(data, n, -1, False)
+
+    def _grammar_allows(self, grammar, token: int) -> bool:
+        one = (self.lc.llama_token_data * 1)(self.lc.llama_token_data(token, 0.0, 0.0))
+        candidates = self.lc.llama_token_data_array(one, 1, -1, False)
+        self.lc.llama_sampler_apply(grammar, ctypes.byref(candidates))
+        return not math.isinf(one[0].logit)
 
     def _fill_batch(self, slots: list[_Row | None]) -> list[tuple[int, int]]:
         """Put each running row's last token and, within the budget, the next chunk of each new

@@ -106,11 +106,11 @@ def test_llama_cpp_reads_the_grammar():
     assert llama_cpp.LlamaGrammar.from_string(calls_grammar(), verbose=False) is not None
 
 
-def test_a_llama_cpp_server_keeps_the_model_to_literal_calls(llama_server, grammar):
+def test_a_llama_cpp_server_keeps_the_model_to_literal_calls(llama_server, grammar, tmp_path):
     """The embedded 135M model through llama.cpp's server, constrained: every line it writes is a call."""
     spec = LLMSpec(backend="openai", model=SERVER_MODEL, base_url=llama_server.base_url)
     ctx = StageContext(run_name="t", run_id="t-1", seed=0, stage_name="code_inputs", stage_index=1,
-                       output_dir=Path("."), llm_specs={"default": spec})  # fmt: skip
+                       output_dir=tmp_path, llm_specs={"default": spec})  # fmt: skip
     stage = CodeInputs(CodeInputsConfig(grammar=True, sampling={"max_tokens": 48, "temperature": 0.8}), ctx)
     stage.setup()
     (text,) = stage._ask_llm([{"name": "pad", "source": SOURCES.split("def mix")[0]}])

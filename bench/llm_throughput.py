@@ -65,8 +65,8 @@ def stage_config(pipeline: str, kind: str) -> dict:
 def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
     """(group, requests, sampling) for n requests split evenly over the stage prompts."""
     from generators.code.inputs import STOP, CodeInputs, CodeInputsConfig
-    from generators.instruct.evol_instruct import INPUT_KINDS, EvolInstructConfig, prompt_of
-    from generators.instruct.prompts import JUDGE, Sampling, few_shot_request, render, user_request
+    from generators.instruct.evol_instruct import EvolInstructConfig, evolve_prompt, prompt_of
+    from generators.instruct.prompts import JUDGE, Sampling, few_shot_request, user_request
     from generators.instruct.self_instruct import Bootstrapper, SelfInstructConfig, load_seed_tasks
 
     seeds_path = ROOT / "pipelines" / "seeds" / "instruct_seed_tasks.jsonl"
@@ -91,21 +91,13 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
                      for i in range(sizes[1])], params(JUDGE, 1)),
         (GROUPS[2], [boot._instance_request(seeds[i % len(seeds)].instruction, seeds[i % len(seeds)].is_classification)
                      for i in range(sizes[2])], params(si_config.instance_sampling, 2)),
-        (GROUPS[3], [user_request(evolve_prompt(render, ops[i % len(ops)], prompt_of(records[i % len(records)]), i,
-                                                INPUT_KINDS)) for i in range(sizes[3])], params(evol.evolve_sampling, 3)),
+        (GROUPS[3], [user_request(evolve_prompt(records[i % len(records)], ops[i % len(ops)], random.Random(i)))
+                     for i in range(sizes[3])], params(evol.evolve_sampling, 3)),
         (GROUPS[4], [user_request(prompt_of(records[i % len(records)])) for i in range(sizes[4])],
          params(evol.response_sampling, 4)),
         (GROUPS[5], [user_request(CodeInputs.prompt(stage, f)) for f in functions],
          params(Sampling(**code.sampling.model_dump()), 5).model_copy(update={"stop": STOP})),
     ]  # fmt: skip
-
-
-def evolve_prompt(render, op: str, instruction: str, i: int, input_kinds: dict) -> str:
-    """Evol-Instruct's prompt for one operation; complicate_input names the kind of data to add."""
-    if op == "complicate_input":
-        kinds = sorted(input_kinds)
-        return render("evol_complicate_input", instruction=instruction, data=input_kinds[kinds[i % len(kinds)]])
-    return render(f"evol_{op}", instruction=instruction)
 
 
 def task_prompt(boot) -> str:

@@ -192,6 +192,15 @@ def prompt_of(record: dict) -> str:
 # ---------------------------------------------------------------- the stage
 
 
+
+def evolve_prompt(record: dict, op: Operation, rng: random.Random) -> str:
+    """The evolution request for one record; complicate_input draws from rng the kind of data to add."""
+    if op == "complicate_input":
+        kind = rng.choice(sorted(INPUT_KINDS))
+        return render("evol_complicate_input", instruction=prompt_of(record), data=INPUT_KINDS[kind])
+    return render(f"evol_{op}", instruction=prompt_of(record))
+
+
 @register
 class EvolInstruct(MapStage):
     kind = "evol_instruct"
@@ -245,10 +254,7 @@ class EvolInstruct(MapStage):
         return [clean_evolution(c.text) for c in completions], [c.finish_reason == "length" for c in completions]
 
     def _evolve_prompt(self, record: dict, op: Operation, round_: int) -> str:
-        if op == "complicate_input":
-            kind = self._rng(record, round_).choice(sorted(INPUT_KINDS))  # a second draw of the same RNG
-            return render("evol_complicate_input", instruction=prompt_of(record), data=INPUT_KINDS[kind])
-        return render(f"evol_{op}", instruction=prompt_of(record))
+        return evolve_prompt(record, op, self._rng(record, round_))  # a second draw of the same RNG
 
     def _prompt_eliminations(self, pool: list[dict], ops: list[Operation], evolved: list[str], cut: list[bool],
                              round_: int) -> list[str | None]:  # fmt: skip

@@ -243,9 +243,9 @@ def test_every_pipeline_is_covered():
 @pytest.mark.parametrize("name", sorted(SHRINK))
 def test_pipeline_writes_the_recorded_data(ray_session, scripted_llm, tmp_path, name):
     golden = json.loads(GOLDEN.read_text())
-    if name in TORCH_MADE and golden["_cpu"] != cpu_capability():
+    if name in TORCH_MADE and golden["_cpu"] != (here := cpu_capability()):
         pytest.skip(f"{name}'s digest was recorded with torch's {golden['_cpu']} kernels; "
-                    f"this CPU runs {cpu_capability()}, whose float sums may round differently")
+                    f"this CPU runs {here}, whose float sums may round differently")
     expected = golden[name]
     got = run_pipeline(name, tmp_path, scripted_llm)
     assert got["columns"] == expected["columns"]

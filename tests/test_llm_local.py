@@ -8,7 +8,7 @@ import pytest
 
 from synth.errors import LLMError
 from synth.llm import SamplingParams
-from synth.llm.local import LocalClient
+from synth.llm.local import PREFILL_CHUNK, PREFIX_CACHE_MB, LocalClient, PrefixCache
 from synth.llm.models import EMBEDDED_NAME, converted_embedded_model, is_model_dir
 from synth.spec import LLMSpec
 
@@ -159,3 +159,25 @@ def test_the_embedded_gguf_is_converted_once_into_the_cache(tmp_path, monkeypatc
     written = (folder / "config.json").stat().st_mtime_ns
     assert converted_embedded_model() == folder
     assert (folder / "config.json").stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
+def test_prompts_that_open_alike_reuse_their_chunks_and_keep_their_texts(client):
+    # A long shared opening (as a stage's few-shot examples are) spans several whole prefill chunks.
+    examples = " ".join(f"Example {i}: the word '{w}' has {len(w)} letters." for i, w in enumerate(QUESTIONS[4].split()))
+    requests = [[{"role": "user", "content": f"{examples}\nNow: {q}"}] for q in QUESTIONS[:3]]
+    assert prompt_length(client, requests[0]) > 2 * PREFILL_CHUNK
+    sampling = SamplingParams(max_tokens=8, temperature=0.8, seed=3)
+
+    uncached = with_slots(client, 2)
+    uncached.prefixes = PrefixCache(0)  # keeps nothing
+    expected = uncached.generate(requests, sampling)
+    assert uncached.prefixes.reused_tokens == 0
+
+    cached = with_slots(client, 2)
+    cached.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    got = cached.generate(requests, sampling)
+    # Every request after the first opens with the same whole chunks.
+    assert cached.prefixes.reused_tokens >= 2 * 2 * PREFILL_CHUNK
+    assert [c.text for c in got] == [c.text for c in expected]
+    assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in expected]

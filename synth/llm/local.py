@@ -6,10 +6,13 @@ Requests are generated in `spec.batch_size` slots by a small decoding loop of ou
 of one long answer running alone. Each step feeds the next chunk of new rows' prompts
 (`PREFILL_CHUNK` tokens per forward, `PREFILL_BUDGET` per step) and then one token of every running
 row in one forward. The key/value memory (`SlotCache`) is allocated once per slot count and reused
-by every row that takes a slot, and across calls.
+by every row that takes a slot, and across calls. The key/values of whole prompt chunks are kept
+(`PrefixCache`, least recently used first out) by the tokens up to the chunk's end, so prompts that
+open alike (a stage's few-shot examples, a template's preamble) feed their shared chunks once.
 
 A request's text does not depend on what it was batched with: a prompt is always fed alone and cut
-at the same places, each decode row attends only to its own slot (the mask hides the rest), and
+at the same places (so a chunk found in the prefix cache holds exactly the key/values feeding it
+would give), each decode row attends only to its own slot (the mask hides the rest), and
 each request samples from its own random generator, seeded from `sampling.seed` and the request's
 content. The same request gives the same text alone, in any batch, in any process.
 
@@ -30,7 +33,8 @@ import json
 import logging
 import os
 import threading
-from collections import deque
+from array import array
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +55,8 @@ PREFILL_CHUNK = 128
 """Prompt tokens per prefill forward: a long prompt is fed in pieces between decode steps."""
 PREFILL_BUDGET = 256
 """Prompt tokens fed per step, at most (whole chunks), so running rows keep decoding."""
+PREFIX_CACHE_MB = 256
+"""Key/value memory kept for prompt chunks that later prompts may open with."""
 
 
 @dataclass
@@ -65,6 +71,8 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     fed: int = 0
     """Prompt tokens already in the key/value memory."""
+    prefix_key: bytes = b""
+    """`PrefixCache` key of `prompt[:fed]`."""
     finish: str = "length"
 
 
@@ -80,6 +88,7 @@ class LocalClient(Backend):
         self.model = None
         self.tokenizer = None
         self._cache: SlotCache | None = None
+        self.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
 
     @property
     def model_id(self) -> str:
@@ -126,6 +135,7 @@ class LocalClient(Backend):
 
     def close(self) -> None:
         self.model = self.tokenizer = self._cache = None
+        self.prefixes.clear()
 
     # ------------------------------------------------------------ generation
 
@@ -151,7 +161,10 @@ class LocalClient(Backend):
         rows = [self._row(i, r, sampling) for i, r in enumerate(requests)]
         results: list[Completion | None] = [None] * len(rows)
         if rows:
+            reused_before = self.prefixes.reused_tokens
             self._run(rows, sampling, results, on_completion)
+            log.debug("local: %d of %d prompt tokens from the prefix cache",
+                      self.prefixes.reused_tokens - reused_before, sum(len(r.prompt) for r in rows))  # fmt: skip
         return results  # type: ignore[return-value]
 
     def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams) -> _Row:
@@ -204,16 +217,28 @@ class LocalClient(Backend):
     def _prefill(self, slots: list[_Row | None], cache: SlotCache, sampling: SamplingParams, finish) -> None:
         """Feed new rows' prompts, `PREFILL_CHUNK` tokens per forward, up to `PREFILL_BUDGET` per
         step; a row whose prompt is in samples its first token. A prompt is always cut at the same
-        places and fed alone, so its key/values do not depend on the rows beside it."""
+        places and fed alone, so its key/values do not depend on the rows beside it. A whole chunk
+        the prefix cache holds is copied in instead (never the last one: its logits are needed)."""
         budget = PREFILL_BUDGET
         for s, row in enumerate(slots):
             while row is not None and row.fed < len(row.prompt) and budget > 0:
                 end = min(row.fed + PREFILL_CHUNK, len(row.prompt))
+                whole = end - row.fed == PREFILL_CHUNK
+                key = self.prefixes.key(row.prefix_key, row.prompt[row.fed : end]) if whole else None
+                if key is not None and end < len(row.prompt) and cache.ready:
+                    chunk = self.prefixes.get(key)
+                    if chunk is not None:
+                        cache.restore(s, row.fed, chunk)
+                        row.fed, row.prefix_key = end, key
+                        continue
                 ids = torch.tensor([row.prompt[row.fed : end]], device=self.device)
                 positions = torch.arange(row.fed, end, device=self.device)
                 mask = torch.arange(end, device=self.device)[None, :] <= positions[:, None]
                 cache.prefill(s, row.fed, end - row.fed)
                 logits = self._forward(ids, mask[None, None], positions[None], cache)
+                if key is not None:
+                    self.prefixes.put(key, cache.chunk(s, row.fed, end))
+                    row.prefix_key = key
                 budget -= end - row.fed
                 row.fed = end
                 if end == len(row.prompt):
@@ -348,6 +373,22 @@ class SlotCache(DynamicCache):
                 layer.key_buffer[dest, :, :length] = layer.key_buffer[source, :, :length]
                 layer.value_buffer[dest, :, :length] = layer.value_buffer[source, :, :length]
 
+    def chunk(self, slot: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of every layer's keys and values of positions start..end of one slot."""
+        return [(layer.key_buffer[slot, :, start:end].clone(), layer.value_buffer[slot, :, start:end].clone())
+                for layer in self.layers]  # fmt: skip
+
+    @property
+    def ready(self) -> bool:
+        """Whether the buffers exist (the first forward allocates them)."""
+        return all(layer.is_initialized for layer in self.layers)
+
+    def restore(self, slot: int, start: int, chunk: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Put a `chunk()` back at `start` of a slot."""
+        for layer, (keys, values) in zip(self.layers, chunk):
+            layer.key_buffer[slot, :, start : start + keys.shape[1]] = keys
+            layer.value_buffer[slot, :, start : start + values.shape[1]] = values
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # every forward passes its positions and a full mask
 
@@ -378,6 +419,43 @@ class SlotLayer(DynamicLayer):
         self.key_buffer[rows, :, positions] = key_states[:, :, 0]
         self.value_buffer[rows, :, positions] = value_states[:, :, 0]
         return self.key_buffer[: len(rows), :, :kv_len], self.value_buffer[: len(rows), :, :kv_len]
+
+
+class PrefixCache:
+    """Key/values of whole prompt chunks, keyed by a digest of every prompt token up to the chunk's
+    end, within a byte budget; the least recently used go first."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self._chunks: OrderedDict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._bytes = 0
+        self.reused_tokens = 0
+
+    @staticmethod
+    def key(prefix_key: bytes, tokens: list[int]) -> bytes:
+        """The key of a chunk from the key of the tokens before it and its own tokens."""
+        return hashlib.blake2b(prefix_key + array("q", tokens).tobytes(), digest_size=16).digest()
+
+    def get(self, key: bytes) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        chunk = self._chunks.get(key)
+        if chunk is not None:
+            self._chunks.move_to_end(key)
+            self.reused_tokens += chunk[0][0].shape[1]
+        return chunk
+
+    def put(self, key: bytes, chunk: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        size = sum(k.nbytes + v.nbytes for k, v in chunk)
+        if key in self._chunks or size > self.budget:
+            return
+        while self._bytes + size > self.budget:
+            _, old = self._chunks.popitem(last=False)
+            self._bytes -= sum(k.nbytes + v.nbytes for k, v in old)
+        self._chunks[key] = chunk
+        self._bytes += size
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._bytes = 0
 
 
 def default_threads() -> int:

@@ -86,7 +86,7 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
     stage = SimpleNamespace(config=code)  # code_inputs' prompt reads only its config
     params = lambda sampling, step: sampling.params(seed + step)  # noqa: E731
     return [
-        (GROUPS[0], [user_request(task_prompt(boot)) for _ in range(sizes[0])], params(si_config.task_sampling, 0)),
+        (GROUPS[0], [task_request(boot) for _ in range(sizes[0])], params(si_config.task_sampling, 0)),
         (GROUPS[1], [few_shot_request("self_instruct_classify", shots, {"instruction": seeds[i % len(seeds)].instruction})
                      for i in range(sizes[1])], params(JUDGE, 1)),
         (GROUPS[2], [boot._instance_request(seeds[i % len(seeds)].instruction, seeds[i % len(seeds)].is_classification)
@@ -100,10 +100,9 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
     ]  # fmt: skip
 
 
-def task_prompt(boot) -> str:
-    """Self-Instruct's next task prompt (some versions return it with the count of tasks shown)."""
-    out = boot._task_prompt()
-    return out[0] if isinstance(out, tuple) else out
+def task_request(boot) -> list:
+    """Self-Instruct's next request for new tasks."""
+    return boot._task_request()[0]
 
 
 def classify_shots(boot) -> list:

@@ -304,10 +304,10 @@ class Bootstrapper:
 
     def _new_instructions(self, round_: int) -> list[str]:
         cfg = self.config
-        prompts = [self._task_prompt() for _ in range(cfg.prompts_per_round)]
-        stop = _stops_after(prompts[0][1])  # the same numbering in every prompt of a round
+        requests = [self._task_request() for _ in range(cfg.prompts_per_round)]
+        stop = _stops_after(requests[0][1])  # the same numbering in every prompt of a round
         sampling = cfg.task_sampling.params(self._seed("tasks", round_), stop=stop)
-        completions = self.llm.generate([user_request(p) for p, _ in prompts], sampling)
+        completions = self.llm.generate([r for r, _ in requests], sampling)
         kept: list[str] = []
         for completion in completions:
             if completion.finish_reason == "length":  # the paper drops a cut-off response whole
@@ -331,19 +331,26 @@ class Bootstrapper:
             return "rouge_similar"
         return reason
 
-    def _task_prompt(self) -> tuple[str, int]:
-        """The prompt, and the last task number it asks for."""
+    def _task_request(self) -> tuple[ChatRequest, int]:
+        """The request for new tasks, and the last task number it asks for.
+
+        One worked example comes first, written from other seed tasks: the question, then the
+        numbered continuation as the model's own earlier reply. A small chat model shown only the
+        question rambled, restarted the numbering or answered a shown task in 12 of 16 lists."""
         cfg = self.config
         machine = self.rng.sample(self.machine, min(cfg.machine_per_prompt, len(self.machine)))
         human_count = min(cfg.tasks_per_prompt - len(machine), len(self.seeds))
-        tasks = [s.instruction for s in self.rng.sample(self.seeds, human_count)] + machine
+        shown = self.rng.sample(self.seeds, human_count)
+        tasks = [s.instruction for s in shown] + machine
         self.rng.shuffle(tasks)
-        numbered = "\n".join(f"{i}. {task}" for i, task in enumerate(tasks, 1))
-        new, first = cfg.new_tasks_per_prompt, len(tasks) + 1
-        last = first + new - 1
-        prompt = render("self_instruct_tasks", count=str(len(tasks)), tasks=numbered, new=str(new),
-                        next=str(first), last=str(last))  # fmt: skip
-        return prompt, last
+        new = cfg.new_tasks_per_prompt
+        others = [s.instruction for s in self.seeds if s not in shown]
+        shot_tasks = self.rng.sample(others, min(len(tasks) + new, len(others)))
+        shots = []
+        if len(shot_tasks) > len(tasks):
+            example, answer = shot_tasks[: len(tasks)], shot_tasks[len(tasks) :]
+            shots = [(_task_values(example, len(answer)), _numbered(answer, len(example) + 1))]
+        return few_shot_request("self_instruct_tasks", shots, _task_values(tasks, new)), len(tasks) + new
 
     # -- step 3: classification identification
 
@@ -434,6 +441,17 @@ def instance_examples() -> tuple[SeedTask, ...]:
 def _several(seed: SeedTask, classification: bool) -> bool:
     """A seed worth showing as an example: two or more instances (two or more labels)."""
     return len({out for _, out in seed.instances} if classification else seed.instances) >= 2
+
+
+def _numbered(tasks: list[str], first: int) -> str:
+    return "\n".join(f"{i}. {task}" for i, task in enumerate(tasks, first))
+
+
+def _task_values(tasks: list[str], new: int) -> dict[str, str]:
+    """The task template's values: the tasks shown, and how many more to write."""
+    first = len(tasks) + 1
+    return {"count": str(len(tasks)), "tasks": _numbered(tasks, 1), "new": str(new), "next": str(first),
+            "last": str(first + new - 1)}  # fmt: skip
 
 
 def _stops_after(last: int) -> tuple[str, ...]:

@@ -228,6 +228,22 @@ def test_a_cut_off_task_list_is_dropped_whole_and_a_cut_off_instance_list_loses_
     assert llm.sampling[0].presence_penalty > 0 and "\n17." in llm.sampling[0].stop
 
 
+def test_a_task_request_shows_a_worked_example_of_other_seed_tasks(tmp_path):
+    seeds = load_seed_tasks(SEED_FILE)
+    config = SelfInstructConfig(seed_tasks=SEED_FILE, tasks_per_prompt=8, new_tasks_per_prompt=8)
+    request, last = Bootstrapper(config, make_ctx(tmp_path), ScriptedLLM(), seeds)._task_request()
+    assert [m["role"] for m in request] == ["user", "assistant", "user"] and last == 16
+    example, answer, question = (m["content"] for m in request)
+    # The example reply continues its own list in the asked format, with seed tasks not shown in it.
+    lines = answer.split("\n")
+    assert [line.split(". ", 1)[0] for line in lines] == [str(n) for n in range(9, 17)]
+    instructions = {s.instruction for s in seeds}
+    answered = {line.split(". ", 1)[1] for line in lines}
+    assert answered <= instructions and not any(task in example for task in answered)
+    shown = {line.split(". ", 1)[1] for line in question.split("\n") if line[:1].isdigit()}
+    assert not answered & shown and len(shown) == 8
+
+
 def test_classification_examples_are_balanced_seeds(tmp_path):
     seeds = load_seed_tasks(SEED_FILE)
     marked = {s.instruction: s.is_classification for s in seeds}

@@ -65,7 +65,7 @@ def stage_config(pipeline: str, kind: str) -> dict:
 def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
     """(group, requests, sampling) for n requests split evenly over the stage prompts."""
     from generators.code.inputs import STOP, CodeInputs, CodeInputsConfig
-    from generators.instruct.evol_instruct import EvolInstructConfig, evolve_prompt, prompt_of
+    from generators.instruct.evol_instruct import EvolInstructConfig, evolve_request, prompt_of
     from generators.instruct.prompts import JUDGE, Sampling, few_shot_request, user_request
     from generators.instruct.self_instruct import Bootstrapper, SelfInstructConfig, load_seed_tasks
 
@@ -91,7 +91,7 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
                      for i in range(sizes[1])], params(JUDGE, 1)),
         (GROUPS[2], [boot._instance_request(seeds[i % len(seeds)].instruction, seeds[i % len(seeds)].is_classification)
                      for i in range(sizes[2])], params(si_config.instance_sampling, 2)),
-        (GROUPS[3], [user_request(evolve_prompt(records[i % len(records)], ops[i % len(ops)], random.Random(i)))
+        (GROUPS[3], [evolve_request(records[i % len(records)], ops[i % len(ops)], random.Random(i))
                      for i in range(sizes[3])], params(evol.evolve_sampling, 3)),
         (GROUPS[4], [user_request(prompt_of(records[i % len(records)])) for i in range(sizes[4])],
          params(evol.response_sampling, 4)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from generators.instruct.evol_instruct import (
     EvolInstructConfig,
     clean_evolution,
     copies_template,
+    evolve_request,
     parse_equal,
     response_elimination,
 )
@@ -224,7 +226,7 @@ def test_complicate_input_asks_for_data_and_eliminates_rewrites_without_it(tmp_p
 
     stage = EvolInstruct(EvolInstructConfig(operations=("complicate_input",)), make_ctx(tmp_path))
     records = batch.to_pylist()
-    prompts = {stage._evolve_prompt(r, "complicate_input", 1) for r in records}
+    prompts = {stage._evolve_request(r, "complicate_input", 1)[-1]["content"] for r in records}
     assert {kind for kind, text in INPUT_KINDS.items() if any(text in p for p in prompts)} == set(INPUT_KINDS)
     assert stage._prompt_elimination(records[1], "complicate_input", "Task number 1 to do, in twelve careful "
                                      "numbered steps with reasons.", False) == "no_added_input"  # fmt: skip
@@ -308,3 +310,18 @@ def test_rule_1_judge_agreement_with_qwen_on_the_labelled_pairs():
     agreement = equality_agreement(GGUFClient("qwen2.5-coder-0.5b"), labelled_pairs())
     print(f"rule 1 judge agreement, qwen2.5-coder-0.5b: {agreement:.2f}")
     assert agreement >= 0.6  # measured 0.62 (15 of 24) on a loaded 2-core machine: why the word rule comes first
+
+
+def test_every_evolution_request_opens_with_a_worked_example_of_its_operation():
+    record = {"instruction": "Sort the list of names.", "input": "Zoe, Adam, Maya"}
+    for op in OPERATIONS:
+        for seed in range(6):  # complicate_input draws the kind of data: each kind has its example
+            example, reply, question = evolve_request(record, op, random.Random(seed))
+            assert [example["role"], reply["role"], question["role"]] == ["user", "assistant", "user"]
+            assert question["content"].rstrip().endswith("#:") and "Zoe, Adam, Maya" in question["content"]
+            # The reply is a clean evolution by the stage's own rules: it would not be eliminated.
+            assert not copies_template(reply["content"]) and reply["content"] not in example["content"]
+            if op == "complicate_input":
+                assert has_structured_input(reply["content"])
+                kind = next(k for k, text in INPUT_KINDS.items() if text in question["content"])
+                assert INPUT_KINDS[kind] in example["content"]

@@ -64,7 +64,7 @@ class TabDDPMParams(StrictModel):
     steps: int | None = Field(
         None, ge=1, description="Training steps (batches); null: `epochs` passes over the training rows, 100 to 1000 steps"
     )
-    epochs: float = Field(300, gt=0, description="Passes over the training rows when `steps` is null")
+    epochs: float = Field(200, gt=0, description="Passes over the training rows when `steps` is null")
     batch_size: int = Field(256, ge=2)
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate, annealed linearly to 0")
     weight_decay: float = Field(1e-4, ge=0)

@@ -16,8 +16,9 @@ The paper's model, in this file's order:
 4. **Denoiser**: an MLP. The input (numerical part, one-hot categorical part) is projected to
    `dim_t` and added to the sinusoidal timestep embedding (plus the class embedding); then
    Linear-ReLU-Dropout blocks and a linear head with the input's width.
-5. **Training**: AdamW, uniform timesteps, the sum of the Gaussian and multinomial losses, the
-   learning rate annealed linearly to zero, an exponential moving average of the weights used
+5. **Training**: AdamW for `epochs` passes over the rows (100 to 1,000 steps; a small table is
+   memorised long before it is learned better), uniform timesteps, the sum of the Gaussian and
+   multinomial losses, the learning rate annealed linearly to zero, an exponential moving average of the weights used
    for sampling. **Sampling**: ancestral, from t=T-1 to 0, over all T steps as in the paper or
    (the default) `sample_steps` evenly spaced ones: DDIM steps for the Gaussian part, the
    strided chain's exact posterior for the categories, all columns in one tensor operation per
@@ -548,7 +549,8 @@ class TabDDPM:
         Measured on penguins (275 training rows): at 3,000 steps (~2,800 passes) the synthetic rows'
         median distance to the closest training row fell to 0.017, against 0.027 for real holdout
         rows, at 1,000 to 0.021, at 300 it was 0.025-0.028, quality the same (0.90-0.93): a small
-        table is memorised long before quality stops improving. Big tables keep the 1,000 steps.
+        table is memorised long before quality stops improving. 200 passes kept the median above
+        the holdout's on the four small bench tables (README). Big tables keep the 1,000 steps.
         """
         p = self.params
         return p.steps or int(np.clip(math.ceil(p.epochs * rows / p.batch_size), 100, 1000))

@@ -54,6 +54,17 @@ def test_calls_that_hang_are_never_kept_and_a_raising_one_only_for_its_branch():
     assert out["_drop_reason"] is None
 
 
+def test_the_models_calls_go_first_while_they_add_lines_and_outputs_come_after_lines():
+    lines = frozenset({1, 2, 3, 4, 5})
+    calls = [("ok", "a", frozenset({1, 2, 3, 4})), ("ok", "b", frozenset({1, 2})), ("ok", "c", frozenset({1, 2})),
+             ("ok", "b", frozenset({1, 5})), ("raised", "E", frozenset({1, 2, 3, 4, 5}))]  # fmt: skip
+    origins = ["fallback:hypothesis", "m", "m", "fallback:docstring", "m"]
+    # the model's {1, 2} first though hypothesis' runs more; then lines before outputs: the doctest's
+    # {5}, hypothesis' {3, 4}; then the model's new output "c"; the raising call runs nothing new
+    assert choose(Probe("ok", lines, calls), origins, 8) == [1, 3, 0, 2]
+    assert choose(Probe("ok", lines, calls), origins, 2) == [1, 3]
+
+
 def test_the_cap_holds_and_a_failed_probe_keeps_the_first_calls():
     probe = Probe("ok", frozenset({2, 3}), [("ok", str(i), frozenset({2})) for i in range(6)])
     assert choose(probe, ["m"] * 6, 3) == [0, 1, 2]

@@ -117,16 +117,16 @@ def test_names_decide_when_nothing_else_does():
 
 
 class FakeLLM:
-    """Answers every request with COMPLETION and remembers what it was asked."""
+    """Answers every request with `answer` and remembers what it was asked."""
 
     model_id = "fake-model"
 
-    def __init__(self):
-        self.requests, self.sampling = [], None
+    def __init__(self, answer: str = COMPLETION):
+        self.answer, self.requests, self.sampling = answer, [], None
 
     def generate(self, requests, sampling):
         self.requests, self.sampling = requests, sampling
-        return [Completion(COMPLETION, 10, 10) for _ in requests]
+        return [Completion(self.answer, 10, 10) for _ in requests]
 
 
 def stage(**config) -> CodeInputs:
@@ -148,10 +148,23 @@ def test_the_stage_asks_the_model_once_per_function_and_records_origins():
     inputs.llm = FakeLLM()
     batch = pa.table({"function_id": ["a", "b"], "name": ["pad", "pad"], "source": [SOURCE, SOURCE]})
     out = inputs.process(batch)
-    assert len(inputs.llm.requests) == 2 and "def pad(text: str" in inputs.llm.requests[0][0]["content"]
-    assert inputs.llm.sampling.stop == ("Function:",)
+    assert len(inputs.llm.requests) == 2 and "def pad(text: str" in inputs.llm.requests[0][-2]["content"]
+    assert inputs.llm.sampling.stop == ("Function:", "\n\n")
     assert out.column("input_origins").to_pylist()[0] == ["fake-model"] * 4 + [DOCSTRING] * 2
     assert out.column("_drop_reason").to_pylist() == [None, None]
+
+
+def test_the_model_goes_on_from_the_functions_name_and_its_first_call_counts():
+    inputs = stage(inputs_per_function=6)
+    inputs.llm = FakeLLM(answer="'zz', 1)\npad('q', width=2)\n")
+    batch = pa.table({"function_id": ["a"], "name": ["pad"], "source": [SOURCE]})
+    out = inputs.process(batch)
+    request = inputs.llm.requests[0]
+    assert request[-1] == {"role": "assistant", "content": "1. pad("}
+    assert [m["role"] for m in request] == ["user", "assistant"] * 3, "two worked examples as earlier turns"
+    assert "pad" not in str(request[:-2]), "the worked examples call other functions"
+    calls = dict(zip(out.column("inputs").to_pylist()[0], out.column("input_origins").to_pylist()[0]))
+    assert calls["pad('zz', 1)"] == calls["pad('q', width=2)"] == "fake-model"
 
 
 def test_without_a_model_the_fallback_alone_gives_cases():
@@ -172,11 +185,11 @@ def test_use_in_the_body_decides_when_there_are_no_hints():
 
 
 def test_the_model_sees_the_doctest_calls_as_shapes_and_a_copy_of_one_is_the_doctests():
-    inputs = stage(inputs_per_function=8)
+    inputs = stage(inputs_per_function=8, calls_asked=5)
     inputs.llm = FakeLLM()
     prompt = inputs.prompt({"name": "pad", "source": SOURCE})
-    shapes = prompt.split("Example calls (the shapes of its arguments):")[-1]
-    assert "pad('ab', 4)\npad('abc', width=5, fill='*')\n\n8 new calls:" in shapes
+    shapes = prompt.split("Example calls:")[-1]
+    assert "pad('ab', 4)\npad('abc', width=5, fill='*')\n\nWrite 5 new calls" in shapes
     assert "'  ab'" not in prompt, "the doctests' outputs are no part of the request"
     chosen = dict(inputs.inputs_for({"function_id": "x", "name": "pad", "source": SOURCE},
                                     'pad("ab", 4)\npad("zz", 1)'))  # fmt: skip

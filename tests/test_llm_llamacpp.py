@@ -99,6 +99,18 @@ def test_token_counts_and_stop_strings(client):
 
 
 @pytest.mark.slow
+def test_a_request_ending_with_the_assistants_text_goes_on_from_it(client):
+    sampling = SamplingParams(max_tokens=16, temperature=0)
+    (free,) = client.generate(ask(QUESTIONS[1]), sampling)
+    words = free.text.split(" ")
+    assert len(words) >= 4, free.text
+    begun = " ".join(words[:2])
+    (continued,) = client.generate([ask(QUESTIONS[1])[0] + [{"role": "assistant", "content": begun}]], sampling)
+    assert continued.prompt_tokens > free.prompt_tokens
+    assert (begun + continued.text).startswith(" ".join(words[:4])), (free.text, continued.text)
+
+
+@pytest.mark.slow
 def test_a_row_that_finishes_at_once_and_one_that_runs_to_max_tokens_share_the_slots(client):
     greeting, sea, capital = ask("Hi!", "Write one sentence about the sea.", "What is the capital of France?")
     (first,) = client.generate([greeting], SamplingParams(max_tokens=1, temperature=0))

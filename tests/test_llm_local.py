@@ -111,6 +111,19 @@ def test_stop_strings_end_the_answer(client):
 
 
 @pytest.mark.slow
+def test_a_request_ending_with_the_assistants_text_goes_on_from_it(client):
+    sampling = SamplingParams(max_tokens=16, temperature=0)
+    (free,) = client.generate(ask(QUESTIONS[0]), sampling)
+    words = free.text.split(" ")
+    assert len(words) >= 4, free.text
+    begun = " ".join(words[:2])
+    (continued,) = client.generate([ask(QUESTIONS[0])[0] + [{"role": "assistant", "content": begun}]], sampling)
+    assert continued.prompt_tokens > free.prompt_tokens
+    assert not continued.text.startswith(begun), "the completion is what follows the given start"
+    assert (begun + continued.text).startswith(" ".join(words[:4])), (free.text, continued.text)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_a_batch_of_mixed_lengths_gives_the_texts_of_one_by_one(client, temperature):
     sampling = SamplingParams(max_tokens=12, temperature=temperature, seed=2)

@@ -2,13 +2,16 @@
 
 `code_inputs` proposes more calls than a function needs (the model's, the doctests', hypothesis
 draws); `code_coverage` runs them all once in one sandbox under a line tracer
-(`generators.code.coverage_probe`) and keeps up to `inputs_per_function`, greedily: each step takes
-the call that adds the most lines not yet run plus one for an output not yet seen, among calls
-that return a value; when none adds anything, a call that raises is taken only if it runs lines
-no other did (an error branch); then it stops, so a function whose calls all do the same thing
-keeps few. Ties go to the model's calls, then the doctests', then hypothesis' (`ORIGIN_ORDER`),
-then to the earlier call. Calls that time out or return something that is no literal are never
-kept. Where the probe run fails as a whole, the first `inputs_per_function` calls are kept as
+(`generators.code.coverage_probe`) and keeps up to `inputs_per_function`, greedily. Each step takes,
+among calls that return a value, one that runs lines not yet run; when none does, one that gives
+an output not yet seen; when neither, a call that raises is taken only if it runs lines no other
+did (an error branch); then it stops, so a function whose calls all do the same thing keeps few.
+Within a step's tier the model's calls go first, then the doctests', then hypothesis'
+(`ORIGIN_ORDER`), then the call adding the most (new lines, plus one for a new output), then the
+earlier call. So a fallback call is kept only for what no model call adds: the model's inputs are
+the ones asked for, the fallback's fill in what the model missed (every kept call still adds
+lines or an output, and lines before outputs). Calls that time out or return something that is
+no literal are never kept. Where the probe run fails as a whole, the first `inputs_per_function` calls are kept as
 they are and `code_execute` judges them.
 
 A function none of whose calls returns or raises in time is dropped as `no_usable_inputs`.
@@ -116,9 +119,9 @@ def choose(probe: Probe, origins: list[str], count: int) -> list[int]:
             if i in chosen or status not in ("ok", "raised"):
                 continue
             new_lines = len(lines - covered)
-            gain = (1, new_lines + (outcome not in outputs)) if status == "ok" else (0, new_lines)
-            key = (gain, -origin_rank(origins[i]), -i)
-            if gain[1] > 0 and (best_key is None or key > best_key):
+            gain = new_lines + (outcome not in outputs) if status == "ok" else new_lines
+            key = (status == "ok", new_lines > 0, -origin_rank(origins[i]), gain, -i)
+            if gain > 0 and (best_key is None or key > best_key):
                 best, best_key = i, key
         if best is None:
             break

@@ -1,10 +1,14 @@
 """Inputs: N calls per function, proposed by the LLM as Python literals and topped up by a fallback.
 
-1. The LLM sees the function and its doctest calls as examples of the arguments' shapes (few-shot:
-   one example function, its example call and new calls) and writes one call per line. Each line
-   is parsed with `ast.literal_eval` (`generators.code.calls.parse_call`), checked against the
-   function's signature and written back in canonical form; anything else is skipped. Nothing the
-   model writes is ever evaluated. A call the model copied from the doctests counts as a doctest's.
+1. The LLM sees the function and its doctest calls as examples of the arguments' shapes, after two
+   worked examples as earlier chat turns (`SHOTS`: a function, then a numbered list of calls of it
+   as the assistant's answer), and its answer begins `1. name(`: it writes the arguments of a
+   first call and goes on down the list (left free, the embedded model mostly rewrote the function
+   or the example; asked in one message for one call per line, it wrote one call at most). Each
+   line is parsed with `ast.literal_eval` (`generators.code.calls.parse_call`), checked against
+   the function's signature and written back in canonical form; anything else is skipped. Nothing
+   the model writes is ever evaluated. A call the model copied from the doctests counts as a
+   doctest's; the worked examples call other functions, so no call of this one is ours.
 2. The fallback fills what the model left short, so a weak model still yields cases: first the
    calls of the docstring's doctests (`>>> name(...)`), then calls drawn from `hypothesis`
    strategies for each parameter's type hint, the doctest values' types, its default, its use in
@@ -34,14 +38,26 @@ from generators.code.prompts import render
 from generators.code.strategies import hypothesis_calls
 from generators.instruct.prompts import Sampling, user_request
 from synth.errors import SpecError
+from synth.llm.base import ChatRequest, split_prefill
 from synth.registry import register
 from synth.spec import LLMSpec, StageConfig
 from synth.stage import MapStage, derive_seed, mark_dropped, set_column
 
 DOCSTRING, HYPOTHESIS = "fallback:docstring", "fallback:hypothesis"
 
-STOP = ("Function:",)
-"""Where the model starts a new example, the list of calls is over."""
+STOP = ("Function:", "\n\n")
+"""Where the model starts a new example or leaves a blank line, the list of calls is over."""
+
+SHOTS = (
+    ("def clamp(value, low, high):\n    return max(low, min(value, high))", ("clamp(5, 0, 10)",),
+     ("clamp(-3, 0, 10)", "clamp(42, 0, 10)", "clamp(2.5, 1.0, 2.0)", "clamp(7, 7, 7)")),
+    ("def initials(name, sep='.'):\n    parts = name.split()\n    if not parts:\n        return ''\n"
+     "    return sep.join(p[0].upper() for p in parts) + sep", (),
+     ("initials('ada lovelace')", "initials('')", "initials('grace brewster murray hopper', sep='')",
+      "initials('x', '-')")),
+)  # fmt: skip
+"""Worked examples, (function, its example calls, the answer's calls): ordinary inputs, edge cases,
+keywords, each branch."""
 
 _DOCTEST = re.compile(r"^\s*>>>\s*(.+)$", re.MULTILINE)
 
@@ -49,7 +65,9 @@ _DOCTEST = re.compile(r"^\s*>>>\s*(.+)$", re.MULTILINE)
 class CodeInputsConfig(StageConfig):
     kind: Literal["code_inputs"] = "code_inputs"
     llm: str | None = Field("default", description="Backend in the spec's `llm:` section; null: fallback only")
-    inputs_per_function: int = Field(8, ge=1, le=100, description="Calls asked of the model; calls kept, at most")
+    inputs_per_function: int = Field(8, ge=1, le=100, description="Calls kept, at most")
+    calls_asked: int = Field(4, ge=1, le=100, description="Calls the model is asked to write (the worked examples "
+                             "show 4; asked for 8, the embedded model wrote no more)")
     candidates_per_function: int | None = Field(
         None, ge=1, le=200, description="Calls kept, at most, when `code_coverage` chooses among them afterwards "
         "(default: inputs_per_function); hypothesis draws fill up to it"
@@ -188,15 +206,29 @@ class CodeInputs(MapStage):
     def _ask_llm(self, rows: list[dict]) -> list[str]:
         if self.llm is None or not rows:
             return [""] * len(rows)
-        requests = [user_request(self.prompt(row)) for row in rows]
+        requests = [self.request(row) for row in rows]
         # one seed for the stage: the backends make each request's text depend on it and on the
         # request alone, so a function's proposals do not depend on the batch it landed in
         sampling = self.config.sampling.params(self.ctx.stage_seed).model_copy(update={"stop": STOP})
         if not self.config.grammar:
-            return [c.text for c in self.llm.generate(requests, sampling)]
-        # a grammar per function (its own name as the callee), so one request per generate call
-        return [self.llm.generate([request], sampling.model_copy(update={"grammar": self.grammar(row)}))[0].text
-                for row, request in zip(rows, requests)]  # fmt: skip
+            completions = self.llm.generate(requests, sampling)
+        else:  # a grammar per function (its own name as the callee), so one request per generate call
+            completions = [self.llm.generate([request], sampling.model_copy(update={"grammar": self.grammar(row)}))[0]
+                           for row, request in zip(rows, requests)]  # fmt: skip
+        return [split_prefill(request)[1] + c.text for request, c in zip(requests, completions)]
+
+    def request(self, row: dict) -> ChatRequest:
+        """The worked examples as earlier turns, the prompt, and the answer begun `1. name(`.
+        Under a grammar, which fixes the callee itself and holds the answer to lines of calls, the
+        answers are plain lines and the model's answer is its own from the first character."""
+        numbered = not self.config.grammar
+        messages: ChatRequest = []
+        for source, examples, calls in SHOTS:
+            answer = [f"{i}. {call}" if numbered else call for i, call in enumerate(calls, 1)]
+            messages += user_request(self._prompt(source, list(examples), len(calls), numbered))
+            messages.append({"role": "assistant", "content": "\n".join(answer)})
+        messages += user_request(self.prompt(row))
+        return [*messages, {"role": "assistant", "content": f"1. {row['name']}("}] if numbered else messages
 
     @staticmethod
     def grammar(row: dict) -> str:
@@ -207,9 +239,14 @@ class CodeInputs(MapStage):
         """The request for one function: its source, and its doctest calls as examples of shapes."""
         fn = function_node(row["source"], row["name"])
         examples = doctest_calls(fn, Signature.of(fn), self.config.max_input_chars)
-        shown = "\n".join(["", "Example calls (the shapes of its arguments):", *examples, ""]) if examples else ""
         source = shown_source(row["source"], row["name"]).strip()
-        return render("propose_inputs", source=source, examples=shown, count=str(self.config.inputs_per_function))
+        return self._prompt(source, examples, self.config.calls_asked, not self.config.grammar)
+
+    @staticmethod
+    def _prompt(source: str, examples: list[str], count: int, numbered: bool) -> str:
+        shown = "\n".join(["", "Example calls:", *examples, ""]) if examples else ""
+        layout = "as a numbered list" if numbered else "one per line"
+        return render("propose_inputs", source=source, examples=shown, count=str(count), layout=layout)
 
     def inputs_for(self, row: dict, completion: str) -> list[tuple[str, str]]:
         """(call, origin) pairs: the model's calls first, then the fallback's, up to N (or the

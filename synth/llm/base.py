@@ -1,6 +1,8 @@
 """The one LLM interface every stage uses: `generate(requests, sampling) -> completions`.
 
-A request is a list of chat messages (`{"role": ..., "content": ...}`). Backends differ in
+A request is a list of chat messages (`{"role": ..., "content": ...}`). A request whose last
+message is the assistant's is continued: that text is the start of the answer (the model must go
+on from it) and the completion is what follows it (`split_prefill`). Backends differ in
 where tokens come from (local transformers, an OpenAI-compatible server); the cache and the
 token / cost accounting wrap any backend the same way (see `synth.llm.cache`).
 """
@@ -29,6 +31,14 @@ class SamplingParams(BaseModel):
     grammar: str | None = None
     """A GBNF grammar the completion must match; sent as `grammar` by the `openai` backend, which
     llama.cpp's llama-server honours. A stage sets it only for a backend that takes it."""
+
+
+def split_prefill(messages: ChatRequest) -> tuple[ChatRequest, str]:
+    """The messages the answer replies to, and the start of the answer the request gives ("" when
+    its last message is not the assistant's)."""
+    if messages and messages[-1].get("role") == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, ""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from synth.errors import LLMError
-from synth.llm.base import ChatRequest, Completion, SamplingParams
+from synth.llm.base import ChatRequest, Completion, SamplingParams, split_prefill
 from synth.llm.cache import Backend, OnCompletion
 from synth.llm.local import default_threads, request_seed
 from synth.spec import LLMSpec
@@ -188,7 +188,8 @@ class LlamaCppClient(Backend):
             size = -n + 1
 
     def prompt_tokens(self, messages: ChatRequest) -> list[int]:
-        return self.tokenize(self.format_chat(messages=messages).prompt)
+        head, prefill = split_prefill(messages)
+        return self.tokenize(self.format_chat(messages=head).prompt + prefill)
 
     # ------------------------------------------------------------ generation
 

@@ -42,7 +42,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from synth.errors import LLMError
-from synth.llm.base import ChatRequest, Completion, SamplingParams
+from synth.llm.base import ChatRequest, Completion, SamplingParams, split_prefill
 from synth.llm.cache import Backend, OnCompletion
 from synth.llm.models import EMBEDDED_NAME, resolve_model_dir
 from synth.spec import LLMSpec
@@ -168,7 +168,8 @@ class LocalClient(Backend):
         return results  # type: ignore[return-value]
 
     def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams) -> _Row:
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        head, prefill = split_prefill(messages)
+        prompt = self.tokenizer.apply_chat_template(head, add_generation_prompt=True, tokenize=False) + prefill
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         limit = sampling.max_tokens
         if self.max_positions:

@@ -7,6 +7,9 @@ completion is handed to `on_completion` the moment it arrives, so when a request
 every completion that finished before is already in the cache. `generate` itself is synchronous:
 it runs its own event loop, in a helper thread when the caller already has one running (async Ray
 actors, notebooks).
+
+A request that ends with the assistant's text goes out as it is: llama.cpp's server goes on from
+it (an assistant prefill); a server that does not may answer it with a new turn instead.
 """
 
 from __future__ import annotations

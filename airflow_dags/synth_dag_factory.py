@@ -139,7 +139,7 @@ BUILTIN_ROLES: dict[str, str | None] = {
                      "code_load_check", "code_determinism", "image_checks", "image_memorisation"], "filter"),
     **dict.fromkeys(["exact_dedup", "minhash_dedup", "semantic_dedup", "image_phash_dedup"], "dedup"),
     **dict.fromkeys(["evol_instruct", "code_inputs", "code_coverage", "code_execute", "case2code", "tabular_report",
-                     "judge_report", "diffusion_train", "diffusion_sample", "image_eval"], None),
+                     "judge_report", "diffusion", "image_eval"], None),
 }
 """The role of each built-in stage kind, so that parsing imports no stage module; a test checks it
 against the classes (`stage_role` of a plugin kind imports its class)."""

@@ -38,7 +38,7 @@ def test_model_folder_saves_and_loads_offline(data, tmp_path, monkeypatch):
     model = load_model(tmp_path / "model")
     assert model.classes == list(CLASSES) and model.size == 16 and model.null_class == 3
     assert model.model_id.startswith("unet-ddpm:")
-    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    saved = torch.load(tmp_path / "checkpoints" / "step-0000004" / "state.pt", weights_only=True)
     for name, tensor in model.unet.state_dict().items():
         assert torch.equal(tensor, saved["ema"][name]), name  # the folder holds the EMA weights
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["scheduler", "synth_model.json", "unet"]
@@ -50,16 +50,16 @@ def test_a_killed_training_resumes_from_its_checkpoint(data, tmp_path, monkeypat
     train(*data, list(CLASSES), DiffusionTrainParams(**TINY), tmp_path / "straight", seed=1)
     straight = weights(load_model(tmp_path / "straight" / "model").unet)
 
-    real_checkpoint = diffusion._checkpoint
+    real_checkpoint = diffusion.save_checkpoint
 
-    def checkpoint_then_die(path, tag, step, *args):
-        real_checkpoint(path, tag, step, *args)
+    def checkpoint_then_die(folder, step, *args):
+        real_checkpoint(folder, step, *args)
         raise KeyboardInterrupt(f"killed after step {step}")
 
-    monkeypatch.setattr(diffusion, "_checkpoint", checkpoint_then_die)
+    monkeypatch.setattr(diffusion, "save_checkpoint", checkpoint_then_die)
     with pytest.raises(KeyboardInterrupt, match="after step 2"):
         train(*data, list(CLASSES), DiffusionTrainParams(**TINY), tmp_path / "killed", seed=1)
-    monkeypatch.setattr(diffusion, "_checkpoint", real_checkpoint)
+    monkeypatch.setattr(diffusion, "save_checkpoint", real_checkpoint)
     resumed = train(*data, list(CLASSES), DiffusionTrainParams(**TINY), tmp_path / "killed", seed=1)
     assert (resumed.resumed_from, resumed.steps_run) == (2, 2)
     for name, tensor in load_model(tmp_path / "killed" / "model").unet.state_dict().items():

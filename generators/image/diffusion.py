@@ -11,13 +11,14 @@ The loop (`train`), top to bottom:
   batch, timesteps, noise and label dropout from a generator seeded by (seed, s), so a resumed
   run draws exactly what an uninterrupted one would.
 - step: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM, Ho et al., 2020); the network
-  predicts eps; MSE loss (optionally Min-SNR-gamma weighted); AdamW with linear warmup then cosine decay to 10%; gradients clipped
-  to `grad_clip`; an EMA of the weights. bf16 autocast on CUDA (fp16 with a grad scaler where
-  bf16 is missing), fp32 on CPU.
+  predicts eps; MSE loss (optionally Min-SNR-gamma weighted); AdamW with linear warmup then cosine
+  decay to `min_lr_ratio`; gradients clipped to `grad_clip`; an EMA of the weights. Schedule,
+  precision (bf16 autocast on CUDA, fp32 on CPU) and checkpoints follow the convention the LLM
+  loop shares (`synth.train.conventions`).
 - log: mean loss and seconds per step every `log_every` steps.
-- checkpoint: every `checkpoint_every` steps, weights, EMA, optimiser and step go to
-  `checkpoints/last.pt` (written aside, then renamed), tagged with a fingerprint of the config
-  and the data; a run that finds a matching checkpoint resumes from it.
+- checkpoint: every `checkpoint_every` steps, weights, EMA, optimiser and grad scaler go to
+  `checkpoints/step-NNNNNNN/` (written aside, then renamed), tagged with a fingerprint of the
+  config and the data; a run that finds a checkpoint of the same fingerprint resumes from it.
 - save: the EMA weights as a diffusers folder, `model/unet/` + `model/scheduler/` +
   `model/synth_model.json` (class names, image size), loadable offline with `from_pretrained`.
 
@@ -28,13 +29,11 @@ then samples (`generators.image.sampler`). Its folder is `OUTPUT/_models/<stage 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from synth import io
 from synth.errors import SpecError, SynthError
 from synth.spec import StageConfig, StrictModel
 from synth.stage import derive_seed
+from synth.train.conventions import PrecisionName, load_checkpoint, lr_factor, precision_for, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class DiffusionTrainParams(StrictModel):
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate")
     warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The cosine ends at learning_rate * min_lr_ratio")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="Clip the gradient norm to this")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay; ramps up from 0.1 over the first steps")
@@ -91,7 +92,7 @@ class DiffusionTrainParams(StrictModel):
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Rows kept out of training, for evaluation")
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(50, ge=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    precision: PrecisionName = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU (synth.train.conventions)")
 
 
 # ---------------------------------------------------------------- the model and its folder
@@ -189,24 +190,10 @@ def pick_device(requested: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, bool]:
-    """The autocast context for a step, and whether fp16 needs a grad scaler."""
-    if device.type != "cuda" or precision == "fp32":
-        if precision in ("bf16", "fp16") and device.type != "cuda":
-            log.warning("diffusion: %s autocast needs CUDA; training in fp32 on %s", precision, device)
-        return contextlib.nullcontext(), False
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype), precision == "fp16"
-
-
 def learning_rate(step: int, cfg: DiffusionTrainParams) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """The shared schedule: linear warmup, then cosine decay to `min_lr_ratio` of the peak at the last step."""
+    return cfg.learning_rate * lr_factor(step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                                         min_ratio=cfg.min_lr_ratio)
 
 
 @dataclass
@@ -247,9 +234,9 @@ def train(
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = build_scheduler(cfg)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    autocast, needs_scaler = _autocast(device, cfg.precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler)
-    start = _resume(folder / "checkpoints" / "last.pt", tag, unet, ema, optimizer, scaler, device)
+    precision = precision_for(device, cfg.precision, "diffusion")
+    scaler = precision.grad_scaler()
+    start = _resume(folder / "checkpoints", tag, unet, ema, optimizer, scaler, device)
 
     x0_all = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1).to(device)
     y_all = torch.from_numpy(labels.astype(np.int64)).to(device)
@@ -266,7 +253,7 @@ def train(
         # step: predict the noise, AdamW with clipping, then the EMA
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        with autocast:
+        with precision.autocast():
             loss = _loss(unet(x_t, t, class_labels=y).sample.float(), noise, abar[t], cfg.snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -281,7 +268,9 @@ def train(
         if done % cfg.log_every == 0 or done == cfg.steps:
             _log_progress(folder, done, cfg.steps, losses[-cfg.log_every :], time.perf_counter() - started, done - start)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _checkpoint(folder / "checkpoints" / "last.pt", tag, done, unet, ema, optimizer, scaler)
+            state = {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict()}  # fmt: skip
+            save_checkpoint(folder / "checkpoints", done, state, tag)
     seconds = time.perf_counter() - started
     meta = {"fingerprint": tag, "steps": cfg.steps, "seconds_per_step": seconds / max(1, cfg.steps - start)}
     save_model(folder / "model", ema.to("cpu"), scheduler, classes, size, meta)
@@ -324,22 +313,10 @@ def _log_progress(folder: Path, step: int, total: int, losses: list[float], seco
         f.write(json.dumps(entry) + "\n")
 
 
-def _checkpoint(path: Path, tag: str, step: int, unet, ema, optimizer, scaler) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = io.temp_sibling(path)
-    state = {"fingerprint": tag, "step": step, "unet": unet.state_dict(), "ema": ema.state_dict(),
-             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}  # fmt: skip
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _resume(path: Path, tag: str, unet, ema, optimizer, scaler, device: torch.device) -> int:
-    """Load a checkpoint of the same config and data; returns the step to start from."""
-    if not path.is_file():
-        return 0
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state["fingerprint"] != tag:
-        log.warning("diffusion: %s is from another config or data set; training from scratch", path)
+def _resume(folder: Path, tag: str, unet, ema, optimizer, scaler, device: torch.device) -> int:
+    """Load the newest checkpoint of the same config and data; returns the step to start from."""
+    state = load_checkpoint(folder, tag, device)
+    if state is None:
         return 0
     unet.load_state_dict(state["unet"])
     ema.load_state_dict(state["ema"])

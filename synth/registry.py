@@ -45,6 +45,7 @@ BUILTIN_STAGES = {
     "image_phash_dedup": "filters.quality.image_checks",
     "image_memorisation": "filters.quality.image_checks",
     "records": "generators.records",
+    "train": "synth.train.stage",
 }
 
 

@@ -53,7 +53,7 @@ class DiffusionConfig(StageConfig):
     kind: Literal["diffusion"] = "diffusion"
     train: DiffusionTrainParams = DiffusionTrainParams()
     sample: DiffusionSampleParams = DiffusionSampleParams()
-    device: str | None = Field(None, description="cpu, cuda, cuda:1 ... for fit and sampling (default: cuda if present)")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 ... to fit and sample on (default: cuda if there)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads of the fit task and each sampling actor "
                                 "(default: the stage's num_cpus)")  # fmt: skip
 
@@ -113,7 +113,8 @@ class Diffusion(FitSampleStage):
         folder = model_root(ctx.output_dir, ctx.stage_name)
         log.info("diffusion: training on all %d-px images in one task; classes %s; folder %s", size, classes, folder)
         index = {label: i for i, label in enumerate(classes)}
-        table = set_column(table, "label_id", pa.array([index[x] for x in table.column("label").to_pylist()], pa.int32()))
+        label_ids = [index[label] for label in table.column("label").to_pylist()]
+        table = set_column(table, "label_id", pa.array(label_ids, pa.int32()))
         holdout = [is_holdout(i, cfg.train.holdout_fraction) for i in table.column("id").to_pylist()]
         if all(holdout):
             raise SynthError(f"diffusion: train.holdout_fraction {cfg.train.holdout_fraction} left no training images")

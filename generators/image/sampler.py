@@ -76,7 +76,8 @@ def plan_blocks(config: DiffusionSampleParams, classes: list[str], stage_seed: i
     labels = config.labels or classes
     unknown = [x for x in labels if x not in classes]
     if unknown:
-        raise SpecError(f"diffusion: sample.labels: unknown label {unknown[0]!r}; the model knows: {', '.join(classes)}")
+        raise SpecError(f"diffusion: sample.labels: unknown label {unknown[0]!r}; "
+                        f"the model knows: {', '.join(classes)}")
     blocks = []
     for label in labels:
         for block, start in enumerate(range(0, config.images_per_class, config.block_size)):

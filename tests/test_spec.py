@@ -138,3 +138,14 @@ def test_a_mistake_in_the_train_section_names_the_section(tmp_path):
     path = spec_file(tmp_path, GOOD + "train:\n  steps: many\n")
     assert error_of(path) == f"{path}:9: train.steps: input should be a valid integer, unable to parse string " \
                              "as an integer, got 'many'"
+
+
+def test_a_train_stage_reading_other_data_fails_before_anything_runs(tmp_path):
+    from synth.runner import check_inputs
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    training = TRAINING.replace("data: {format: pretrain}", f"data: {{path: {other}}}")
+    spec = load_spec(spec_file(tmp_path, GOOD + "train:\n" + training))
+    with pytest.raises(SpecError, match=r"stage 'train': data.path: leave it out in a pipeline"):
+        check_inputs(spec)

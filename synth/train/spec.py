@@ -38,7 +38,7 @@ class DataSpec(StrictModel):
 
     path: Path | None = Field(
         None, description="A synth output folder (its data/ is read) or a folder of .parquet files; "
-        "left out in a pipeline's train: section, which trains on the run's OUTPUT/data")
+        "left out in a pipeline's train stage, which trains on the run's OUTPUT/data")
     format: Literal["sft", "pretrain"] = Field(
         "sft", description="sft: chat-templated prompt and response, loss on the response only; "
         "pretrain: plain text, loss on every token")

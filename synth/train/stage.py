@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from synth.errors import SpecError
 from synth.registry import register
 from synth.spec import TrainStageConfig
 from synth.stage import TrainStage
@@ -31,6 +32,11 @@ class LLMTrain(TrainStage):
     def check_inputs(self) -> None:
         super().check_inputs()
         self.train_spec()  # the training run's name
+        own = self.ctx.output_dir / "data"
+        given = self.config.data.path
+        if given is not None and Path(given).resolve() != own.resolve():
+            raise SpecError(f"stage {self.ctx.stage_name!r}: data.path: leave it out in a pipeline: the train stage "
+                            f"trains on the run's own data ({own})")
 
     def train_spec(self) -> TrainSpec:
         fields = self.config.model_dump(exclude={"kind", "name"})

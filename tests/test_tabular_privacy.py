@@ -1,5 +1,6 @@
 """Privacy in the tabular report: NNDR beside DCR, anonymeter's attack risks, and the card's
-warning when synthetic rows sit closer to the training rows than real holdout rows do.
+warning when synthetic rows sit closer to the training rows than real holdout rows do; and the
+sampling's privacy guard, which rejects near copies of training rows.
 
 The attacks are checked on their two extremes: copies of the training rows (what a memorising
 model writes) must show a high singling-out and linkability risk; fresh rows from the same
@@ -11,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from generators.tabular.constraints import Checker, sample_valid
 from generators.tabular.data import TableMeta
 from generators.tabular.evaluate import attack_risks, evaluate
+from generators.tabular.guard import NearCopyGuard
 from generators.tabular.report import render
 
 ROLES = {"height": "numerical", "weight": "numerical", "age": "numerical", "city": "categorical", "smoker": "boolean"}
@@ -77,3 +80,53 @@ def test_card_warns_when_synthetic_rows_sit_closer_than_the_holdout():
     assert "guessing `smoker`" in closer and "median NNDR" in closer
     farther = render("report", summary(0.05, 0.03, None), META, [])
     assert "Warning" not in farther and "Attack risks: not measured" in farther
+
+
+# ---------------------------------------------------------------- the privacy guard
+
+
+def nudged(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows with one number moved by a hair: copies in all but name."""
+    return frame.assign(height=frame["height"] + 0.01)
+
+
+def test_guard_rejects_copies_and_rows_nearer_than_real_rows_sit_to_each_other(tables):
+    train, _, fresh = tables
+    frame = pd.concat([train.head(50), nudged(train.head(50)), fresh.head(100)], ignore_index=True)
+    keep, rejected = NearCopyGuard(train, META, quantile=0.05).keep(frame)
+    assert not keep[:100].any()  # exact copies, and copies nudged far less than real rows lie apart
+    assert keep[100:].mean() > 0.85  # fresh rows of the population: about 95% are as far as real rows
+    assert rejected == {"near_copy": int((~keep).sum())}
+    copies_only, _ = NearCopyGuard(train, META, quantile=0).keep(frame)
+    assert not copies_only[:50].any() and copies_only[50:].all()
+
+
+class HalfCopying:
+    """Half its rows copy the training rows, half come fresh from the population."""
+
+    def __init__(self, train: pd.DataFrame):
+        self.train = train
+
+    def sample(self, rows, seed, conditions=None):
+        seed %= 2**32
+        copies = self.train.sample(rows // 2, random_state=seed, replace=True)
+        return pd.concat([copies, population(rows - rows // 2, seed + 100)], ignore_index=True)
+
+
+def test_sampling_with_the_guard_replaces_the_copies_and_counts_them(tables):
+    train, _, _ = tables
+    guard = NearCopyGuard(train, META)
+    rows, stats = sample_valid(HalfCopying(train), 200, 0, {}, Checker([], train), 20, lambda f: f, guard)
+    assert len(rows) == 200
+    assert evaluate(train, train.head(0), rows, META, attacks=0).privacy["exact_copy_rate"] == 0
+    assert stats["rejected:near_copy"] >= 100 and stats["sampled"] >= 200 + stats["rejected:near_copy"]
+
+
+def test_card_states_the_guard_rule_and_what_it_rejected():
+    sampling = {"num_rows": 100, "blocks": 1, "conditions": {}, "constraints": [], "sampled": 107,
+                "privacy_guard": 0.05, "rejected": {"near_copy": 7}, "rejection_rate": 7 / 107}  # fmt: skip
+    card = render("report", summary(0.05, 0.03, None) | {"sampling": sampling}, META, [])
+    assert ("Privacy guard: 7 of 107 sampled rows were rejected and replaced as near copies (an exact copy of a "
+            "training row, or nearer its closest training row (Gower) than 95% of real training rows") in card
+    off = render("report", summary(0.05, 0.03, None) | {"sampling": sampling | {"privacy_guard": None}}, META, [])
+    assert "Privacy guard" not in off

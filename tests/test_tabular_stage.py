@@ -120,7 +120,7 @@ def test_report_is_written_with_its_plots(first_run):
     folder = result.output / "_reports" / "tabular_report"
     report = (folder / "report.md").read_text()
     for text in ("overall quality", "TSTR", "median DCR", "median NNDR", "singling out", "ward=",
-                 "![column shapes](column_shapes.png)"):  # fmt: skip
+                 "Privacy guard:", "![column shapes](column_shapes.png)"):  # fmt: skip
         assert text in report, text
     summary = json.loads((folder / "report.json").read_text())
     assert 0 <= summary["quality"]["score"] <= 1 and summary["utility"]["metric"] == "macro_f1"

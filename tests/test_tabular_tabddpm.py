@@ -116,6 +116,15 @@ def test_encoder_flags_numerical_nulls_and_keeps_the_label_apart():
 # ---------------------------------------------------------------- the synthesizer
 
 
+def test_training_length_follows_the_table_size():
+    """`epochs` passes over the rows (a small table is memorised long before it is learned better),
+    within 100 and 1,000 steps; `steps` overrides it."""
+    model = TabDDPM(TabDDPMParams(device="cpu"))  # 200 passes of 256-row batches
+    assert model.training_steps(275) == 215  # penguins' training split
+    assert model.training_steps(20) == 100 and model.training_steps(50_000) == 1000
+    assert TabDDPM(TabDDPMParams(steps=40, device="cpu")).training_steps(50_000) == 40
+
+
 def test_samples_have_the_learned_columns_and_only_seen_categories(fitted):
     model, frame = fitted
     sample = model.sample(200, seed=3)

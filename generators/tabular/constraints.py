@@ -271,13 +271,15 @@ def sample_valid(
     checker: Checker,
     max_rounds: int,
     finish: Callable[[pd.DataFrame], pd.DataFrame],
+    guard=None,
 ) -> tuple[pd.DataFrame, Counter]:
     """`num_rows` rows meeting every constraint, sampled in rounds of derived seeds.
 
     Each round asks for what is still missing, scaled up by the acceptance rate so far. `finish`
     brings a sampled frame to its final values (integers rounded...) before the check, so what
-    is checked is what is written. Returns the rows and counts: `sampled`, and
-    `rejected:<constraint>` for each constraint that rejected rows. Gives up early once at least
+    is checked is what is written. `guard` (`generators.tabular.guard`), when given, rejects
+    near copies of training rows first. Returns the rows and counts: `sampled`, and
+    `rejected:<constraint>` for each constraint (and the guard) that rejected rows. Gives up early once at least
     `EVIDENCE_ROWS` were sampled and fewer than `MIN_ACCEPTANCE` of them were kept.
     """
     parts, have, stats = [], 0, Counter()
@@ -286,8 +288,12 @@ def sample_valid(
         acceptance = have / stats["sampled"] if stats["sampled"] else 1.0
         ask = min(math.ceil(missing / max(acceptance, MIN_ACCEPTANCE) * (1.1 if round_ else 1.0)), 50 * missing + 100)
         frame = finish(synthesizer.sample(ask, derive_seed(seed, "round", round_), conditions).reset_index(drop=True))
-        keep, rejected = checker.keep(frame)
         stats["sampled"] += len(frame)
+        if guard is not None:
+            far, rejected = guard.keep(frame)
+            stats.update({f"rejected:{label}": n for label, n in rejected.items()})
+            frame = frame[far].reset_index(drop=True)
+        keep, rejected = checker.keep(frame)
         stats.update({f"rejected:{label}": n for label, n in rejected.items()})
         parts.append(frame[keep])
         have += int(keep.sum())

@@ -170,21 +170,36 @@ def _fit_score(x_fit, y_fit, x_test, y_test, task: str, seed: int) -> float:
 def distances_to_closest_record(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame, meta: TableMeta):
     """((DCR, NNDR) of each synthetic row, (DCR, NNDR) of each holdout row or None without a holdout):
     the Gower distance to the nearest training row, and its ratio to the second nearest's."""
-    from sklearn.neighbors import NearestNeighbors
-
-    roles = meta.learned_roles()
-    real = _comparable(train, roles)
-    encode = _gower_encoder(real, roles)
-    index = NearestNeighbors(n_neighbors=min(2, len(real)), metric="manhattan").fit(encode(real))
+    index = GowerIndex(train, meta)
 
     def nearest(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        distances, _ = index.kneighbors(encode(_comparable(frame, roles)))
-        distances = distances / len(roles)
+        distances = index.distances(frame, min(2, len(train)))
         second = distances[:, -1]
         ratio = np.divide(distances[:, 0], second, out=np.ones(len(distances)), where=second > 0)
         return distances[:, 0], ratio
 
     return nearest(synthetic), (nearest(holdout) if not holdout.empty else None)
+
+
+class GowerIndex:
+    """Gower distances from any rows to their nearest training rows (also the privacy guard's)."""
+
+    def __init__(self, train: pd.DataFrame, meta: TableMeta):
+        from sklearn.neighbors import NearestNeighbors
+
+        self.roles = meta.learned_roles()
+        real = _comparable(train, self.roles)
+        self.encode = _gower_encoder(real, self.roles)
+        self.index = NearestNeighbors(metric="manhattan").fit(self.encode(real))
+
+    def distances(self, frame: pd.DataFrame, k: int = 1) -> np.ndarray:
+        """(rows, k): the distances to the k nearest training rows, nearest first."""
+        distances, _ = self.index.kneighbors(self.encode(_comparable(frame, self.roles)), n_neighbors=k)
+        return distances / len(self.roles)
+
+    def nearest_other(self, train: pd.DataFrame) -> np.ndarray:
+        """Each training row's distance to its nearest other training row (0 for a repeated row)."""
+        return self.distances(train, 2)[:, 1] if len(train) > 1 else np.zeros(len(train))
 
 
 def _gower_encoder(real: pd.DataFrame, roles: dict[str, str]):

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from generators.tabular.data import TableMeta, TableSource, load_table, to_frame
 from generators.tabular.evaluate import Evaluation, evaluate, plot_all
+from generators.tabular.guard import LABEL as GUARD_LABEL
 from generators.tabular.source import model_folder
 from synth import io
 from synth.errors import SynthError
@@ -189,5 +190,13 @@ def _sampling_lines(sampling: dict | None) -> list[str]:
     if sampling and sampling["constraints"]:
         each = ", ".join(f"{label}: {sampling['rejected'].get(label, 0)}" for label in sampling["constraints"])
         lines += [f"Constraints: {sampling['sampled']} rows sampled, {100 * sampling['rejection_rate']:.1f}% "
-                  f"rejected and resampled (by constraint: {each}).", ""]  # fmt: skip
+                  f"rejected and resampled (by constraint: {each}; near copies: "
+                  f"{sampling['rejected'].get(GUARD_LABEL, 0)}).", ""]  # fmt: skip
+    if sampling and sampling.get("privacy_guard") is not None:
+        quantile = sampling["privacy_guard"]
+        rule = "an exact copy of a training row" + (
+            f", or nearer its closest training row (Gower) than {100 * (1 - quantile):.0f}% of real training rows "
+            "are to their closest other one" if quantile > 0 else "")  # fmt: skip
+        lines += [f"Privacy guard: {sampling['rejected'].get(GUARD_LABEL, 0)} of {sampling['sampled']} sampled rows "
+                  f"were rejected and replaced as near copies ({rule}).", ""]  # fmt: skip
     return lines

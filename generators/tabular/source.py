@@ -14,7 +14,8 @@ A fit-then-sample stage (`synth.stage.FitSampleStage`), in order:
 3. **Sample, in parallel blocks** (`plan`, `make`): one task per `block_rows` rows, seeded with
    `derive_seed(stage_seed, "block", b)`, so the same spec and seed give the same rows however
    many workers run them. A block fixes the `conditions`, rejects rows that break a constraint
-   (`generators.tabular.constraints`), fills generated columns with fresh values and restores the
+   (`generators.tabular.constraints`) and near copies of training rows (`generators.tabular.guard`,
+   `privacy_guard`), fills generated columns with fresh values and restores the
    user's types.
 4. **Uniqueness across blocks** (`finish`): each block leaves the 64-bit keys of its `unique`
    columns beside the model; the driver reads only those and marks a later block's repeat with
@@ -59,6 +60,7 @@ from generators.tabular.data import (
     MetadataOverrides, TableMeta, TableSource, check_columns, check_learnable, check_mixed_columns, infer_metadata,
     load_table, restore_types, split_holdout, to_frame,
 )  # fmt: skip
+from generators.tabular.guard import NearCopyGuard
 from generators.tabular.synthesizers import SynthesizerParams, load_synthesizer, make_synthesizer, save_synthesizer
 from generators.tabular.tabddpm import TabDDPMParams
 from synth import io
@@ -89,6 +91,11 @@ class TabularSynthConfig(StageConfig):
     )
     constraints: list[Constraint] = Field(default_factory=list)
     max_sampling_rounds: int = Field(20, ge=1, description="Rejection rounds per block before giving up")
+    privacy_guard: float | None = Field(
+        0.05, ge=0, lt=1,
+        description="Reject sampled rows that copy a training row or sit nearer one than this quantile of the "
+        "training rows' distances to each other (generators/tabular/guard.py); 0: exact copies only; null: no guard",
+    )
 
     @model_validator(mode="after")
     def _columns_exist(self) -> TabularSynthConfig:
@@ -248,6 +255,7 @@ class BlockJob:
     seed: int
     conditions: dict[str, Any]
     checker: Checker
+    guard: NearCopyGuard | None
     max_rounds: int
     meta: TableMeta
     schema: pa.Schema
@@ -263,7 +271,8 @@ def sample_block(job: BlockJob) -> tuple[pa.Table, dict[str, int], list[np.ndarr
     synthesizer = load_synthesizer(job.folder / "synthesizer")
     learned = pa.schema([job.schema.field(c) for c in job.meta.learned])
     finish = lambda frame: to_frame(restore_types(frame, learned))  # noqa: E731 - the user's types, then checks
-    frame, stats = sample_valid(synthesizer, job.rows, job.seed, job.conditions, job.checker, job.max_rounds, finish)
+    frame, stats = sample_valid(synthesizer, job.rows, job.seed, job.conditions, job.checker, job.max_rounds, finish,
+                                job.guard)  # fmt: skip
     frame = frame.assign(**fresh_values(job.meta, job.schema, job.rows, job.first_row, job.seed))
     table = records(restore_types(frame, job.schema), job.record)
     keys = [row_keys(frame, list(c.columns)) for c in job.checker.constraints if c.type == "unique"]
@@ -368,8 +377,9 @@ class TabularSynth(FitSampleStage):
         folder = model_folder(ctx)
         shutil.rmtree(_keys_folder(folder), ignore_errors=True)  # an earlier attempt's
         checker = Checker(cfg.constraints, prepared.train)
+        guard = None if cfg.privacy_guard is None else NearCopyGuard(prepared.train, prepared.meta, cfg.privacy_guard)
         model = f"{cfg.synthesizer.model}-{cfg.fit_fingerprint(ctx.stage_seed)[:12]}"
-        jobs = self._jobs(folder, prepared, checker, model)
+        jobs = self._jobs(folder, prepared, checker, guard, model)
         log.info("tabular_synth: sampling %d rows in %d parallel blocks", cfg.num_rows, len(jobs))
         return [{"job": job} for job in jobs]
 
@@ -396,7 +406,8 @@ class TabularSynth(FitSampleStage):
     def _threads(self) -> int:
         return max(1, int(self.config.resources.num_cpus))
 
-    def _jobs(self, folder: Path, prepared: Prepared, checker: Checker, model: str) -> list[BlockJob]:
+    def _jobs(self, folder: Path, prepared: Prepared, checker: Checker, guard: NearCopyGuard | None,
+              model: str) -> list[BlockJob]:  # fmt: skip
         cfg, ctx = self.config, self.ctx
         record = {"generator": self.kind, "run_id": ctx.run_id, "seed": ctx.seed, "model": model}
         starts = range(0, cfg.num_rows, cfg.block_rows)
@@ -409,6 +420,7 @@ class TabularSynth(FitSampleStage):
                 seed=derive_seed(ctx.stage_seed, "block", b),
                 conditions=prepared.conditions,
                 checker=checker,
+                guard=guard,
                 max_rounds=cfg.max_sampling_rounds,
                 meta=prepared.meta,
                 schema=prepared.table.schema,
@@ -423,6 +435,7 @@ class TabularSynth(FitSampleStage):
         rejected = {k.removeprefix("rejected:"): n for k, n in sorted(total.items()) if k.startswith("rejected:")}
         summary = {"num_rows": self.config.num_rows, "blocks": len(stats), "conditions": self.config.conditions,
                    "constraints": [c.label for c in self.config.constraints], "sampled": total["sampled"],
+                   "privacy_guard": self.config.privacy_guard,
                    "rejected": rejected,
                    "rejection_rate": sum(rejected.values()) / max(total["sampled"], 1)}  # fmt: skip
         io.write_json_atomic(folder / "sampling.json", summary)

@@ -16,8 +16,9 @@ The paper's model, in this file's order:
 4. **Denoiser**: an MLP. The input (numerical part, one-hot categorical part) is projected to
    `dim_t` and added to the sinusoidal timestep embedding (plus the class embedding); then
    Linear-ReLU-Dropout blocks and a linear head with the input's width.
-5. **Training**: AdamW, uniform timesteps, the sum of the Gaussian and multinomial losses, the
-   learning rate annealed linearly to zero, an exponential moving average of the weights used
+5. **Training**: AdamW for `epochs` passes over the rows (100 to 1,000 steps; a small table is
+   memorised long before it is learned better), uniform timesteps, the sum of the Gaussian and
+   multinomial losses, the learning rate annealed linearly to zero, an exponential moving average of the weights used
    for sampling. **Sampling**: ancestral, from t=T-1 to 0, over all T steps as in the paper or
    (the default) `sample_steps` evenly spaced ones: DDIM steps for the Gaussian part, the
    strided chain's exact posterior for the categories, all columns in one tensor operation per
@@ -61,7 +62,10 @@ class TabDDPMParams(StrictModel):
     """Hyperparameters; defaults follow the paper's tuned small-table settings."""
 
     model: Literal["tabddpm"] = "tabddpm"
-    steps: int = Field(1000, ge=1, description="Training steps (batches)")
+    steps: int | None = Field(
+        None, ge=1, description="Training steps (batches); null: `epochs` passes over the training rows, 100 to 1000 steps"
+    )
+    epochs: float = Field(200, gt=0, description="Passes over the training rows when `steps` is null")
     batch_size: int = Field(256, ge=2)
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate, annealed linearly to 0")
     weight_decay: float = Field(1e-4, ge=0)
@@ -525,18 +529,31 @@ class TabDDPM:
         ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         opt = torch.optim.AdamW(self.denoiser.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
         self.denoiser.train()
-        for step in range(p.steps):
+        steps = self.training_steps(len(train))
+        for step in range(steps):
             rows = torch.randint(0, len(train), (p.batch_size,), generator=g, device=self.device)
             loss = self.diffusion.loss(self.denoiser, _rows(data, rows), g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for group in opt.param_groups:
-                group["lr"] = p.lr * (1 - (step + 1) / p.steps)
+                group["lr"] = p.lr * (1 - (step + 1) / steps)
             _ema_update(ema, self.denoiser, min(p.ema_decay, (1 + step) / (10 + step)))
             if step % 100 == 0:
                 self.losses.append(loss.item())
         self.denoiser = ema.eval()
+
+    def training_steps(self, rows: int) -> int:
+        """`steps`, or as many as `epochs` passes over `rows` take, within [100, 1000].
+
+        Measured on penguins (275 training rows): at 3,000 steps (~2,800 passes) the synthetic rows'
+        median distance to the closest training row fell to 0.017, against 0.027 for real holdout
+        rows, at 1,000 to 0.021, at 300 it was 0.025-0.028, quality the same (0.90-0.93): a small
+        table is memorised long before quality stops improving. 200 passes kept the median above
+        the holdout's on the four small bench tables (README). Big tables keep the 1,000 steps.
+        """
+        p = self.params
+        return p.steps or int(np.clip(math.ceil(p.epochs * rows / p.batch_size), 100, 1000))
 
     def sample(self, num_rows: int, seed: int, conditions: dict[str, Any] | None = None) -> pd.DataFrame:
         """`num_rows` rows of the learned columns; `conditions` fixes some columns' values."""

@@ -5,7 +5,7 @@ then `write`:
 
     generate -> filter -> dedup -> write
 
-and, when the spec has a `train:` section, `-> train`.
+and, when the spec has a training stage (`kind: train` or a `train:` section), `-> train`.
 
 Consecutive stages of one role form one task: the source starts `generate`, filter stages make
 `filter`, global stages whose kind names dedup make `dedup`, and any other stage (an Evol-Instruct
@@ -139,14 +139,15 @@ BUILTIN_ROLES: dict[str, str | None] = {
                      "code_load_check", "code_determinism", "image_checks", "image_memorisation"], "filter"),
     **dict.fromkeys(["exact_dedup", "minhash_dedup", "semantic_dedup", "image_phash_dedup"], "dedup"),
     **dict.fromkeys(["evol_instruct", "code_inputs", "code_coverage", "code_execute", "case2code", "tabular_report",
-                     "judge_report", "diffusion_train", "diffusion_sample", "image_eval"], None),
+                     "judge_report", "diffusion", "image_eval"], None),
+    "train": "train",
 }
 """The role of each built-in stage kind, so that parsing imports no stage module; a test checks it
 against the classes (`stage_role` of a plugin kind imports its class)."""
 
 
 def stage_role(config: StageConfig) -> str | None:
-    """generate, filter or dedup; None for a stage that joins the group before it."""
+    """generate, filter, dedup or train; None for a stage that joins the group before it."""
     if config.kind in BUILTIN_ROLES:
         return BUILTIN_ROLES[config.kind]
     return role_of_class(config.kind)
@@ -155,9 +156,11 @@ def stage_role(config: StageConfig) -> str | None:
 def role_of_class(kind: str) -> str | None:
     """A stage kind's role from its class (imports its module)."""
     from synth.registry import stage_class
-    from synth.stage import FilterStage
+    from synth.stage import FilterStage, TrainStage
 
     cls = stage_class(kind)
+    if issubclass(cls, TrainStage):
+        return "train"
     if cls.source:
         return "generate"
     if issubclass(cls, FilterStage):
@@ -168,9 +171,12 @@ def role_of_class(kind: str) -> str | None:
 
 
 def stage_groups(spec: RunSpec) -> list[StageGroup]:
-    """Consecutive stages of one role, in order; a role seen again gets `_2`, `_3`..."""
+    """Consecutive stages of one role, in order; a role seen again gets `_2`, `_3`... The training
+    stages are left to the `train` task, after `write`."""
     groups: list[tuple[str, list[str]]] = []
     for config, name in zip(spec.stages, spec.stage_names, strict=True):
+        if stage_role(config) == "train":
+            continue
         role = stage_role(config) if groups else "generate"  # the runner requires a source first
         if role is None or (groups and role == groups[-1][0]):
             groups[-1][1].append(name)
@@ -205,7 +211,7 @@ def pipeline_dag(path: Path, spec: RunSpec, text: str) -> DAG:
         steps = [run_stages.override(task_id=g.task_id)(str(path), list(g.stages)) for g in groups]
         write = write_dataset.override(outlets=[alias])(str(path), alias.name)
         chain(*steps, write)
-        if spec.train is not None:
+        if any(stage_role(config) == "train" for config in spec.stages):
             write >> train_on_output(str(path))
 
     return pipeline()
@@ -252,22 +258,22 @@ def write_dataset(spec_file: str, alias: str) -> dict:
 
 @task(task_id="train")
 def train_on_output(spec_file: str) -> dict:
-    """The spec's `train:` section on the dataset `write` made; a retry resumes from the last checkpoint."""
-    from synth.train import run_training
+    """The spec's training stages on the dataset `write` made; a retry resumes from the last checkpoint."""
+    from synth.runner import train_on_dataset
 
     params = get_current_context()["params"]
     spec = _run_spec(spec_file, params, with_train=True)
     with _input_errors_fail_the_task():
-        model = run_training(spec.train, Path(spec.output) / "data", ray_address=ray_address(params))
-    return {"model": str(model)}
+        models = train_on_dataset(spec, ray_address=ray_address(params))
+    return {"models": [str(model) for model in models]}
 
 
 def _run_spec(spec_file: str, params: dict[str, Any], with_train: bool = False) -> RunSpec:
-    """The spec with the DAG run's params; its `train:` section left to the `train` task."""
+    """The spec with the DAG run's params; its training stages left to the `train` task."""
     path = Path(spec_file)
     with _input_errors_fail_the_task():
         spec = load_spec(path, overrides={"seed": params["seed"], "output": _absolute(Path(params["output"]), path)})
-    return spec if with_train else spec.model_copy(update={"train": None})
+    return spec if with_train else spec.model_copy(update={"stages": spec.record_stages})
 
 
 def _finished_manifest(spec: RunSpec) -> Manifest | None:

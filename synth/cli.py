@@ -154,10 +154,10 @@ def _print_training(output: Path) -> None:
 def list_stages() -> None:
     """List the registered stage kinds."""
     from synth.registry import all_stages
-    from synth.stage import BlockStage, FilterStage, FitSampleStage, GlobalStage, MapStage, TableStage
+    from synth.stage import BlockStage, FilterStage, FitSampleStage, GlobalStage, MapStage, TableStage, TrainStage
 
     shapes = ((FilterStage, "filter"), (MapStage, "map"), (TableStage, "table"), (FitSampleStage, "fit-sample"),
-              (BlockStage, "blocks"), (GlobalStage, "global"))
+              (BlockStage, "blocks"), (GlobalStage, "global"), (TrainStage, "train"))
     table = Table(title="stages")
     for column in ("kind", "shape", "description"):
         table.add_column(column)

@@ -39,13 +39,13 @@ BUILTIN_STAGES = {
     "tabular_report": "generators.tabular.report",
     "phantom_images": "generators.image.phantoms",
     "image_folder": "generators.image.folder",
-    "diffusion_train": "generators.image.diffusion",
-    "diffusion_sample": "generators.image.sampler",
+    "diffusion": "generators.image.diffusion_stage",
     "image_eval": "generators.image.evaluate",
     "image_checks": "filters.quality.image_checks",
     "image_phash_dedup": "filters.quality.image_checks",
     "image_memorisation": "filters.quality.image_checks",
     "records": "generators.records",
+    "train": "synth.train.stage",
 }
 
 

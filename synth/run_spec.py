@@ -2,7 +2,9 @@
 
 A spec is one file that describes a run: its name, seed, output folder, Ray options, the LLM
 backends stages may use, and the ordered list of stages. Each stage entry is `kind:` plus the
-fields of that kind's own config model, which the registry supplies.
+fields of that kind's own config model, which the registry supplies. Stages that train on the
+finished dataset (`kind: train`) come last; a `train:` section is such a stage written apart,
+appended to `stages:` by the loader.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pydantic import Field, ValidationError
 
 from synth.errors import SpecError
 from synth.schedule import AirflowOptions
-from synth.spec import LLMSpec, RayOptions, StageConfig, StrictModel
-from synth.train.spec import TrainSpec
-from synth.yaml_source import line_of, plain_data, read_yaml, spec_error
+from synth.spec import LLMSpec, RayOptions, StageConfig, StrictModel, TrainStageConfig
+from synth.yaml_source import line_of, read_yaml, spec_data, spec_error
+
+TRAIN_KIND = "train"
+"""The stage a `train:` section becomes (`synth.train.stage`)."""
 
 
 class RunSpec(StrictModel):
@@ -29,19 +33,28 @@ class RunSpec(StrictModel):
     llm: dict[str, LLMSpec] = Field(default_factory=lambda: {"default": LLMSpec()})
     write_dropped: bool = Field(False, description="Also write dropped records to OUTPUT/_dropped/")
     stages: list[StageConfig] = Field(min_length=1)
-    train: TrainSpec | None = Field(None, description="Train on OUTPUT/data once it is written (synth.train)")
     airflow: AirflowOptions = AirflowOptions()
 
     @property
     def stage_names(self) -> list[str]:
         return [s.name or s.kind for s in self.stages]
 
+    @property
+    def record_stages(self) -> list[StageConfig]:
+        """The stages that make the records: all but the training stages at the end."""
+        return [s for s in self.stages if not isinstance(s, TrainStageConfig)]
+
+    @property
+    def train_stages(self) -> list[StageConfig]:
+        """The stages that train on the finished dataset, in order (after every record stage)."""
+        return [s for s in self.stages if isinstance(s, TrainStageConfig)]
+
     def fingerprint(self, upto: int | None = None) -> str:
         """Hash of everything that decides the records of stages [0, upto]: spec minus output.
 
-        `train:` is left out: it decides the model trained on the records, not the records
-        (`synth.train` fingerprints its own run)."""
-        stages = self.stages if upto is None else self.stages[: upto + 1]
+        Training stages are left out: they decide the model trained on the records, not the
+        records (`synth.train` fingerprints its own run)."""
+        stages = self.record_stages if upto is None else self.record_stages[: upto + 1]
         payload = {
             "seed": self.seed,
             "llm": {k: v.model_dump(mode="json") for k, v in sorted(self.llm.items())},
@@ -58,16 +71,15 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> RunSpec:
 
     path = Path(path)
     tree = read_yaml(path)
-    if not isinstance(tree, dict):
-        raise SpecError(f"{path}: expected a mapping of spec keys at the top level")
-    data = plain_data(tree)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data = spec_data(path, tree, "spec", overrides)
+    section = _train_section_as_stage(path, tree, data)
     context = {"base_dir": path.parent.resolve()}
 
     stages = data.get("stages")
     if isinstance(stages, list):
         validated = []
         for i, entry in enumerate(stages):
+            where = ("train",) if i == section else ("stages", i)
             if not isinstance(entry, dict) or "kind" not in entry:
                 line = line_of(tree, ("stages", i))
                 raise SpecError(f"{path}:{line}: stages[{i}]: expected a mapping with a `kind:` key")
@@ -79,13 +91,14 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> RunSpec:
             try:
                 validated.append(cls.Config.model_validate(entry, context=context))
             except ValidationError as exc:
-                raise spec_error(path, tree, exc, ("stages", i)) from None
+                raise spec_error(path, tree, exc, where) from None
         data["stages"] = validated
     try:
         spec = RunSpec.model_validate(data, context=context)
     except ValidationError as exc:
         raise spec_error(path, tree, exc) from None
     _check_unique_names(path, spec)
+    _check_training_last(path, tree, spec)
     return spec
 
 
@@ -93,9 +106,8 @@ def load_spec_outline(path: Path, tree: Any) -> RunSpec:
     """A spec's top level validated, each stage only by its `kind` and `name`: no stage module is
     imported. For tools that schedule a run without running it (the Airflow DAG file); the runner
     validates every stage in full with `load_spec`."""
-    if not isinstance(tree, dict):
-        raise SpecError(f"{path}: expected a mapping of spec keys at the top level")
-    data = plain_data(tree)
+    data = spec_data(path, tree, "spec")
+    _train_section_as_stage(path, tree, data)
     stages = data.get("stages")
     if isinstance(stages, list):
         outline = []
@@ -111,6 +123,36 @@ def load_spec_outline(path: Path, tree: Any) -> RunSpec:
         raise spec_error(path, tree, exc) from None
     _check_unique_names(path, spec)
     return spec
+
+
+def _train_section_as_stage(path: Path, tree: Any, data: dict) -> int | None:
+    """Append a `train:` section to `stages:` as the `kind: train` stage it stands for; returns
+    its index there (None without one)."""
+    section = data.pop("train", None)
+    stages = data.get("stages")
+    if section is None or not isinstance(stages, list):
+        return None
+    if not isinstance(section, dict):
+        raise SpecError(f"{path}:{line_of(tree, ('train',))}: train: expected a mapping of training fields")
+    if "kind" in section:
+        raise SpecError(f"{path}:{line_of(tree, ('train', 'kind'))}: train.kind: unknown key")
+    if any(isinstance(entry, dict) and entry.get("kind") == TRAIN_KIND for entry in stages):
+        raise SpecError(f"{path}:{line_of(tree, ('train',))}: train: the spec has a `kind: {TRAIN_KIND}` stage "
+                        "already; describe the training once")
+    data["stages"] = [*stages, {"kind": TRAIN_KIND, **section}]
+    return len(stages)
+
+
+def _check_training_last(path: Path, tree: Any, spec: RunSpec) -> None:
+    """Training stages learn from the finished dataset: after every stage that makes records."""
+    kinds = [isinstance(s, TrainStageConfig) for s in spec.stages]
+    if kinds[0]:
+        raise SpecError(f"{path}:{line_of(tree, ('stages', 0))}: stages[0]: a {spec.stages[0].kind} stage trains on "
+                        "the dataset the stages before it make; put a source stage first")
+    if True in kinds and False in kinds[kinds.index(True):]:
+        i = kinds.index(True)
+        raise SpecError(f"{path}:{line_of(tree, ('stages', i))}: stages[{i}]: a {spec.stages[i].kind} stage trains "
+                        "on the finished dataset: it must come after every stage that makes records")
 
 
 def _check_unique_names(path: Path, spec: RunSpec) -> None:

@@ -18,6 +18,9 @@ A stage whose _SUCCESS.json carries its fingerprint (the spec up to that stage a
 the files it and the stages before it read) is not run again: a killed run restarts from the first
 unfinished stage. Before Ray starts and before the output folder is touched, every stage checks
 its inputs (`Stage.check_inputs`), so bad input fails in one line and leaves nothing behind.
+
+Training stages (`TrainStage`, last in the spec) run once the dataset is written, on
+`OUTPUT/data`; a rerun of a spec whose dataset is finished runs only them.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from synth.stage import (
     Stage,
     StageContext,
     TableStage,
+    TrainStage,
 )
 
 log = logging.getLogger(__name__)
@@ -110,22 +114,24 @@ def run(
 ) -> RunResult:
     """Run a validated spec into `spec.output`; resumes an unfinished run of the same spec.
 
-    With `until_stage` (an index into `spec.stages`) it stops once that stage is materialised and
-    writes no dataset (the result has no manifest); a later call resumes from there. Airflow runs
-    a pipeline this way, one task per group of stages, then a last call that writes the dataset.
+    With `until_stage` (an index into `spec.record_stages`) it stops once that stage is
+    materialised and writes no dataset (the result has no manifest); a later call resumes from
+    there. Airflow runs a pipeline this way, one task per group of stages, then a last call that
+    writes the dataset, then one that trains (`train_on_dataset`).
     """
-    if until_stage is not None and not 0 <= until_stage < len(spec.stages):
-        raise ValueError(f"until_stage must index spec.stages (0..{len(spec.stages) - 1}), got {until_stage}")
+    records = spec.record_stages
+    if until_stage is not None and not 0 <= until_stage < len(records):
+        raise ValueError(f"until_stage must index spec.record_stages (0..{len(records) - 1}), got {until_stage}")
     progress = progress or Progress()
     output = Path(spec.output).resolve()
     started = datetime.now(timezone.utc)
     # Everything that can be checked is, before Ray starts and before the output folder is touched.
     inputs = check_inputs(spec, output)
     run_id = inputs.run_id(spec.name)
-    if spec.train is not None and not overwrite and until_stage is None and _finished_by(output, inputs):
+    if spec.train_stages and not overwrite and until_stage is None and _finished_by(output, inputs):
         # The dataset is done; only training is left (it resumes from its last checkpoint).
         progress.message("dataset already written by this spec; training on it")
-        _train(spec, output, overwrite, ray_address)
+        train_on_dataset(spec, ray_address=ray_address)
         return RunResult(output=output, manifest=Manifest.read(output), stages=[])
     _claim_output(output, spec.name, inputs.spec_fingerprint, overwrite)
     where = init_ray(ray_address, spec.ray)
@@ -139,12 +145,12 @@ def run(
 
     reports: list[StageReport] = []
     upstream: Path | None = None
-    for index, config in enumerate(spec.stages[: None if until_stage is None else until_stage + 1]):
+    for index, config in enumerate(records[: None if until_stage is None else until_stage + 1]):
         ctx = StageContext(
             run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=spec.stage_names[index],
             stage_index=index, output_dir=output, llm_specs=dict(spec.llm), stats_actor=stats, attempt=attempt,
         )
-        progress.stage_started(index, len(spec.stages), ctx.stage_name, config.kind)
+        progress.stage_started(index, len(records), ctx.stage_name, config.kind)
         try:
             with _quiet_ray_data_errors():
                 report = _run_stage(config, ctx, upstream, inputs.fingerprints[index],
@@ -164,7 +170,7 @@ def run(
         return RunResult(output=output, manifest=None, stages=reports)
 
     progress.message("writing the dataset")
-    last_dir = _stage_dir(output, len(spec.stages) - 1, reports[-1].name)
+    last_dir = _stage_dir(output, len(records) - 1, reports[-1].name)
     _write_data(output / "data", last_dir)
     _write_filter_reports(output, spec, reports)
     if spec.write_dropped:
@@ -172,9 +178,9 @@ def run(
     manifest = _manifest(spec, spec_file, run_id, where, started, reports, output, inputs)
     write_card(output, manifest)
     io.write_json_atomic(output / MANIFEST, manifest.to_json())
-    if spec.train is not None:
+    if spec.train_stages:
         progress.message("training on the dataset")
-        _train(spec, output, overwrite, ray_address)
+        train_on_dataset(spec, overwrite=overwrite, ray_address=ray_address)
     return RunResult(output=output, manifest=manifest, stages=reports)
 
 
@@ -237,7 +243,9 @@ def check_inputs(spec: RunSpec, output: Path | None = None) -> Inputs:
     fingerprints: list[str] = []
     files: dict[str, dict[str, str]] = {}
     needed_llms: set[str] = set()
-    for index, config in enumerate(spec.stages):
+    for stage in _train_stages(spec, output, run_id):
+        stage.check_inputs()  # its model folder, held-out file...; what it trains on is not written yet
+    for index, config in enumerate(spec.record_stages):
         name = spec.stage_names[index]
         ctx = StageContext(run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=name, stage_index=index,
                            output_dir=output, llm_specs=dict(spec.llm))
@@ -278,10 +286,22 @@ def _is_finished(output: Path, index: int, name: str, fingerprint: str) -> bool:
     return done.exists() and io.read_json(done).get("fingerprint") == fingerprint
 
 
-def _train(spec: RunSpec, output: Path, overwrite: bool, ray_address: str | None) -> None:
-    from synth.train import run_training  # torch and transformers load only for a train: section
+def train_on_dataset(spec: RunSpec, *, overwrite: bool = False, ray_address: str | None = None) -> list[Path]:
+    """Run the spec's training stages, in order, on its written dataset; returns their model folders."""
+    output = Path(spec.output).resolve()
+    run_id = f"{spec.name}-{spec.fingerprint()[:12]}"
+    return [stage.train(output / "data", overwrite=overwrite, ray_address=ray_address)
+            for stage in _train_stages(spec, output, run_id)]
 
-    run_training(spec.train, output / "data", overwrite=overwrite, ray_address=ray_address)
+
+def _train_stages(spec: RunSpec, output: Path, run_id: str) -> list[TrainStage]:
+    first = len(spec.record_stages)
+    stages = []
+    for index, config in enumerate(spec.train_stages, start=first):
+        ctx = StageContext(run_name=spec.name, run_id=run_id, seed=spec.seed, stage_name=spec.stage_names[index],
+                           stage_index=index, output_dir=output, llm_specs=dict(spec.llm))
+        stages.append(stage_class(config.kind)(config, ctx))
+    return stages
 
 
 # ---------------------------------------------------------------- output folder
@@ -592,7 +612,7 @@ def _write_data(target: Path, last_stage: Path) -> None:
 
 def _write_filter_reports(output: Path, spec: RunSpec, reports: list[StageReport]) -> None:
     """For the card: each filter's drops by reason and histograms of the scores it added."""
-    for config, report, before in zip(spec.stages[1:], reports[1:], reports):
+    for config, report, before in zip(spec.record_stages[1:], reports[1:], reports):
         if issubclass(stage_class(config.kind), FilterStage):
             stage_dir, input_dir = (_stage_dir(output, r.index, r.name) for r in (report, before))
             write_filter_report(output / "_reports" / report.name, report, stage_dir, input_dir)

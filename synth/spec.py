@@ -90,6 +90,11 @@ class StageConfig(StrictModel):
     resources: StageResources = StageResources()
 
 
+class TrainStageConfig(StageConfig):
+    """Base of the configs of stages that train on the finished dataset (`synth.stage.TrainStage`):
+    they come last and decide a model, not records, so the records' fingerprint leaves them out."""
+
+
 def format_loc(loc: tuple) -> str:
     """A key path as a spec writes it: `stages[1].rounds`."""
     out = ""

@@ -16,6 +16,9 @@ Shapes, all registered by name (see `synth.registry`):
   in one task (tabular synthesizers, diffusion).
 - `GlobalStage.apply(ds) -> ray.data.Dataset`: the one declared escape to Ray itself, for the
   dedup shuffles.
+- `TrainStage.train(data_dir) -> model folder`: learns from the finished dataset. It comes after
+  every record stage; the runner runs it once `OUTPUT/data` is written (a rerun of a finished
+  dataset runs only it). It writes a model, no records (the LLM training, `kind: train`).
 
 A stage with `source = True` makes records from nothing and must come first. `setup()` runs on the
 worker before the stage's first input and `teardown()` beside it after its last. Any stage may mark
@@ -198,6 +201,15 @@ class FitSampleStage(BlockStage):
     def fit(self, table: pa.Table | None) -> None:
         """Learn from every kept row of the stage before (None for a source, which reads its own
         data) and save the model where `plan` and `make` find it (under the output folder)."""
+        raise NotImplementedError
+
+
+class TrainStage(Stage):
+    """Trains on the finished dataset; its config is a `synth.spec.TrainStageConfig`."""
+
+    def train(self, data_dir: Path, *, overwrite: bool = False, ray_address: str | None = None) -> Path:
+        """Train on `data_dir` (OUTPUT/data, read as a stream); returns the model folder. A rerun
+        resumes from the last checkpoint; `overwrite` replaces a run of another config."""
         raise NotImplementedError
 
 

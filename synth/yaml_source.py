@@ -1,6 +1,7 @@
 """Reading spec files: YAML that remembers the line of every key, and errors that name file, line and key.
 
 `read_yaml` gives the tree of a file; `plain_data` turns it into plain dicts and lists for pydantic;
+`spec_data` checks that the top level is a mapping and puts command-line overrides over it;
 `spec_error` turns a validation error into one line: `pipelines/instruct.yaml:14: stages[1].rounds:
 input should be a valid integer, got 'two'`. Pipeline specs (`synth.run_spec`) and training specs
 (`synth.train.spec`) both load through here.
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from synth.errors import SpecError
+from synth.errors import SpecError, SynthError
 from synth.spec import format_loc
 
 
@@ -93,6 +94,17 @@ def spec_error(path: Path, tree: Any, err: ValidationError | list, prefix: tuple
     where = f"{path}:{line}" if line else str(path)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return SpecError(f"{where}: {format_loc(loc)}: {_explain(first)}{more}")
+
+
+def spec_data(path: Path, tree: Any, what: str, overrides: dict[str, Any] | None = None,
+              error: type[SynthError] = SpecError) -> dict[str, Any]:
+    """A spec file's top-level mapping as plain data for pydantic, with the non-None `overrides`
+    (command-line options) put over it; anything but a mapping is `error`, naming the file."""
+    if not isinstance(tree, dict):
+        raise error(f"{path}: expected a mapping of {what} keys at the top level")
+    data = plain_data(tree)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return data
 
 
 def read_yaml(path: Path, text: str | None = None) -> Any:

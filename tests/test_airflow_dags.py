@@ -159,7 +159,7 @@ def test_runner_stops_after_until_stage_and_the_next_call_resumes(ray_session, t
     second = run(spec)
     assert [s.resumed for s in second.stages] == [True, False]
     assert read_data(second.output).column("n").to_pylist() == [1, 3, 5, 7, 9]
-    with pytest.raises(ValueError, match=r"until_stage must index spec.stages \(0..1\), got 2"):
+    with pytest.raises(ValueError, match=r"until_stage must index spec.record_stages \(0..1\), got 2"):
         run(spec, until_stage=2)
 
 

@@ -13,16 +13,17 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 import synth.sandbox.forkserver as forkserver
 from generators.code.calls import Signature
 from generators.code.corpus import STDLIB_SKIP, folder_modules, function_candidates, stdlib_folder
-from generators.code.execute import ExecutionOptions, run_all
+from generators.code.execute import CodeExecute, CodeExecuteConfig, ExecutionOptions, run_all
 from generators.code.inputs import function_node, signature_calls
 from synth.sandbox.forkserver import ForkServer
-from synth.sandbox.forkserver_pool import close_idle, shared_server
 from synth.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
+from synth.stage import StageContext
 
 LIMITS = SandboxLimits(wall_s=3, cpu_s=2, memory_mb=256, processes=8, tmpfs_mb=4, output_kb=64)
 
@@ -139,30 +140,28 @@ def test_a_zygote_that_dies_is_replaced(sandbox):
         assert server.run_python("print(2)").stdout == b"2\n"
 
 
-def test_shared_servers_are_reused_per_settings_and_closed_when_idle_or_failed(sandbox):
-    def alive(server):
-        return all(zygote.process is not None for zygote in server._zygotes)
-
-    close_idle()
-    seed3 = {"PYTHONHASHSEED": "3"}
-    with shared_server(sandbox, 1, seed3) as first:
-        with shared_server(sandbox, 1, seed3) as meanwhile:
-            assert meanwhile is not first  # a lent server is its borrower's alone
-    with shared_server(sandbox, 1, seed3) as again, shared_server(sandbox, 1, {"PYTHONHASHSEED": "4"}) as other:
-        assert again in (first, meanwhile) and other not in (first, meanwhile)
-        assert again.run_python("print(hash('x'))").stdout == sandbox.run_python("print(hash('x'))", env=seed3).stdout
-    with pytest.raises(RuntimeError), shared_server(sandbox, 1, seed3) as failed:
-        raise RuntimeError("the caller failed")
-    assert failed in (first, meanwhile) and not alive(failed)  # not kept: its zygotes may be mid-run
-    idle = [server for server in (first, meanwhile, other) if server is not failed]
-    assert all(map(alive, idle)) and close_idle() == 2 and not any(map(alive, idle))
+def test_a_stage_starts_its_server_in_setup_its_batches_share_it_and_teardown_closes_it(tmp_path):
+    ctx = StageContext(run_name="t", run_id="t-0", seed=0, stage_name="code_execute", stage_index=0,
+                       output_dir=tmp_path)  # fmt: skip
+    stage = CodeExecute(CodeExecuteConfig(execution=ExecutionOptions(limits=LIMITS), hash_seed=3), ctx)
+    batch = pa.table({"source": ["def double(x):\n    return 2 * x\n"], "name": ["double"], "inputs": [["double(4)"]]})
+    stage.setup()
+    server = stage.server
+    try:
+        assert all(zygote.process is not None for zygote in server._zygotes)
+        for _ in range(2):
+            assert stage.process(batch).column("outputs").to_pylist() == [["8"]]
+        assert stage.server is server  # one server for every batch of this worker
+        assert server.env == {"PYTHONHASHSEED": "3"}  # the stage's hash seed
+    finally:
+        stage.teardown()
+    assert all(zygote.process is None for zygote in server._zygotes)  # nothing outlives the stage
 
 
 def test_refuses_where_a_zygote_cannot_build_sandboxes_and_run_all_falls_back(sandbox, monkeypatch, caplog):
     """A zygote whose user namespaces fail (as where nested ones are not allowed): refused at start."""
     source = forkserver.zygote_source().replace("_libc.unshare(_CLONE_NEWUSER)", "_libc.unshare(-1)")
     monkeypatch.setattr(forkserver, "zygote_source", lambda: source)
-    close_idle()  # run_all must start a server, not take one an earlier test left idle
     with pytest.raises(SandboxUnavailable, match="sandbox setup failed"):
         ForkServer(sandbox)
     rows = [{"source": "def double(x):\n    return 2 * x\n", "name": "double", "inputs": ["double(4)"]}]

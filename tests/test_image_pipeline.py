@@ -1,4 +1,4 @@
-"""The image pipeline end to end at tiny sizes: phantoms -> train -> sample -> filters -> report,
+"""The image pipeline end to end at tiny sizes: phantoms -> fit and sample -> filters -> report,
 and a rerun after a crash reuses the trained model instead of training again."""
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ import yaml
 import filters.quality.image_checks  # noqa: F401 - registers the image stages
 import generators.image.evaluate
 import generators.image.phantoms
-import generators.image.sampler  # noqa: F401
+import generators.image.diffusion_stage  # noqa: F401
 from synth.runner import run
 from synth.run_spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     {"kind": "phantom_images", "count": 36, "size": 16},
-    {"kind": "diffusion_train", "steps": 3, "batch_size": 4, "channels": [16, 32], "warmup_steps": 1,
-     "holdout_fraction": 0.25, "resources": {"num_cpus": 1}},
-    {"kind": "diffusion_sample", "labels": ["normal", "dark_lesion"], "images_per_class": 3, "steps": 2,
-     "block_size": 2, "resources": {"num_cpus": 0.5}},
+    {"kind": "diffusion", "resources": {"num_cpus": 1},
+     "train": {"steps": 3, "batch_size": 4, "channels": [16, 32], "warmup_steps": 1, "holdout_fraction": 0.25},
+     "sample": {"labels": ["normal", "dark_lesion"], "images_per_class": 3, "steps": 2, "block_size": 2}},
     {"kind": "image_checks"},
     {"kind": "image_phash_dedup"},
     {"kind": "image_memorisation", "resources": {"num_cpus": 0.5}},
@@ -40,7 +39,7 @@ def test_tiny_pipeline_writes_labelled_samples_and_a_report(ray_session, tmp_pat
     kept = table.to_pylist()
     assert {r["label"] for r in kept} <= {"normal", "dark_lesion"} and len(kept) >= 1
     assert {(r["label"], r["label_id"]) for r in kept} <= {("normal", 0), ("dark_lesion", 2)}
-    assert all(r["generator"] == "diffusion_sample" and r["model"].startswith("unet-ddpm:") for r in kept)
+    assert all(r["generator"] == "diffusion" and r["model"].startswith("unet-ddpm:") for r in kept)
     for column in ("pixel_std", "phash", "memorisation_ratio", "nearest_real_id", "predicted_label"):
         assert column in table.column_names
     drops = sum(n for stage in result.manifest.drops.values() for n in stage.values())
@@ -57,11 +56,11 @@ def test_tiny_pipeline_writes_labelled_samples_and_a_report(ray_session, tmp_pat
     (result.output / "_manifest.json").unlink()
     (sorted((result.output / "_stages").iterdir())[1] / "_SUCCESS.json").unlink()
     again = run(spec)
-    assert [s.resumed for s in again.stages] == [True, False, True, True, True, True, True]
+    assert [s.resumed for s in again.stages] == [True, False, True, True, True, True]
     assert again.manifest.stages[1].counters["train_steps"] == 0
 
 
 def test_shipped_pipelines_are_valid():
     for name in ("image.yaml", "image_gpu.yaml"):
         spec = load_spec(ROOT / "pipelines" / name)
-        assert [s.kind for s in spec.stages][:3] == ["phantom_images", "diffusion_train", "diffusion_sample"]
+        assert [s.kind for s in spec.stages][:2] == ["phantom_images", "diffusion"]

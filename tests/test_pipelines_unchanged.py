@@ -57,7 +57,8 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 SHRINK: dict[str, dict[str, dict]] = {
-    # pipeline file -> stage kind -> fields replaced (sizes, steps, resources for 2 CPUs)
+    # pipeline file -> stage kind -> fields replaced (sizes, steps, resources for 2 CPUs); in the
+    # sections named in MERGED only the keys given are replaced
     "code.yaml": {
         "code_functions": {"max_functions": 6},
         "code_inputs": {"llm": None, "inputs_per_function": 3, "candidates_per_function": 6,
@@ -66,17 +67,18 @@ SHRINK: dict[str, dict[str, dict]] = {
     },
     "image.yaml": {
         "phantom_images": {"count": 24, "images_per_block": 8},
-        "diffusion_train": {"steps": 3, "batch_size": 4, "channels": [8, 16, 16], "checkpoint_every": 2,
-                            "warmup_steps": 1, "resources": {"num_cpus": 1}},
-        "diffusion_sample": {"images_per_class": 2, "steps": 2, "block_size": 2},
+        "diffusion": {"train": {"steps": 3, "batch_size": 4, "channels": [8, 16, 16], "checkpoint_every": 2,
+                                "warmup_steps": 1},
+                      "sample": {"images_per_class": 2, "steps": 2, "block_size": 2},
+                      "resources": {"num_cpus": 1}},
         "image_eval": {"fid_images": 4, "classifier_steps": 2, "inception": False, "resources": {"num_cpus": 1}},
     },
     "image_gpu.yaml": {
         "phantom_images": {"count": 24, "size": 16, "images_per_block": 8},
-        "diffusion_train": {"steps": 3, "batch_size": 4, "channels": [8, 8, 16, 16], "checkpoint_every": 2,
-                            "warmup_steps": 1, "log_every": 1, "resources": {"num_cpus": 1}},
-        "diffusion_sample": {"images_per_class": 2, "steps": 2, "block_size": 3,
-                             "resources": {"num_cpus": 0.5, "concurrency": 1}},
+        "diffusion": {"train": {"steps": 3, "batch_size": 4, "channels": [8, 8, 16, 16], "checkpoint_every": 2,
+                                "warmup_steps": 1, "log_every": 1},
+                      "sample": {"images_per_class": 2, "steps": 2, "block_size": 3},
+                      "resources": {"num_cpus": 1}},
         "image_memorisation": {"compare_size": 16},
         "image_eval": {"fid_images": 4, "classifier_steps": 2, "inception": False, "resources": {"num_cpus": 1}},
     },
@@ -91,6 +93,7 @@ SHRINK: dict[str, dict[str, dict]] = {
         "tabular_synth": {"synthesizer": {"model": "ctgan", "epochs": 2}, "num_rows": 60, "block_rows": 20},
     },
 }
+MERGED = {"train", "sample"}  # the diffusion stage's sections: the shipped learning rate, guidance... stay
 NOT_DATA = {"train_instruct.yaml"}
 
 
@@ -100,7 +103,8 @@ def shrunk_spec(name: str, folder: Path, llm_url: str) -> Path:
     if "llm" in tree:
         tree["llm"] = {"default": {"backend": "openai", "base_url": llm_url, "model": "scripted"}}
     for stage in tree["stages"]:
-        stage.update(SHRINK[name].get(stage["kind"], {}))
+        for key, value in SHRINK[name].get(stage["kind"], {}).items():
+            stage[key] = {**stage[key], **value} if key in MERGED and key in stage else value
         for key, value in stage.items():
             if isinstance(value, str) and (PIPELINES / value).exists():
                 stage[key] = str(PIPELINES / value)

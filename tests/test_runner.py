@@ -130,13 +130,13 @@ def test_same_spec_and_seed_give_the_same_dataset(ray_session, tmp_path):
     assert a.manifest.files == b.manifest.files
 
 
-def test_a_train_section_trains_on_the_written_dataset_and_resumes_alone(ray_session, tmp_path):
+def test_a_train_stage_trains_on_the_written_dataset_and_resumes_alone(ray_session, tmp_path):
     from test_train_data import TINY_MODEL
 
     train = {"name": "tiny-pretrain", "seed": 1, "model": TINY_MODEL, "data": {"format": "pretrain", "eval_fraction": 0.2},
              "seq_len": 32, "batch_size": 2, "micro_batch_size": 2, "steps": 4, "lr": 3e-3, "warmup_steps": 1,
              "eval_every": 2, "checkpoint_every": 2, "resources": {"threads": 1}}  # fmt: skip
-    spec = load_spec(write_spec(tmp_path, [{"kind": "test_sentences"}], train=train))
+    spec = load_spec(write_spec(tmp_path, [{"kind": "test_sentences"}, {"kind": "train", **train}]))
     result = run(spec)
     model = result.output / "train" / "model"
     assert (model / "config.json").exists() and (result.output / "train" / "metrics.jsonl").exists()

@@ -100,3 +100,52 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert len(lines) <= 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"{path}:3: stages[0].kind: unknown stage kind 'no_such_stage'" in proc.stderr.replace("\n", "")
+
+
+TRAINING = """\
+  steps: 4
+  warmup_steps: 1
+  model: {base: scratch}
+  data: {format: pretrain}
+"""
+
+
+def test_a_train_section_is_the_train_stage_written_apart(tmp_path):
+    as_stage = load_spec(spec_file(tmp_path, GOOD + "  - kind: train\n" + TRAINING.replace("  ", "    ", 4)))
+    as_section = load_spec(spec_file(tmp_path, GOOD + "train:\n" + TRAINING))
+    assert as_section == as_stage
+    assert [s.kind for s in as_stage.stages] == ["test_numbers", "test_drop_multiples", "train"]
+    assert [s.kind for s in as_stage.record_stages] == ["test_numbers", "test_drop_multiples"]
+    assert as_stage.train_stages[0].steps == 4
+    # training decides a model, not the records: the records' fingerprint leaves it out
+    assert as_stage.fingerprint() == load_spec(spec_file(tmp_path, GOOD)).fingerprint()
+
+
+def test_training_comes_after_every_stage_that_makes_records(tmp_path):
+    text = GOOD.replace("  - kind: test_drop_multiples", "  - kind: train\n" + TRAINING.replace("  ", "    ", 4)
+                        + "  - kind: test_drop_multiples")
+    assert error_of(spec_file(tmp_path, text)).endswith(
+        ":6: stages[1]: a train stage trains on the finished dataset: it must come after every stage that makes records")
+
+
+def test_training_is_described_once(tmp_path):
+    text = GOOD + "  - kind: train\n" + TRAINING.replace("  ", "    ", 4) + "train:\n" + TRAINING
+    assert "train: the spec has a `kind: train` stage already; describe the training once" in error_of(
+        spec_file(tmp_path, text))
+
+
+def test_a_mistake_in_the_train_section_names_the_section(tmp_path):
+    path = spec_file(tmp_path, GOOD + "train:\n  steps: many\n")
+    assert error_of(path) == f"{path}:9: train.steps: input should be a valid integer, unable to parse string " \
+                             "as an integer, got 'many'"
+
+
+def test_a_train_stage_reading_other_data_fails_before_anything_runs(tmp_path):
+    from synth.runner import check_inputs
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    training = TRAINING.replace("data: {format: pretrain}", f"data: {{path: {other}}}")
+    spec = load_spec(spec_file(tmp_path, GOOD + "train:\n" + training))
+    with pytest.raises(SpecError, match=r"stage 'train': data.path: leave it out in a pipeline"):
+        check_inputs(spec)

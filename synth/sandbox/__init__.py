@@ -1,8 +1,8 @@
 """The sandbox: untrusted code runs here with no network, a read-only system and hard limits, or not at all.
 
 - `bwrap`: one bubblewrap sandbox per command (`Sandbox`, `SandboxLimits`, `SandboxResult`);
-- `forkserver` and `zygote`: the same sandbox per run, forked from a warm interpreter waiting in one;
-  `forkserver_pool` shares fork servers between the batches of one process;
+- `forkserver` and `zygote`: the same sandbox per run, forked from a warm interpreter waiting in one
+  (a stage starts its server in `setup()` and closes it in `teardown()`);
 - `launcher`, `seccomp`, `memory_cgroup`: what every sandbox start uses: a fresh session keyring,
   the syscall allow-list, one memory limit for all of a run's processes.
 

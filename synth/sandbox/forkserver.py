@@ -25,6 +25,7 @@ different zygotes, waiting for one to be free.
 
 from __future__ import annotations
 
+import logging
 import marshal
 import os
 import queue
@@ -59,9 +60,24 @@ from synth.sandbox.zygote import DONE, MAX_REQUEST, READY, STARTED
 PRELOAD = ("collections", "functools", "itertools", "math", "operator", "re", "string", "types")
 """Standard-library modules every zygote imports once, so runs start with them (trusted code only)."""
 
+log = logging.getLogger(__name__)
+
 _START_ENV_KEYS = ("PYTHONHASHSEED",)
 _ZYGOTE_GRACE_S = 2.0  # past a run's own wall clock, how long the zygote may take to answer
 _START_S = 30.0  # for a zygote to start serving (an interpreter start and imports: ~30 ms idle)
+
+
+def start_fork_server(sandbox: Sandbox, size: int = 1, env: dict[str, str] | None = None,
+                      preload: tuple[str, ...] = PRELOAD, trusted: tuple[str, ...] = ()) -> ForkServer | None:  # fmt: skip
+    """A `ForkServer`, or None where its zygotes cannot build sandboxes here (a warning says so: the
+    caller then runs each program in its own bubblewrap sandbox, still sandboxed, only slower).
+
+    A stage starts its server in `setup()` and closes it in `teardown()`, on the worker."""
+    try:
+        return ForkServer(sandbox, size, env, preload, trusted)
+    except SandboxUnavailable as exc:
+        log.warning("no fork server here (%s): one bubblewrap sandbox and interpreter per function", exc)
+        return None
 
 
 @cache

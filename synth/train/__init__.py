@@ -1,6 +1,6 @@
 """The built-in training stage: fine-tune or pretrain a causal LM on a synth Parquet dataset.
 
-`run_training(spec, data_dir)` serves `synth train SPEC` and a pipeline's `train:` section. It
+`run_training(spec, data_dir)` serves `synth train SPEC` and a pipeline's `kind: train` stage. It
 trains in this process (`resources.workers: 1`) or on Ray Train workers with DDP (more), with the
 same loop (`synth.train.loop`). An output folder holds:
 
@@ -59,7 +59,7 @@ def _data_path(spec: TrainSpec, data_dir: Path | None) -> Path:
     given = spec.data.path
     if data_dir is not None and given is not None and Path(given).resolve() != Path(data_dir).resolve():
         raise TrainError(f"train.data.path ({spec.data.path}) must be left out in a pipeline: "
-                         f"the train section trains on the run's own data ({data_dir})")
+                         f"the train stage trains on the run's own data ({data_dir})")
     path = data_dir if data_dir is not None else spec.data.path
     if path is None:
         raise TrainError("data.path: required (a synth output folder or a folder of Parquet files)")

@@ -1,6 +1,7 @@
 """The training loop: one file to read top to bottom, in the spirit of nanoGPT's `train.py`.
 
     setup     device, tokenizer, model (+LoRA), data streams, AdamW, warmup+cosine, resume
+              (schedule, precision and checkpoints: `synth.train.conventions`, as the diffusion loop)
     step      `batch_size` packed sequences per optimiser step, this worker's share of them in
               micro-batches with gradient accumulation; bf16 autocast on CUDA, fp32 on CPU;
               clip, step, one metrics line
@@ -23,7 +24,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,7 +34,9 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from synth.train import conventions
 from synth.train import data as D
+from synth.train.conventions import lr_factor, precision_for
 from synth.train.metrics import (
     MetricsLog,
     flops_per_token,
@@ -54,8 +56,6 @@ from synth.train.model import (
 from synth.train.spec import TrainError, TrainSpec
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "state.pt"
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,13 @@ def _train(spec: TrainSpec, paths: RunPaths, worker: Worker) -> dict:
     step_model = _ddp(loss_model, worker)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adamw(spec, params)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(spec, i))
-    autocast = _autocast(worker.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(
+        i, warmup_steps=spec.warmup_steps, total_steps=spec.steps, min_ratio=spec.min_lr_ratio))
+    autocast = precision_for(worker.device).autocast
     source, encoder, eval_set = _data(spec, paths, tokenizer)
     held_out = D.held_out_sequences(spec.data.held_out, encoder, _packer(spec, tokenizer)) if spec.data.held_out else []
 
-    checkpoint = latest_checkpoint(paths.checkpoints)
-    state = _restore(checkpoint, model, optimizer, scheduler, worker) if checkpoint else None
+    state = _restore(paths, model, optimizer, scheduler, worker)
     start = state["step"] if state else 0
     stream = D.TrainStream(source, encoder, _packer(spec, tokenizer), spec.seed, state["data"] if state else None)
     metrics = MetricsLog(paths.metrics, start if state else None) if worker.leader else None
@@ -183,14 +183,6 @@ def _train(spec: TrainSpec, paths: RunPaths, worker: Worker) -> dict:
     return summary
 
 
-def lr_factor(spec: TrainSpec, index: int) -> float:
-    """Multiplier of `lr` for the step after `index` steps: linear warmup, then cosine to `min_lr_ratio`."""
-    if index < spec.warmup_steps:
-        return (index + 1) / spec.warmup_steps
-    progress = min(1.0, (index - spec.warmup_steps + 1) / (spec.steps - spec.warmup_steps))
-    return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train_step(spec: TrainSpec, step_model: torch.nn.Module, batch: list[D.Sequence], worker: Worker,
                autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
     """Forward and backward over this worker's share of `batch`; returns the loss of the whole batch.
@@ -239,32 +231,22 @@ def collate(sequences: list[D.Sequence], device: torch.device) -> dict[str, torc
 # ---------------------------------------------------------------- checkpoints
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint (folders appear only whole, by rename)."""
-    found = sorted(folder.glob("step-*/" + CHECKPOINT)) if folder.is_dir() else []
-    return found[-1] if found else None
-
-
 def save_checkpoint(paths: RunPaths, spec: TrainSpec, step: int, model: torch.nn.Module, optimizer, scheduler,
                     data_state: dict, tokens_seen: int, worker: Worker) -> None:
     rng = _gather(_rng_state(worker.device), worker)
     if not worker.leader:
         return
-    state = {"step": step, "fingerprint": paths.fingerprint, "model": trainable_state(model),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-             "data": data_state, "tokens_seen": tokens_seen}
-    final = paths.checkpoints / f"step-{step:07d}"
-    tmp = paths.checkpoints / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / CHECKPOINT)
-    os.replace(tmp, final)
-    for old in sorted(paths.checkpoints.glob("step-*"))[: -spec.keep_checkpoints]:
-        shutil.rmtree(old)
+    state = {"model": trainable_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": rng, "data": data_state, "tokens_seen": tokens_seen}
+    final = conventions.save_checkpoint(paths.checkpoints, step, state, paths.fingerprint, keep=spec.keep_checkpoints)
     log.info("checkpoint %s", final)
 
 
-def _restore(checkpoint: Path, model, optimizer, scheduler, worker: Worker) -> dict:
-    state = torch.load(checkpoint, map_location=worker.device, weights_only=True)
+def _restore(paths: RunPaths, model, optimizer, scheduler, worker: Worker) -> dict | None:
+    """Load the newest checkpoint of this run into the model, optimiser, scheduler and RNG."""
+    state = conventions.load_checkpoint(paths.checkpoints, paths.fingerprint, worker.device)
+    if state is None:
+        return None
     load_trainable_state(model, state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -272,7 +254,7 @@ def _restore(checkpoint: Path, model, optimizer, scheduler, worker: Worker) -> d
     torch.set_rng_state(rng["cpu"].cpu())
     if worker.device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"].cpu(), worker.device)
-    log.info("resuming from %s (step %d)", checkpoint, state["step"])
+    log.info("resuming from step %d", state["step"])
     return state
 
 
@@ -342,12 +324,6 @@ def _adamw(spec: TrainSpec, params: list[torch.nn.Parameter]) -> torch.optim.Ada
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, fused=True)
-
-
-def _autocast(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def _threads(spec: TrainSpec, worker: Worker) -> int:

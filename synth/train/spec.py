@@ -1,4 +1,4 @@
-"""The training spec: what `synth train SPEC` reads and what a pipeline's `train:` section holds.
+"""The training spec: what `synth train SPEC` reads; a pipeline's `kind: train` stage holds the same fields.
 
 One YAML file describes a training run: the Parquet dataset to read and how to turn its rows
 into tokens, the model to start from (the embedded SmolLM2, a local Hugging Face folder, or a
@@ -23,7 +23,7 @@ from pydantic import (
 from synth.errors import SynthError
 from synth.schedule import AirflowOptions
 from synth.spec import StrictModel
-from synth.yaml_source import plain_data, read_yaml, spec_error
+from synth.yaml_source import read_yaml, spec_data, spec_error
 
 EMBEDDED = "embedded"
 SCRATCH = "scratch"
@@ -38,7 +38,7 @@ class DataSpec(StrictModel):
 
     path: Path | None = Field(
         None, description="A synth output folder (its data/ is read) or a folder of .parquet files; "
-        "left out in a pipeline's train: section, which trains on the run's OUTPUT/data")
+        "left out in a pipeline's train stage, which trains on the run's OUTPUT/data")
     format: Literal["sft", "pretrain"] = Field(
         "sft", description="sft: chat-templated prompt and response, loss on the response only; "
         "pretrain: plain text, loss on every token")
@@ -119,8 +119,9 @@ class Resources(StrictModel):
     peak_tflops: float | None = Field(None, gt=0, description="GPU peak for MFU; default: known bf16 peaks by name")
 
 
-class TrainSpec(StrictModel):
-    name: str = Field("train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+class TrainSettings(StrictModel):
+    """How to train: the fields a training spec and a pipeline's `kind: train` stage share."""
+
     seed: int = 0
     output: Path | None = Field(None, description="Default: train/ inside the dataset's folder")
     data: DataSpec = DataSpec()
@@ -140,10 +141,9 @@ class TrainSpec(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1, description="Console lines; metrics.jsonl gets every step")
     resources: Resources = Resources()
-    airflow: AirflowOptions = AirflowOptions()
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> TrainSpec:
+    def _batch_divides(self) -> TrainSettings:
         per_step = self.micro_batch_size * self.resources.workers
         if self.batch_size % per_step:
             raise ValueError(
@@ -158,6 +158,13 @@ class TrainSpec(StrictModel):
         """Micro-batches each worker accumulates per optimiser step."""
         return self.batch_size // (self.micro_batch_size * self.resources.workers)
 
+
+class TrainSpec(TrainSettings):
+    """A training run on its own (`synth train SPEC`, a training DAG)."""
+
+    name: str = Field("train", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    airflow: AirflowOptions = AirflowOptions()
+
     def fingerprint(self, data_files: list[tuple[str, int]]) -> str:
         """Hash of what decides the trained weights: the spec (less output and placement) and the data files."""
         payload = {"spec": self.model_dump(mode="json", exclude={"output", "resources", "airflow"}), "data": data_files}
@@ -168,10 +175,7 @@ def load_train_spec(path: str | Path, overrides: dict[str, Any] | None = None) -
     """Read and validate a training spec; errors name the file, the line and the key."""
     path = Path(path)
     tree = read_yaml(path)
-    if not isinstance(tree, dict):
-        raise TrainError(f"{path}: expected a mapping of training spec keys at the top level")
-    data = plain_data(tree)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data = spec_data(path, tree, "training spec", overrides, TrainError)
     try:
         return TrainSpec.model_validate(data)
     except ValidationError as exc:

@@ -27,7 +27,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from generators.code.execute import ExecutionOptions, execution_server, run_all
+from generators.code.execute import ExecutionOptions, SandboxServerStage, run_all
 from synth.registry import register
 from synth.spec import StageConfig
 from synth.stage import FilterStage
@@ -101,18 +101,10 @@ def same_results(first: tuple[list[str], list[str]], second: tuple[list[str], li
 
 
 @register
-class CodeDeterminism(FilterStage):
+class CodeDeterminism(SandboxServerStage, FilterStage):
     kind = "code_determinism"
     Config = CodeDeterminismConfig
     description = "Run each function again in a fresh sandbox with another hash seed; drop it if outputs differ"
-
-    def setup(self) -> None:
-        self.sandbox = self.config.execution.sandbox()
-        self.server = execution_server(self.sandbox, self.config.execution, self.config.hash_seed)
-
-    def teardown(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
     def score(self, batch: pa.Table) -> tuple[dict[str, pa.Array | list], list[str | None]]:
         rows = batch.select(["source", "name", "inputs", "case_status", "outputs", "case_ok"]).to_pylist()

@@ -35,7 +35,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from generators.code.calls import parse_call
-from generators.code.execute import HARNESS_PRELOAD, ExecutionOptions
+from generators.code.execute import HARNESS_PRELOAD, ExecutionOptions, SandboxServerStage
 from synth.sandbox.forkserver import ForkServer, start_fork_server
 from synth.registry import register
 from synth.sandbox import SandboxResult, SandboxUnavailable
@@ -166,18 +166,13 @@ def probe_all(sandbox, rows: list[dict], options: ExecutionOptions, server: Fork
 
 
 @register
-class CodeCoverage(MapStage):
+class CodeCoverage(SandboxServerStage, MapStage):
     kind = "code_coverage"
     Config = CodeCoverageConfig
     description = "Run each function's candidate calls traced in a sandbox; keep those that add lines or outputs"
 
-    def setup(self) -> None:
-        self.sandbox = self.config.execution.sandbox()
-        self.server = probe_server(self.sandbox, self.config.execution)
-
-    def teardown(self) -> None:
-        if self.server is not None:
-            self.server.close()
+    def start_server(self) -> ForkServer | None:
+        return probe_server(self.sandbox, self.config.execution)
 
     def process(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(["source", "name", "inputs", "input_origins"]).to_pylist()

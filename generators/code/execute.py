@@ -153,6 +153,22 @@ def execution_server(sandbox: Sandbox, options: ExecutionOptions, hash_seed: int
     return start_fork_server(sandbox, options.parallel, env, HARNESS_PRELOAD, (harness_source(),))
 
 
+class SandboxServerStage:
+    """Mixin of the sandbox stages: `setup()` makes the sandbox and, where the options allow, a
+    fork server of it on the worker (`start_server`); `teardown()` closes that server."""
+
+    def start_server(self) -> ForkServer | None:
+        return execution_server(self.sandbox, self.config.execution, self.config.hash_seed)
+
+    def setup(self) -> None:
+        self.sandbox = self.config.execution.sandbox()
+        self.server = self.start_server()
+
+    def teardown(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
 def run_all(
     sandbox: Sandbox, rows: list[dict], options: ExecutionOptions, hash_seed: int, server: ForkServer | None = None
 ) -> list[FunctionRun]:
@@ -188,18 +204,10 @@ class CodeExecuteConfig(StageConfig):
 
 
 @register
-class CodeExecute(MapStage):
+class CodeExecute(SandboxServerStage, MapStage):
     kind = "code_execute"
     Config = CodeExecuteConfig
     description = "Run every function on its inputs in one sandbox per function, forked from a warm zygote"
-
-    def setup(self) -> None:
-        self.sandbox = self.config.execution.sandbox()
-        self.server = execution_server(self.sandbox, self.config.execution, self.config.hash_seed)
-
-    def teardown(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
     def process(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(["source", "name", "inputs"]).to_pylist()

@@ -14,8 +14,9 @@ from typing import Literal
 
 import pyarrow as pa
 
-from generators.code.execute import ExecutionOptions, execution_server, run_all
+from generators.code.execute import ExecutionOptions, SandboxServerStage, execution_server, run_all
 from synth.registry import register
+from synth.sandbox.forkserver import ForkServer
 from synth.spec import StageConfig
 from synth.stage import FilterStage
 
@@ -33,18 +34,13 @@ def load_reason(status: str) -> str | None:
 
 
 @register
-class CodeLoadCheck(FilterStage):
+class CodeLoadCheck(SandboxServerStage, FilterStage):
     kind = "code_load_check"
     Config = CodeLoadCheckConfig
     description = "Load each function in the sandbox with no inputs; drop those that cannot load"
 
-    def setup(self) -> None:
-        self.sandbox = self.config.execution.sandbox()
-        self.server = execution_server(self.sandbox, self.config.execution, hash_seed=0)
-
-    def teardown(self) -> None:
-        if self.server is not None:
-            self.server.close()
+    def start_server(self) -> ForkServer | None:
+        return execution_server(self.sandbox, self.config.execution, hash_seed=0)
 
     def score(self, batch: pa.Table) -> tuple[dict[str, pa.Array | list], list[str | None]]:
         rows = [{**row, "inputs": []} for row in batch.select(["source", "name"]).to_pylist()]

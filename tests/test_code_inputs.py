@@ -167,6 +167,33 @@ def test_the_model_goes_on_from_the_functions_name_and_its_first_call_counts():
     assert calls["pad('zz', 1)"] == calls["pad('q', width=2)"] == "fake-model"
 
 
+class SeededLLM(FakeLLM):
+    """Answers with one call whose argument is the sampling seed's index among the seeds it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.seeds = []
+
+    def generate(self, requests, sampling):
+        self.seeds.append(sampling.seed)
+        return [Completion(f"{len(self.seeds)}, 1)\n", 10, 10) for _ in requests]
+
+
+def test_several_answers_per_function_are_sampled_with_their_own_seeds_and_pooled():
+    inputs = stage(inputs_per_function=6, answers_per_function=3)
+    inputs.llm = SeededLLM()
+    out = inputs.process(pa.table({"function_id": ["a"], "name": ["pad"], "source": [SOURCE]}))
+    assert len(set(inputs.llm.seeds)) == 3 and inputs.llm.seeds[0] == inputs.ctx.stage_seed
+    calls = dict(zip(out.column("inputs").to_pylist()[0], out.column("input_origins").to_pylist()[0]))
+    assert [c for c, o in calls.items() if o == "fake-model"] == ["pad(1, 1)", "pad(2, 1)", "pad(3, 1)"]
+
+
+def test_without_the_worked_examples_the_request_is_the_prompt_and_the_begun_answer():
+    request = stage(worked_examples=False).request({"name": "pad", "source": SOURCE})
+    assert [m["role"] for m in request] == ["user", "assistant"]
+    assert "def pad(text: str" in request[0]["content"] and request[-1]["content"] == "1. pad("
+
+
 def test_without_a_model_the_fallback_alone_gives_cases():
     inputs = stage(llm=None, inputs_per_function=5)
     inputs.setup()

@@ -8,7 +8,9 @@
    line is parsed with `ast.literal_eval` (`generators.code.calls.parse_call`), checked against
    the function's signature and written back in canonical form; anything else is skipped. Nothing
    the model writes is ever evaluated. A call the model copied from the doctests counts as a
-   doctest's; the worked examples call other functions, so no call of this one is ours.
+   doctest's; the worked examples call other functions, so no call of this one is ours. With
+   `answers_per_function` above 1 the same request is answered again under other seeds and the
+   answers' calls are pooled.
 2. The fallback fills what the model left short, so a weak model still yields cases: first the
    calls of the docstring's doctests (`>>> name(...)`), then calls drawn from `hypothesis`
    strategies for each parameter's type hint, the doctest values' types, its default, its use in
@@ -68,10 +70,16 @@ class CodeInputsConfig(StageConfig):
     inputs_per_function: int = Field(8, ge=1, le=100, description="Calls kept, at most")
     calls_asked: int = Field(4, ge=1, le=100, description="Calls the model is asked to write (the worked examples "
                              "show 4; asked for 8, the embedded model wrote no more)")
+    answers_per_function: int = Field(
+        1, ge=1, le=16, description="Answers the model writes per function, each sampled with its own seed; "
+        "their calls are pooled (a weak model writes about one usable call per answer)"
+    )  # fmt: skip
     candidates_per_function: int | None = Field(
         None, ge=1, le=200, description="Calls kept, at most, when `code_coverage` chooses among them afterwards "
         "(default: inputs_per_function); hypothesis draws fill up to it"
     )  # fmt: skip
+    worked_examples: bool = Field(True, description="Show the worked examples (`SHOTS`) as earlier turns; a model "
+                                  "that writes the list without them saves their prompt tokens")
     max_input_chars: int = Field(200, ge=10, description="Longest call text kept")
     fallback: bool = Field(True, description="Top up with doctest calls and calls drawn from hypothesis strategies")
     sampling: Sampling = Sampling(max_tokens=256, temperature=0.8)
@@ -204,12 +212,22 @@ class CodeInputs(MapStage):
         return mark_dropped(batch, [None if calls else "no_inputs" for calls in chosen])
 
     def _ask_llm(self, rows: list[dict]) -> list[str]:
+        """Each function's answers, one after another (the calls are read line by line)."""
         if self.llm is None or not rows:
             return [""] * len(rows)
         requests = [self.request(row) for row in rows]
-        # one seed for the stage: the backends make each request's text depend on it and on the
-        # request alone, so a function's proposals do not depend on the batch it landed in
-        sampling = self.config.sampling.params(self.ctx.stage_seed).model_copy(update={"stop": STOP})
+        answers = [self._answers(rows, requests, self.answer_seed(i)) for i in range(self.config.answers_per_function)]
+        return ["\n".join(texts) for texts in zip(*answers)]
+
+    def answer_seed(self, index: int) -> int:
+        """One seed per answer for the whole stage: the backends make each request's text depend on
+        it and on the request alone, so a function's proposals do not depend on the batch it landed
+        in. The first answer keeps the stage's seed (and so its cached texts)."""
+        return self.ctx.stage_seed if index == 0 else derive_seed(self.ctx.stage_seed, "answer", index)
+
+    def _answers(self, rows: list[dict], requests: list[ChatRequest], seed: int) -> list[str]:
+        """One answer per request, with the start of the answer the request gave."""
+        sampling = self.config.sampling.params(seed).model_copy(update={"stop": STOP})
         if not self.config.grammar:
             completions = self.llm.generate(requests, sampling)
         else:  # a grammar per function (its own name as the callee), so one request per generate call
@@ -218,12 +236,13 @@ class CodeInputs(MapStage):
         return [split_prefill(request)[1] + c.text for request, c in zip(requests, completions)]
 
     def request(self, row: dict) -> ChatRequest:
-        """The worked examples as earlier turns, the prompt, and the answer begun `1. name(`.
-        Under a grammar, which fixes the callee itself and holds the answer to lines of calls, the
-        answers are plain lines and the model's answer is its own from the first character."""
+        """The worked examples as earlier turns (unless `worked_examples: false`), the prompt, and
+        the answer begun `1. name(`. Under a grammar, which fixes the callee itself and holds the
+        answer to lines of calls, the answers are plain lines and the model's answer is its own from
+        the first character."""
         numbered = not self.config.grammar
         messages: ChatRequest = []
-        for source, examples, calls in SHOTS:
+        for source, examples, calls in SHOTS if self.config.worked_examples else ():
             answer = [f"{i}. {call}" if numbered else call for i, call in enumerate(calls, 1)]
             messages += user_request(self._prompt(source, list(examples), len(calls), numbered))
             messages.append({"role": "assistant", "content": "\n".join(answer)})

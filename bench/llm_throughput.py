@@ -83,7 +83,8 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
     shots = classify_shots(boot)
     ops = list(evol.operations)
     functions = code_functions(sizes[5], seed)
-    stage = SimpleNamespace(config=code)  # code_inputs' prompt reads only its config
+    stage = CodeInputs.__new__(CodeInputs)  # its request reads only its config
+    stage.config = code
     params = lambda sampling, step: sampling.params(seed + step)  # noqa: E731
     return [
         (GROUPS[0], [task_request(boot) for _ in range(sizes[0])], params(si_config.task_sampling, 0)),
@@ -95,7 +96,7 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
                      for i in range(sizes[3])], params(evol.evolve_sampling, 3)),
         (GROUPS[4], [user_request(prompt_of(records[i % len(records)])) for i in range(sizes[4])],
          params(evol.response_sampling, 4)),
-        (GROUPS[5], [user_request(CodeInputs.prompt(stage, f)) for f in functions],
+        (GROUPS[5], [stage.request(f) for f in functions],
          params(Sampling(**code.sampling.model_dump()), 5).model_copy(update={"stop": STOP})),
     ]  # fmt: skip
 
@@ -180,15 +181,19 @@ def child_server(args, groups) -> dict:
     if not binary.is_file():
         raise SystemExit(f"{binary}: llama-server not built (run scripts/setup.sh)")
     per_slot = max(len(json.dumps(r)) // 2 for _, batch, _ in groups for r in batch) + 512
+    in_flight = max(len(b) for _, b, _ in groups)
     port = free_port()
     cmd = [str(binary), "-m", str(embedded_gguf()), "--host", "127.0.0.1", "--port", str(port),
            "--parallel", str(args.parallel), "-c", str(args.parallel * per_slot), "-t", str(args.threads),
            "-tb", str(args.threads), "--top-k", "0", "--min-p", "0", "--alias", "bench"]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The server logs every request: into a pipe nobody reads, it blocked once the pipe was full
+    # and the run hung with every request in flight; a file keeps the log for an error message.
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        wait_ready(server, port)
+        wait_ready(server, port, log)
         spec = LLMSpec(backend="openai", model="bench", base_url=f"http://127.0.0.1:{port}/v1",
-                       max_concurrency=max(len(b) for _, b, _ in groups), timeout_s=3600, max_retries=0)  # fmt: skip
+                       max_concurrency=in_flight, timeout_s=3600, max_retries=0)  # fmt: skip
         client = OpenAIClient(spec)
         client.generate(groups[0][1][:1], SamplingParams(max_tokens=2))  # warm up
         # The server's CPU time plus the client's: the same work an in-process engine is charged.
@@ -197,6 +202,7 @@ def child_server(args, groups) -> dict:
     finally:
         server.kill()
         server.wait()
+        log.close()
 
 
 def child_hf(args, groups) -> dict:
@@ -257,13 +263,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(server: subprocess.Popen, port: int, timeout_s: float = 300) -> None:
+def wait_ready(server: subprocess.Popen, port: int, log, timeout_s: float = 300) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"llama-server exited with {server.returncode}: {server.stderr.read().decode()[-1500:]}")
+            log.seek(0)
+            raise SystemExit(f"llama-server exited with {server.returncode}: {log.read().decode(errors='replace')[-1500:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return

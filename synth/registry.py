@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from synth.stage import Stage
+from synth.spec import TrainStageConfig
+from synth.stage import Stage, TrainStage
 
 _STAGES: dict[str, type[Stage]] = {}
 
@@ -56,8 +57,21 @@ def register(cls: type[Stage]) -> type[Stage]:
         raise ValueError(f"stage kind {cls.kind!r} is registered twice: {existing} and {cls}")
     if cls.Config.model_fields["kind"].annotation is str:
         raise TypeError(f"{cls.__name__}.Config must declare `kind: Literal[{cls.kind!r}]`")
+    _check_train_config(cls)
     _STAGES[cls.kind] = cls
     return cls
+
+
+def _check_train_config(cls: type[Stage]) -> None:
+    """A training stage's config is a TrainStageConfig, and only a training stage's: the spec
+    loader tells training stages from record stages by their config, the runner by their class."""
+    is_train, has_train_config = issubclass(cls, TrainStage), issubclass(cls.Config, TrainStageConfig)
+    if is_train and not has_train_config:
+        raise TypeError(f"{cls.__name__} is a TrainStage: its Config ({cls.Config.__name__}) must be based on "
+                        "synth.spec.TrainStageConfig")  # fmt: skip
+    if has_train_config and not is_train:
+        raise TypeError(f"{cls.__name__}.Config ({cls.Config.__name__}) is a TrainStageConfig: the stage must be a "
+                        "synth.stage.TrainStage")  # fmt: skip
 
 
 _plugins_loaded = False

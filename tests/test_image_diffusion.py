@@ -14,6 +14,8 @@ from generators.image.sampler import DiffusionSampleParams, plan_blocks, sample
 from synth.errors import SpecError
 
 TINY = {"steps": 4, "batch_size": 4, "channels": [16, 32], "warmup_steps": 2, "checkpoint_every": 2, "log_every": 2}
+RECORDED_MODEL_FINGERPRINT = "b4f8ace1b3ff812919b105c39701ad96f9348d5e7e15d32c62295ec2016f8cd5"
+"""`fingerprint` of TINY, seed 1 and `data`, by the diffusion_train stage of revision 2d68921."""
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +94,16 @@ def test_sampling_is_seeded_and_blocks_carry_the_requested_labels(data, tmp_path
     assert len({b["seed"] for b in blocks}) == len(blocks)
     with pytest.raises(SpecError, match="sample.labels: unknown label 'tumour'; the model knows: normal, bright_lesion, dark_lesion"):
         plan_blocks(DiffusionSampleParams(labels=["tumour"]), model.classes, stage_seed=9)
+
+
+def test_the_model_id_is_the_one_the_diffusion_train_stage_gave_the_same_training(data):
+    """The fingerprint (the `model` column's id) of these fields, seed and images, as the
+    `diffusion_train` stage computed it before it became part of the `diffusion` stage (recorded
+    with that revision's `fingerprint`); a field added since counts once it is set otherwise."""
+    params = DiffusionTrainParams(**TINY)
+    assert diffusion.fingerprint(params, 1, *data, list(CLASSES)) == RECORDED_MODEL_FINGERPRINT
+    floor = params.model_copy(update={"min_lr_ratio": 0.2})
+    assert diffusion.fingerprint(floor, 1, *data, list(CLASSES)) != RECORDED_MODEL_FINGERPRINT
 
 
 def test_min_snr_weights_only_the_nearly_clean_timesteps_down():

@@ -122,3 +122,17 @@ def test_csv_naming_a_missing_file(ray_session, tmp_path):
     (tmp_path / "labels.csv").write_text("file,label\nx.png,a\ngone.png,b\n")
     with pytest.raises(SynthError, match=r"labels.csv:3: file not found: .*gone.png"):
         read(tmp_path, path="images", labels="csv", labels_csv="labels.csv")
+
+
+def test_a_folder_with_an_unknown_label_fails_before_ray_and_leaves_no_output(tmp_path, monkeypatch):
+    import synth.runner
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a folder the check before it should have refused")
+
+    monkeypatch.setattr(synth.runner, "init_ray", no_ray)
+    png(tmp_path / "images" / "normal" / "a.png")
+    png(tmp_path / "images" / "tumour" / "t.png")
+    with pytest.raises(SynthError, match=r"unknown label 'tumour' for .*t.png; expected one of: normal, cyst"):
+        read(tmp_path, path="images", classes=["normal", "cyst"])
+    assert not (tmp_path / "out").exists()

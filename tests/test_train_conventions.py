@@ -4,27 +4,37 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
 
 from generators.image.diffusion import DiffusionTrainParams, learning_rate
-from synth.train.conventions import load_checkpoint, lr_factor, precision_for, save_checkpoint
+from synth.train.conventions import load_checkpoint, precision_for, save_checkpoint, scheduled_lr
 
 
-def test_the_schedule_warms_up_linearly_then_decays_to_the_floor_at_the_last_step():
-    factors = [lr_factor(i, warmup_steps=4, total_steps=10, min_ratio=0.1) for i in range(10)]
-    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert factors[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
-    assert lr_factor(0, warmup_steps=0, total_steps=1, min_ratio=0.0) == pytest.approx(0.0)  # one step, no warmup
+def test_the_schedule_warms_up_linearly_then_decays_towards_the_floor_it_reaches_after_the_last_step():
+    rates = [scheduled_lr(1.0, i, warmup_steps=4, total_steps=10, min_ratio=0.1) for i in range(11)]
+    assert rates[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])  # the first step after warmup at the peak
+    assert all(a > b for a, b in zip(rates[4:], rates[5:]))
+    assert rates[9] > 0.1 and rates[10] == pytest.approx(0.1)  # the last step just above the floor
+    assert scheduled_lr(2.0, 0, warmup_steps=0, total_steps=1, min_ratio=0.0) == 2.0  # one step, no warmup
 
 
-def test_diffusion_training_follows_the_shared_schedule():
-    cfg = DiffusionTrainParams(steps=50, warmup_steps=5, learning_rate=1e-3, min_lr_ratio=0.2)
-    assert learning_rate(0, cfg) == pytest.approx(2e-4)
-    assert learning_rate(4, cfg) == pytest.approx(1e-3)
-    assert learning_rate(49, cfg) == pytest.approx(2e-4)
+def test_diffusion_training_keeps_the_schedule_it_had_before_the_loops_shared_one():
+    """Its rates to the last bit, as its loop wrote them before (warmup, then the cosine to 10%):
+    a rate rounded otherwise would change every weight after it, and the image pipelines' data."""
+    cfg = DiffusionTrainParams(steps=1500, warmup_steps=100, learning_rate=0.002)  # pipelines/image.yaml
+
+    def before(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    assert [learning_rate(s, cfg) for s in range(cfg.steps)] == [before(s) for s in range(cfg.steps)]
+    floor = DiffusionTrainParams(steps=50, warmup_steps=5, learning_rate=1e-3, min_lr_ratio=0.2)
+    assert learning_rate(4, floor) == pytest.approx(1e-3) and learning_rate(50, floor) == pytest.approx(2e-4)
 
 
 def test_cpu_trains_in_fp32_whatever_is_asked(caplog):

@@ -48,7 +48,7 @@ from synth import io
 from synth.errors import SpecError, SynthError
 from synth.spec import StageConfig, StrictModel
 from synth.stage import derive_seed
-from synth.train.conventions import PrecisionName, load_checkpoint, lr_factor, precision_for, save_checkpoint
+from synth.train.conventions import PrecisionName, load_checkpoint, precision_for, save_checkpoint, scheduled_lr
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class DiffusionTrainParams(StrictModel):
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate")
     warmup_steps: int = Field(100, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The cosine ends at learning_rate * min_lr_ratio")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The cosine decays towards learning_rate * min_lr_ratio")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="Clip the gradient norm to this")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay; ramps up from 0.1 over the first steps")
@@ -191,9 +191,10 @@ def pick_device(requested: str | None) -> torch.device:
 
 
 def learning_rate(step: int, cfg: DiffusionTrainParams) -> float:
-    """The shared schedule: linear warmup, then cosine decay to `min_lr_ratio` of the peak at the last step."""
-    return cfg.learning_rate * lr_factor(step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
-                                         min_ratio=cfg.min_lr_ratio)
+    """The shared schedule (`synth.train.conventions.scheduled_lr`): linear warmup, then a cosine
+    decay towards `min_lr_ratio` of the peak."""
+    return scheduled_lr(cfg.learning_rate, step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                        min_ratio=cfg.min_lr_ratio)
 
 
 @dataclass
@@ -208,9 +209,23 @@ class TrainResult:
         return self.seconds / self.steps_run if self.steps_run else None
 
 
+FINGERPRINT_KIND = "diffusion_train"
+"""The name the fingerprint gives the training fields: that of the stage the loop began in. Kept,
+with `FIELDS_SINCE`, so that the same fields, seed and data give the same model id (the `model`
+column of the images) as before training and sampling became one `diffusion` stage."""
+
+FIELDS_SINCE = {"min_lr_ratio": 0.1}
+"""Training fields added since, with the value the loop had before them: at that value a field
+leaves the fingerprint as it was; set otherwise, it changes the weights and the fingerprint."""
+
+
 def fingerprint(cfg: DiffusionTrainParams, seed: int, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> str:
     """What decides the trained weights: the training fields, the seed, the images and labels."""
     fields = cfg.model_dump(mode="json", exclude={"log_every"})
+    for name, before in FIELDS_SINCE.items():
+        if fields[name] == before:
+            del fields[name]
+    fields["kind"] = FINGERPRINT_KIND
     digest = hashlib.sha256(images.tobytes())
     digest.update(labels.astype(np.int64).tobytes())
     payload = json.dumps({"config": fields, "seed": seed, "data": digest.hexdigest(), "classes": classes}, sort_keys=True)

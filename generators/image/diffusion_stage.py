@@ -12,6 +12,8 @@ A fit-then-sample stage (`synth.stage.FitSampleStage`), the shape `tabular_synth
    `resources.concurrency` Ray actors, each loading the model once (`generators.image.sampler`).
    The input rows are replaced by the samples; the label requested is stored with each image.
 
+The fit and the sampling are seeded as the two stages they were before (`part_seed`), and the
+images' `generator` column names this stage (`diffusion`; it read `diffusion_sample` then).
 Its folder is `OUTPUT/_models/<stage name>/` (`model/`, `checkpoints/`, `data/`, `train_log.jsonl`).
 """
 
@@ -44,7 +46,7 @@ from synth import io
 from synth.errors import SynthError
 from synth.registry import register
 from synth.spec import StageConfig
-from synth.stage import FitSampleStage, derive_seed, set_column
+from synth.stage import FitSampleStage, StageContext, derive_seed, set_column
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,14 @@ class DiffusionConfig(StageConfig):
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ... to fit and sample on (default: cuda if there)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads of the fit task and each sampling actor "
                                 "(default: the stage's num_cpus)")  # fmt: skip
+
+
+def part_seed(ctx: StageContext, part: str) -> int:
+    """The seed of the fit (`train`) or the sampling (`sample`): that of a stage named
+    `<stage name>_<part>`, derived from the run seed as every stage's is. With the default name
+    these are the seeds of the `diffusion_train` and `diffusion_sample` stages that trained and
+    sampled before they became this one, so a spec and seed make the same model and images."""
+    return derive_seed(ctx.seed, f"{ctx.stage_name}_{part}")
 
 
 def classes_of(table: pa.Table) -> tuple[list[str], int]:
@@ -122,14 +132,14 @@ class Diffusion(FitSampleStage):
         train_rows = table.filter(pa.array([not h for h in holdout]))
         images = decode_many(train_rows.column("image").to_pylist())
         labels = np.asarray(train_rows.column("label_id").to_pylist())
-        result = train(images, labels, classes, cfg.train, folder, derive_seed(ctx.stage_seed, "train"),
+        result = train(images, labels, classes, cfg.train, folder, part_seed(ctx, "train"),
                        pick_device(cfg.device))  # fmt: skip
         ctx.count(train_steps=result.steps_run, train_seconds=round(result.seconds, 3), train_images=len(images),
                   resumed_from_step=result.resumed_from)  # fmt: skip
 
     def plan(self) -> list[dict]:
         folder = model_root(self.ctx.output_dir, self.ctx.stage_name) / "model"
-        blocks = plan_blocks(self.config.sample, load_classes(folder, self.kind), self.ctx.stage_seed)
+        blocks = plan_blocks(self.config.sample, load_classes(folder, self.kind), part_seed(self.ctx, "sample"))
         log.info("diffusion: %d blocks from %s on %d actor(s); the input rows are replaced by samples",
                  len(blocks), folder, self.config.resources.concurrency)  # fmt: skip
         return blocks

@@ -283,6 +283,7 @@ def sample_valid(
     `EVIDENCE_ROWS` were sampled and fewer than `MIN_ACCEPTANCE` of them were kept.
     """
     parts, have, stats = [], 0, Counter()
+    guard_label = guard.label if guard is not None else None
     for round_ in range(max_rounds):
         missing = num_rows - have
         acceptance = have / stats["sampled"] if stats["sampled"] else 1.0
@@ -301,14 +302,18 @@ def sample_valid(
             return pd.concat(parts, ignore_index=True).iloc[:num_rows], stats
         if stats["sampled"] >= EVIDENCE_ROWS and have / stats["sampled"] < MIN_ACCEPTANCE:
             _give_up(stats, have, num_rows, f"after {round_ + 1} rounds, and with under {MIN_ACCEPTANCE:.0%} of "
-                     "rows kept the rest cannot be reached; loosen the constraints or conditions")  # fmt: skip
+                     "rows kept the rest cannot be reached; loosen the constraints or conditions", guard_label)  # fmt: skip
     _give_up(stats, have, num_rows, f"in {max_rounds} rounds; loosen the constraints or conditions, "
-             "or raise max_sampling_rounds")  # fmt: skip
+             "or raise max_sampling_rounds", guard_label)  # fmt: skip
 
 
-def _give_up(stats: Counter, have: int, num_rows: int, why: str) -> None:
+def _give_up(stats: Counter, have: int, num_rows: int, why: str, guard_label: str | None) -> None:
     sampled = stats["sampled"]
-    worst = max((k for k in stats if k.startswith("rejected:")), key=stats.get, default="none")
-    raise SynthError(f"constraints rejected {sampled - have} of {sampled} sampled rows "
-                     f"({100 * (sampled - have) / max(sampled, 1):.1f}%; most by {worst.removeprefix('rejected:')}, "
-                     f"{stats.get(worst, 0)}): kept {have} of {num_rows} rows {why}")  # fmt: skip
+    rejecting = {k.removeprefix("rejected:"): n for k, n in stats.items() if k.startswith("rejected:") and n}
+    worst = max(rejecting, key=rejecting.get, default="none")
+    by_guard, by_constraints = guard_label in rejecting, any(label != guard_label for label in rejecting)
+    who = ("constraints and the privacy guard" if by_guard and by_constraints
+           else "the privacy guard" if by_guard else "constraints")  # fmt: skip
+    raise SynthError(f"{who} rejected {sampled - have} of {sampled} sampled rows "
+                     f"({100 * (sampled - have) / max(sampled, 1):.1f}%; most by {worst}, "
+                     f"{rejecting.get(worst, 0)}): kept {have} of {num_rows} rows {why}")  # fmt: skip

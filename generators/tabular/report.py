@@ -22,7 +22,7 @@ from pydantic import Field
 from generators.tabular.data import TableMeta, TableSource, load_table, to_frame
 from generators.tabular.evaluate import Evaluation, evaluate, plot_all
 from generators.tabular.guard import LABEL as GUARD_LABEL
-from generators.tabular.source import model_folder
+from generators.tabular.source import model_folder, rejection_rates
 from synth import io
 from synth.errors import SynthError
 from synth.registry import register
@@ -182,21 +182,26 @@ def _attack_lines(attacks: dict | None) -> list[str]:
 
 
 def _sampling_lines(sampling: dict | None) -> list[str]:
+    if not sampling:
+        return []
     lines = []
-    if sampling and sampling["conditions"]:
+    if sampling["conditions"]:
         fixed = ", ".join(f"{column}={value!r}" for column, value in sampling["conditions"].items())
         lines += [f"Sampled with fixed values ({fixed}): fidelity and utility compare these rows with real rows "
                   "of every value, so they score lower than unconditioned rows would.", ""]  # fmt: skip
-    if sampling and sampling["constraints"]:
+    # Rates from the counts, so a sampling.json written before the rates were split still renders.
+    near_copies = sampling["rejected"].get(GUARD_LABEL, 0)
+    rates = rejection_rates(sampling["sampled"], sampling["rejected"])
+    if sampling["constraints"]:
         each = ", ".join(f"{label}: {sampling['rejected'].get(label, 0)}" for label in sampling["constraints"])
-        lines += [f"Constraints: {sampling['sampled']} rows sampled, {100 * sampling['rejection_rate']:.1f}% "
-                  f"rejected and resampled (by constraint: {each}; near copies: "
-                  f"{sampling['rejected'].get(GUARD_LABEL, 0)}).", ""]  # fmt: skip
-    if sampling and sampling.get("privacy_guard") is not None:
+        lines += [f"Constraints: of {sampling['sampled'] - near_copies} sampled rows checked (those the privacy "
+                  f"guard passed), {100 * rates['constraint_rejection_rate']:.1f}% were rejected and resampled "
+                  f"(by constraint: {each}).", ""]  # fmt: skip
+    if sampling.get("privacy_guard") is not None:
         quantile = sampling["privacy_guard"]
         rule = "an exact copy of a training row" + (
             f", or nearer its closest training row (Gower) than {100 * (1 - quantile):.0f}% of real training rows "
             "are to their closest other one" if quantile > 0 else "")  # fmt: skip
-        lines += [f"Privacy guard: {sampling['rejected'].get(GUARD_LABEL, 0)} of {sampling['sampled']} sampled rows "
-                  f"were rejected and replaced as near copies ({rule}).", ""]  # fmt: skip
+        lines += [f"Privacy guard: {near_copies} of {sampling['sampled']} sampled rows "
+                  f"({100 * rates['near_copy_rate']:.1f}%) were rejected and replaced as near copies ({rule}).", ""]  # fmt: skip
     return lines

@@ -21,7 +21,8 @@ A fit-then-sample stage (`synth.stage.FitSampleStage`), in order:
    columns beside the model; the driver reads only those and marks a later block's repeat with
    `_drop_reason = "breaks_unique(...)"` in its part, so the runner counts it.
 5. `OUTPUT/_models/<stage>/sampling.json` and the stage's counters record rows sampled and rows
-   rejected per constraint (the rejection rate).
+   rejected per constraint and by the privacy guard, with the two rates apart: the constraints'
+   share of the rows they checked (what the guard passed) and the guard's share of all sampled.
 
 Record columns (kind "tabular"), then the user's columns in their order and Arrow types:
 
@@ -60,6 +61,7 @@ from generators.tabular.data import (
     MetadataOverrides, TableMeta, TableSource, check_columns, check_learnable, check_mixed_columns, infer_metadata,
     load_table, restore_types, split_holdout, to_frame,
 )  # fmt: skip
+from generators.tabular.guard import LABEL as GUARD_LABEL
 from generators.tabular.guard import NearCopyGuard
 from generators.tabular.synthesizers import SynthesizerParams, load_synthesizer, make_synthesizer, save_synthesizer
 from generators.tabular.tabddpm import TabDDPMParams
@@ -436,12 +438,21 @@ class TabularSynth(FitSampleStage):
         summary = {"num_rows": self.config.num_rows, "blocks": len(stats), "conditions": self.config.conditions,
                    "constraints": [c.label for c in self.config.constraints], "sampled": total["sampled"],
                    "privacy_guard": self.config.privacy_guard,
-                   "rejected": rejected,
-                   "rejection_rate": sum(rejected.values()) / max(total["sampled"], 1)}  # fmt: skip
+                   "rejected": rejected} | rejection_rates(total["sampled"], rejected)  # fmt: skip
         io.write_json_atomic(folder / "sampling.json", summary)
         self.ctx.count(**total)
-        log.info("tabular_synth: sampled %d rows, rejected %.1f%% %s", total["sampled"],
-                 100 * summary["rejection_rate"], rejected or "")  # fmt: skip
+        log.info("tabular_synth: sampled %d rows; constraints rejected %.1f%% of those they checked, the privacy "
+                 "guard %.1f%% %s", total["sampled"], 100 * summary["constraint_rejection_rate"],
+                 100 * summary["near_copy_rate"], rejected or "")  # fmt: skip
+
+
+def rejection_rates(sampled: int, rejected: dict[str, int]) -> dict[str, float]:
+    """The guard's and the constraints' rejection rates, apart: the guard sees every sampled row,
+    the constraints only the rows it passed (a near copy is never checked against them)."""
+    near_copies = rejected.get(GUARD_LABEL, 0)
+    by_constraints = sum(n for label, n in rejected.items() if label != GUARD_LABEL)
+    return {"near_copy_rate": near_copies / max(sampled, 1),
+            "constraint_rejection_rate": by_constraints / max(sampled - near_copies, 1)}  # fmt: skip
 
 
 def _keys_folder(folder: Path) -> Path:

@@ -3,8 +3,8 @@
 The LLM loop (`synth.train.loop`) and the diffusion loop (`generators.image.diffusion`) both use
 this module, so `warmup_steps`, `precision` or a checkpoint folder mean one thing in both.
 
-- schedule (`lr_factor`): linear warmup over `warmup_steps`, then cosine decay that reaches
-  `min_ratio` of the peak learning rate at the last step.
+- schedule (`scheduled_lr`): linear warmup over `warmup_steps`, then a cosine decay from the peak
+  towards `min_ratio` of it, which it would reach one step after the last.
 - precision (`precision_for`): `auto` is bf16 autocast on a CUDA device with bf16, else fp32
   (CPU included); `bf16` and `fp16` need CUDA and fall back to fp32 elsewhere with a warning;
   fp16 comes with a gradient scaler, bf16 and fp32 need none.
@@ -39,12 +39,20 @@ FINGERPRINT = "fingerprint"
 # ---------------------------------------------------------------- schedule
 
 
-def lr_factor(index: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak learning rate for the step after `index` steps (0-based)."""
+def scheduled_lr(peak: float, index: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """The learning rate of step `index` (0-based) of `total_steps` for a peak rate of `peak`.
+
+    Warmup: step i < warmup_steps runs at peak * (i + 1) / warmup_steps. Then a cosine from the
+    peak (at step warmup_steps) that would reach peak * min_ratio at step total_steps, one past
+    the last (the cosine of transformers' `get_cosine_schedule_with_warmup`). It is the schedule the
+    diffusion loop had before the loops shared it, so its models (and the image pipelines'
+    records) stayed the same. The sums are written in that loop's order: a different rounding
+    of the rate changes every weight after it.
+    """
     if index < warmup_steps:
-        return (index + 1) / warmup_steps
-    progress = min(1.0, (index - warmup_steps + 1) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return peak * (index + 1) / warmup_steps
+    progress = (index - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 # ---------------------------------------------------------------- precision

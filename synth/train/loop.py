@@ -36,7 +36,7 @@ import torch.distributed as torch_dist
 
 from synth.train import conventions
 from synth.train import data as D
-from synth.train.conventions import lr_factor, precision_for
+from synth.train.conventions import precision_for, scheduled_lr
 from synth.train.metrics import (
     MetricsLog,
     flops_per_token,
@@ -109,8 +109,9 @@ def _train(spec: TrainSpec, paths: RunPaths, worker: Worker) -> dict:
     step_model = _ddp(loss_model, worker)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adamw(spec, params)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(
-        i, warmup_steps=spec.warmup_steps, total_steps=spec.steps, min_ratio=spec.min_lr_ratio))
+    # LambdaLR multiplies each group's lr by the factor: the schedule of a peak of 1
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: scheduled_lr(
+        1.0, i, warmup_steps=spec.warmup_steps, total_steps=spec.steps, min_ratio=spec.min_lr_ratio))
     autocast = precision_for(worker.device).autocast
     source, encoder, eval_set = _data(spec, paths, tokenizer)
     held_out = D.held_out_sequences(spec.data.held_out, encoder, _packer(spec, tokenizer)) if spec.data.held_out else []

@@ -131,7 +131,7 @@ class TrainSettings(StrictModel):
     micro_batch_size: int = Field(4, ge=1, description="Sequences per forward pass on one worker")
     steps: int = Field(300, ge=1, description="Optimiser steps")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate, reached after warmup")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The cosine ends at lr * min_lr_ratio")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The cosine decays towards lr * min_lr_ratio")
     warmup_steps: int = Field(20, ge=0)
     weight_decay: float = Field(0.1, ge=0, description="AdamW decay on matrices; none on norms and biases")
     betas: tuple[float, float] = (0.9, 0.95)

@@ -125,6 +125,7 @@ def run(
     progress = progress or Progress()
     output = Path(spec.output).resolve()
     started = datetime.now(timezone.utc)
+    revision = git_revision()  # the code that starts the run, even if the checkout moves during it
     # Everything that can be checked is, before Ray starts and before the output folder is touched.
     inputs = check_inputs(spec, output)
     run_id = inputs.run_id(spec.name)
@@ -175,7 +176,7 @@ def run(
     _write_filter_reports(output, spec, reports)
     if spec.write_dropped:
         _write_dropped(output, spec, reports)
-    manifest = _manifest(spec, spec_file, run_id, where, started, reports, output, inputs)
+    manifest = _manifest(spec, spec_file, run_id, where, started, revision, reports, output, inputs)
     write_card(output, manifest)
     io.write_json_atomic(output / MANIFEST, manifest.to_json())
     if spec.train_stages:
@@ -630,7 +631,7 @@ def _write_dropped(output: Path, spec: RunSpec, reports: list[StageReport]) -> N
 
 
 def _manifest(
-    spec: RunSpec, spec_file: str | None, run_id: str, where: str, started: datetime,
+    spec: RunSpec, spec_file: str | None, run_id: str, where: str, started: datetime, revision: str | None,
     reports: list[StageReport], output: Path, inputs: Inputs,
 ) -> Manifest:
     data_dir = output / "data"
@@ -650,7 +651,7 @@ def _manifest(
         spec_fingerprint=inputs.spec_fingerprint,
         inputs=inputs.files,
         versions=package_versions(),
-        git_revision=git_revision(),
+        git_revision=revision,
         ray=where,
         started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

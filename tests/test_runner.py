@@ -202,3 +202,19 @@ def test_parts_whose_column_was_all_null_get_the_type_of_the_others(tmp_path):
     copy_rows(stage, tmp_path / "data", dropped=False)
     data = pq.read_table(tmp_path / "data")
     assert data.column_names == ["n", "note"] and data.column("n").to_pylist() == [1, 2, 3]
+
+
+def test_manifest_records_the_revision_the_run_started_from(ray_session, tmp_path, monkeypatch):
+    """A checkout that moves while a run is going (a pull, a merge) must not relabel the run's code."""
+    import synth.runner
+    from synth.runner import Progress
+
+    revision = {"now": "rev-at-start"}
+    monkeypatch.setattr(synth.runner, "git_revision", lambda: revision["now"])
+
+    class MovesTheCheckout(Progress):
+        def stage_finished(self, report) -> None:
+            revision["now"] = "rev-after-a-pull"
+
+    result = run(load_spec(write_spec(tmp_path, PIPELINE[:1])), progress=MovesTheCheckout())
+    assert json.loads((result.output / "_manifest.json").read_text())["git_revision"] == "rev-at-start"

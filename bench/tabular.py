@@ -98,20 +98,26 @@ def sources(args, folder: Path) -> list[tuple[str, TableSource, str | None]]:
     return out
 
 
-def run_one(label: str, source: TableSource, target: str | None, model: str, seed: int, guard: bool = True,
-            draws: int = 1, settings: dict[str, dict] | None = None) -> dict:  # fmt: skip
-    """One fit, then `draws` samples of the training split's size (draw 0 with the stage's sample seed),
-    each scored; the row holds their means (copies: the worst draw's) and the first draw's seconds."""
+def split_table(label: str, source: TableSource, target: str | None, seed: int):
+    """(training rows, holdout rows, metadata, learned Arrow schema) of a table: the one split
+    every synthesizer, and `bench/tabular_inner.py`, works from."""
     table = load_table(source)
     frame = to_frame(table)
     meta = infer_metadata(frame, MetadataOverrides(target=target), label)
     train_rows, holdout_rows = split_holdout(len(frame), 0.2, derive_seed(seed, "holdout"))
     train, holdout = (frame.iloc[rows].reset_index(drop=True) for rows in (train_rows, holdout_rows))
+    return train, holdout, meta, pa.schema([table.schema.field(c) for c in meta.learned])
+
+
+def run_one(label: str, source: TableSource, target: str | None, model: str, seed: int, guard: bool = True,
+            draws: int = 1, settings: dict[str, dict] | None = None) -> dict:  # fmt: skip
+    """One fit, then `draws` samples of the training split's size (draw 0 with the stage's sample seed),
+    each scored; the row holds their means (copies: the worst draw's) and the first draw's seconds."""
+    train, holdout, meta, learned = split_table(label, source, target, seed)
     synthesizer = make_synthesizer(parse_params({"model": model, **(settings or {}).get(model, {})}))
     started = time.perf_counter()
     synthesizer.fit(train, meta, [], derive_seed(seed, "fit"))
     fit_seconds = time.perf_counter() - started
-    learned = pa.schema([table.schema.field(c) for c in meta.learned])
     near_copies = NearCopyGuard(train, meta, GUARD) if guard else None
     scored = []
     for draw in range(draws):

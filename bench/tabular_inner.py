@@ -25,16 +25,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.tabular import MIXED, mixed_frame  # noqa: E402
+from bench.tabular import GUARD, MIXED, mixed_frame, split_table  # noqa: E402
 from generators.tabular.constraints import Checker, sample_valid  # noqa: E402
-from generators.tabular.data import (  # noqa: E402
-    MetadataOverrides, TableSource, infer_metadata, load_table, restore_types, split_holdout, to_frame,
-)  # fmt: skip
+from generators.tabular.data import TableSource, restore_types, split_holdout, to_frame  # noqa: E402
 from generators.tabular.evaluate import distances_to_closest_record, ml_utility, quality_report  # noqa: E402
 from generators.tabular.guard import NearCopyGuard  # noqa: E402
 from generators.tabular.tabddpm import TabDDPM, TabDDPMParams  # noqa: E402
@@ -57,12 +54,8 @@ def training_split(name: str, seed: int, folder: Path):
         source, target = TableSource(path=path), MIXED[name]
     else:
         source, target = TableSource(sklearn=name), "target"
-    table = load_table(source)
-    frame = to_frame(table)
-    meta = infer_metadata(frame, MetadataOverrides(target=target), name)
-    train_rows, _ = split_holdout(len(frame), 0.2, derive_seed(seed, "holdout"))
-    learned = pa.schema([table.schema.field(c) for c in meta.learned])
-    return frame.iloc[train_rows].reset_index(drop=True), meta, learned
+    train, _, meta, learned = split_table(name, source, target, seed)
+    return train, meta, learned
 
 
 def score(setting: dict, outer, meta, learned, splits: int, draws: int) -> dict:
@@ -74,7 +67,7 @@ def score(setting: dict, outer, meta, learned, splits: int, draws: int) -> dict:
         started = time.perf_counter()
         model.fit(train, meta, [], derive_seed(k, "fit"))
         seconds += time.perf_counter() - started
-        guard = NearCopyGuard(train, meta, 0.05)
+        guard = NearCopyGuard(train, meta, GUARD)
         for draw in range(draws):
             synthetic, _ = sample_valid(model, len(train), derive_seed(k, "sample", draw), {}, Checker([], train), 20,
                                         lambda f: to_frame(restore_types(f, learned)), guard)  # fmt: skip

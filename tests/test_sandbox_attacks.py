@@ -26,6 +26,7 @@ from generators.code.execute import ExecutionOptions, FunctionRun, run_function
 from synth.sandbox import memory_cgroup
 from synth.sandbox.forkserver import ForkServer
 from synth.sandbox import SANDBOX_UID, Sandbox, SandboxLimits
+from synth.sandbox.bwrap import sandbox_result
 
 LIMITS = SandboxLimits(wall_s=4, cpu_s=2, memory_mb=256, processes=8, file_mb=2, tmpfs_mb=4, output_kb=64)
 OPTIONS = ExecutionOptions(limits=LIMITS, case_timeout_s=1.0, max_output_chars=20_000)
@@ -771,8 +772,16 @@ def test_shared_memory_counts_against_the_runs_limit(sandbox):
     if run.status == "ok":
         written, error = eval(run.outputs[0])  # noqa: S307 - our own test's output
         assert written < LIMITS.memory_mb and error == "OSError", run.outputs
-    else:
-        assert run.status == "signal", run  # the cgroup's OOM killer took it
+    else:  # the OOM killer took one of the run's processes: the code's, or bwrap, an init, the zygote
+        assert run.status == "signal" and "memory limit of 256 MB" in run.detail, run
+
+
+def test_a_killed_bwrap_reads_as_a_signal_not_an_exit_code():
+    """Popen reports a process killed by signal N as -N; bwrap reports its command's as 128 + N."""
+    assert sandbox_result(-9, b"", b"", None, 0.1).detail == "SIGKILL"
+    assert sandbox_result(128 + 9, b"", b"", None, 0.1).detail == "SIGKILL"
+    assert sandbox_result(-9, b"", b"", None, 0.1).status == "signal"
+    assert sandbox_result(3, b"", b"", None, 0.1).status == "exit_error"
 
 
 def test_the_sandboxs_own_init_gives_no_way_around_the_filter(sandbox):

@@ -52,7 +52,7 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import Field
@@ -175,8 +175,10 @@ class Sandbox:
             stdout, stderr, stopped = self._collect(process, deadline)
         finally:
             kill_sandbox(process, init_pid)
+            out_of_memory = bool(cgroup and cgroup.oom_kills())
             cgroup and cgroup.remove()
-        return sandbox_result(process.returncode, stdout, stderr, stopped, time.monotonic() - started)
+        result = sandbox_result(process.returncode, stdout, stderr, stopped, time.monotonic() - started)
+        return killed_for_memory(result, self.limits) if out_of_memory else result
 
     @staticmethod
     def memory_cgroup(limit_mb: int) -> memory_cgroup.MemoryCgroup | None:
@@ -446,6 +448,18 @@ def sandbox_result(returncode: int, stdout: bytes, stderr: bytes, stopped: str |
         status, detail = "ok", ""
     elif returncode > 128 and returncode - 128 in signal.valid_signals():
         status, detail = "signal", signal.Signals(returncode - 128).name
+    elif returncode < 0 and -returncode in signal.valid_signals():  # bwrap itself was killed
+        status, detail = "signal", signal.Signals(-returncode).name
     else:
         status, detail = "exit_error", f"exit code {returncode}"
     return SandboxResult(status, detail, returncode, stdout, stderr, round(seconds, 4))
+
+
+def killed_for_memory(result: SandboxResult, limits: SandboxLimits) -> SandboxResult:
+    """`result` of a run in whose memory cgroup the OOM killer killed a process. The killer may take
+    any of the sandbox's processes (bwrap, an init, a zygote), not only the code's: however it ended,
+    the run was killed for its memory."""
+    if result.ok or result.status in ("timeout", "output_limit"):
+        return result
+    detail = f"SIGKILL: the run's memory limit of {limits.memory_mb} MB ran out"
+    return replace(result, status="signal", detail=detail)

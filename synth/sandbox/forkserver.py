@@ -48,6 +48,7 @@ from synth.sandbox.bwrap import (
     SandboxUnavailable,
     collect,
     kill_sandbox,
+    killed_for_memory,
     memfd,
     probe,
     program_too_large,
@@ -200,6 +201,7 @@ class _Zygote:
             self.start()
         started = time.monotonic()
         deadline = started + limits.wall_s
+        oom_kills = self.cgroup.oom_kills() if self.cgroup else 0
         request = marshal.dumps((program if isinstance(program, int) else None, env))
         if len(request) > MAX_REQUEST:
             raise ValueError(f"an env of {len(request)} bytes; a fork server takes up to {MAX_REQUEST}")
@@ -225,14 +227,21 @@ class _Zygote:
                 raise _ZygoteLost
         except (OSError, _ZygoteLost):  # its whole sandbox goes; a fresh zygote for the next run
             why = self._stderr_tail()
+            out_of_memory = self._out_of_memory(oom_kills)
             self.stop()
             stopped = "timeout" if time.monotonic() - started >= limits.wall_s else None
-            return sandbox_result(70, b"", f"the fork server's zygote stopped: {why}".encode(), stopped,
-                                  time.monotonic() - started)  # fmt: skip
+            result = sandbox_result(70, b"", f"the fork server's zygote stopped: {why}".encode(), stopped,
+                                    time.monotonic() - started)  # fmt: skip
+            return killed_for_memory(result, limits) if out_of_memory else result
         finally:
             os.close(out_r)
             os.close(err_r)
-        return sandbox_result(returncode, stdout, stderr, stopped, time.monotonic() - started)
+        result = sandbox_result(returncode, stdout, stderr, stopped, time.monotonic() - started)
+        return killed_for_memory(result, limits) if self._out_of_memory(oom_kills) else result
+
+    def _out_of_memory(self, kills_before: int) -> bool:
+        """Whether the OOM killer killed a process of this zygote's cgroup (its run's) since then."""
+        return self.cgroup is not None and self.cgroup.oom_kills() > kills_before
 
     def _started(self, deadline: float) -> int:
         """The pidfd of the run's init."""

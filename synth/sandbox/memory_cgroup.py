@@ -96,6 +96,15 @@ class MemoryCgroup:
     def peak_bytes(self) -> int:
         return int((self.path / "memory.max_usage_in_bytes").read_text())
 
+    def oom_kills(self) -> int:
+        """How many processes the OOM killer has killed in this cgroup so far (0 on kernels before
+        4.13, which do not count them)."""
+        for line in (self.path / "memory.oom_control").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+        return 0
+
     def remove(self) -> None:
         """Once its processes are gone (a zombie not yet reaped still holds it: a few tries);
         charges still held (page cache) move to the parent."""

@@ -14,6 +14,7 @@ from generators.code.inputs import (
 )  # fmt: skip
 from generators.code.strategies import hypothesis_calls
 from synth.llm import Completion
+from synth.llm.base import LLMClient
 from synth.stage import StageContext
 
 SOURCE = '''
@@ -116,7 +117,7 @@ def test_names_decide_when_nothing_else_does():
         assert isinstance(text, str) and isinstance(n, int) and isinstance(items, list)
 
 
-class FakeLLM:
+class FakeLLM(LLMClient):
     """Answers every request with `answer` and remembers what it was asked."""
 
     model_id = "fake-model"
@@ -233,3 +234,27 @@ def test_hypothesis_draws_do_not_depend_on_the_modules_a_process_has_loaded(tmp_
 
     assert hypothesis_calls(fn(), Signature.of(fn()), 8, seed=11) == before
     assert not any("local_constant" in call for call in before)
+
+
+class OneCallLLM(FakeLLM):
+    """Records each `generate_seeded` call; answers with the request's function name and its seed."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def generate_seeded(self, requests, sampling, seeds):
+        self.calls.append(([r[-2]["content"].count("def pad") for r in requests], list(seeds)))
+        return [Completion(f"'{seed}', 1)\n", 10, 10) for seed in seeds]
+
+
+def test_a_functions_answers_are_asked_side_by_side_in_one_call_each_under_its_seed():
+    """So that the local engine feeds each function's prompt once for all its answers."""
+    inputs = stage(inputs_per_function=6, answers_per_function=3)
+    inputs.llm = OneCallLLM()
+    out = inputs.process(pa.table({"function_id": ["a", "b"], "name": ["pad", "pad"], "source": [SOURCE, SOURCE]}))
+    seeds = [inputs.answer_seed(i) for i in range(3)]
+    assert inputs.llm.calls == [([1] * 6, seeds * 2)]
+    models = [[c for c, o in zip(calls, origins) if o == "fake-model"]
+              for calls, origins in zip(out.column("inputs").to_pylist(), out.column("input_origins").to_pylist())]
+    assert models == [[f"pad('{s}', 1)" for s in seeds]] * 2

@@ -192,3 +192,39 @@ def test_calls_paid_by_an_earlier_attempt_of_the_run_count_as_paid_not_as_hits(t
     CachedClient(WordCounter(), cache, other_run.append, payer=Payer("run-2", "evol", "attempt-9")).generate(
         ask("one two", "three"), GREEDY)
     assert (other_run[0]["llm_cache_hits"], other_run[0]["llm_backend_calls"]) == (2, 0)
+
+
+def test_requests_under_their_own_seeds_go_to_the_backend_in_one_call_and_share_the_cache(tmp_path):
+    backend = SeedEcho()
+    client = CachedClient(backend, ResponseCache(tmp_path))
+    a, b = ask("a", "b")
+    sampling = SamplingParams(seed=1)
+    (alone,) = client.generate([a], sampling.model_copy(update={"seed": 2}))
+    got = client.generate_seeded([a, a, b], sampling, [2, 3, 2])
+    assert [c.text for c in got] == ["a@2", "a@3", "b@2"] and got[0].cached and alone.text == "a@2"
+    assert backend.calls == [([a], None), ([a, b], [3, 2])]
+    # The other way round: what the mixed call paid for is found when asked seed by seed.
+    assert client.generate([a], sampling.model_copy(update={"seed": 3}))[0].cached
+
+
+class SeedEcho(Backend):
+    """Answers each request with its text and the seed it was sampled with, and records its calls."""
+
+    backend = "seed-echo"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    @property
+    def model_id(self) -> str:
+        return "echo"
+
+    def generate(self, requests, sampling, on_completion=None, seeds=None):
+        self.calls.append((requests, seeds))
+        out = []
+        for i, (request, seed) in enumerate(zip(requests, seeds or [sampling.seed] * len(requests))):
+            out.append(Completion(f"{request[-1]['content']}@{seed}", 1, 1))
+            if on_completion is not None:
+                on_completion(i, out[-1])
+        return out

@@ -134,3 +134,15 @@ def test_a_grammar_decides_what_the_model_may_write(client):
 def test_a_grammar_llama_cpp_cannot_read_is_an_error(client):
     with pytest.raises(LLMError, match="GBNF grammar"):
         client.generate(ask("Hi!"), SamplingParams(max_tokens=4, grammar="start ::= 'x"))
+
+
+@pytest.mark.slow
+def test_requests_under_their_own_seeds_in_one_call_give_each_seeds_text(client):
+    # One slot, so each row is fed alone, as a request asked by itself is (llama.cpp's kernels
+    # do not promise a row's numbers whatever rows are beside it).
+    sampling = SamplingParams(max_tokens=12, temperature=1.0)
+    sea, colour = ask(QUESTIONS[1], QUESTIONS[5])
+    requests, seeds = [sea, sea, colour], [5, 6, 5]
+    alone = [client.generate([r], sampling.model_copy(update={"seed": s}))[0].text for r, s in zip(requests, seeds)]
+    assert alone[0] != alone[1]
+    assert [c.text for c in with_slots(client, 1).generate(requests, sampling, seeds=seeds)] == alone

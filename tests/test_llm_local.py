@@ -194,3 +194,22 @@ def test_prompts_that_open_alike_reuse_their_chunks_and_keep_their_texts(client)
     assert cached.prefixes.reused_tokens >= 2 * 2 * PREFILL_CHUNK
     assert [c.text for c in got] == [c.text for c in expected]
     assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in expected]
+
+
+@pytest.mark.slow
+def test_a_prompt_asked_under_several_seeds_in_one_call_is_fed_once_and_keeps_each_seeds_text(client):
+    # code_inputs asks each function's prompt under six seeds in one call; here three, beside others.
+    sea, capital = ask(QUESTIONS[1], QUESTIONS[0])
+    requests, seeds = [sea, sea, sea, capital, sea], [5, 6, 7, 5, 8]
+    sampling = SamplingParams(max_tokens=10, temperature=0.9)
+    alone = [client.generate([r], sampling.model_copy(update={"seed": s}))[0] for r, s in zip(requests, seeds)]
+    assert len({c.text for c in alone}) > 2, "the seeds give different answers"
+
+    for slots, prefix_budget in ((2, PREFIX_CACHE_MB << 20), (3, 0)):
+        shared = with_slots(client, slots)
+        shared.prefixes = PrefixCache(prefix_budget)
+        got = shared.generate(requests, sampling, seeds=seeds)
+        assert [c.text for c in got] == [c.text for c in alone]
+        assert [c.completion_tokens for c in got] == [c.completion_tokens for c in alone]
+        if prefix_budget:  # the sea prompt was fed once: its three repeats copied it
+            assert shared.prefixes.reused_tokens == 3 * prompt_length(client, sea)

@@ -51,6 +51,17 @@ def test_stop_strings_are_passed_to_the_server(llama_server):
 
 
 @pytest.mark.slow
+def test_requests_under_their_own_seeds_in_one_call_send_each_its_seed(llama_server):
+    # One request at a time, so the server runs each alone, as when it is asked by itself.
+    client = OpenAIClient(spec(llama_server.base_url, max_concurrency=1))
+    sampling = SamplingParams(max_tokens=12, temperature=1.0)
+    (sea,) = ask("Write one sentence about the sea.")
+    alone = [client.generate([sea], sampling.model_copy(update={"seed": s}))[0].text for s in (5, 6)]
+    assert alone[0] != alone[1]
+    assert [c.text for c in client.generate([sea, sea], sampling, seeds=[5, 6])] == alone
+
+
+@pytest.mark.slow
 def test_generate_works_inside_a_running_event_loop(llama_server):
     client = OpenAIClient(spec(llama_server.base_url))
 

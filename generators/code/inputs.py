@@ -9,8 +9,9 @@
    the function's signature and written back in canonical form; anything else is skipped. Nothing
    the model writes is ever evaluated. A call the model copied from the doctests counts as a
    doctest's; the worked examples call other functions, so no call of this one is ours. With
-   `answers_per_function` above 1 the same request is answered again under other seeds and the
-   answers' calls are pooled.
+   `answers_per_function` above 1 the same request is answered again under other seeds, in the same
+   `generate` call (`generate_seeded`: the local engine feeds the prompt once for all of them), and
+   the answers' calls are pooled.
 2. The fallback fills what the model left short, so a weak model still yields cases: first the
    calls of the docstring's doctests (`>>> name(...)`), then calls drawn from `hypothesis`
    strategies for each parameter's type hint, the doctest values' types, its default, its use in
@@ -215,25 +216,26 @@ class CodeInputs(MapStage):
         """Each function's answers, one after another (the calls are read line by line)."""
         if self.llm is None or not rows:
             return [""] * len(rows)
+        n = self.config.answers_per_function
         requests = [self.request(row) for row in rows]
-        answers = [self._answers(rows, requests, self.answer_seed(i)) for i in range(self.config.answers_per_function)]
-        return ["\n".join(texts) for texts in zip(*answers)]
+        seeds = [self.answer_seed(i) for i in range(n)]
+        sampling = self.config.sampling.params(seeds[0]).model_copy(update={"stop": STOP})
+        if not self.config.grammar:
+            # One call, a function's answers side by side: the engine feeds its prompt once.
+            asked = [request for request in requests for _ in seeds]
+            completions = self.llm.generate_seeded(asked, sampling, seeds * len(requests))
+        else:  # a grammar per function (its own name as the callee), so one function per generate call
+            completions = [c for row, request in zip(rows, requests)
+                           for c in self.llm.generate_seeded([request] * n, sampling.model_copy(
+                               update={"grammar": self.grammar(row)}), seeds)]  # fmt: skip
+        begun = [split_prefill(request)[1] for request in requests]
+        return ["\n".join(start + c.text for c in completions[i * n : (i + 1) * n]) for i, start in enumerate(begun)]
 
     def answer_seed(self, index: int) -> int:
         """One seed per answer for the whole stage: the backends make each request's text depend on
         it and on the request alone, so a function's proposals do not depend on the batch it landed
         in. The first answer keeps the stage's seed (and so its cached texts)."""
         return self.ctx.stage_seed if index == 0 else derive_seed(self.ctx.stage_seed, "answer", index)
-
-    def _answers(self, rows: list[dict], requests: list[ChatRequest], seed: int) -> list[str]:
-        """One answer per request, with the start of the answer the request gave."""
-        sampling = self.config.sampling.params(seed).model_copy(update={"stop": STOP})
-        if not self.config.grammar:
-            completions = self.llm.generate(requests, sampling)
-        else:  # a grammar per function (its own name as the callee), so one request per generate call
-            completions = [self.llm.generate([request], sampling.model_copy(update={"grammar": self.grammar(row)}))[0]
-                           for row, request in zip(rows, requests)]  # fmt: skip
-        return [split_prefill(request)[1] + c.text for request, c in zip(requests, completions)]
 
     def request(self, row: dict) -> ChatRequest:
         """The worked examples as earlier turns (unless `worked_examples: false`), the prompt, and

@@ -64,5 +64,20 @@ class LLMClient(ABC):
     def generate(self, requests: list[ChatRequest], sampling: SamplingParams) -> list[Completion]:
         ...
 
+    def generate_seeded(self, requests: list[ChatRequest], sampling: SamplingParams, seeds: list[int]) -> list[Completion]:
+        """Request i sampled with `seeds[i]` in place of `sampling.seed`: the completion
+        `generate([request], sampling with that seed)` gives. This default asks once per distinct
+        seed; a client that mixes seeds in one call (`CachedClient`) lets an engine feed a prompt
+        asked under several seeds once."""
+        if len(seeds) != len(requests):
+            raise ValueError(f"expected one seed per request, got {len(seeds)} for {len(requests)}")
+        results: list[Completion | None] = [None] * len(requests)
+        for seed in dict.fromkeys(seeds):
+            picked = [i for i, s in enumerate(seeds) if s == seed]
+            done = self.generate([requests[i] for i in picked], sampling.model_copy(update={"seed": seed}))
+            for i, completion in zip(picked, done):
+                results[i] = completion
+        return results  # type: ignore[return-value]
+
     def close(self) -> None:
         """Release connections or memory; safe to call twice."""

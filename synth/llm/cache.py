@@ -64,7 +64,10 @@ class Backend(LLMClient):
         requests: list[ChatRequest],
         sampling: SamplingParams,
         on_completion: OnCompletion | None = None,
-    ) -> list[Completion]: ...
+        seeds: list[int] | None = None,
+    ) -> list[Completion]:
+        """One completion per request; with `seeds`, request i is sampled with `seeds[i]` in place
+        of `sampling.seed` (and gives the text it gives alone with that seed)."""
 
 
 def request_key(backend: str, model_id: str, messages: ChatRequest, sampling: SamplingParams) -> str:
@@ -171,7 +174,15 @@ class CachedClient(LLMClient):
         return self.backend.model_id
 
     def generate(self, requests: list[ChatRequest], sampling: SamplingParams) -> list[Completion]:
-        keys = [request_key(self.backend.backend, self.model_id, r, sampling) for r in requests]
+        return self.generate_seeded(requests, sampling, [sampling.seed] * len(requests))
+
+    def generate_seeded(self, requests: list[ChatRequest], sampling: SamplingParams, seeds: list[int]) -> list[Completion]:
+        """Every request in one backend call, each under its own seed; a request's key is the one
+        it has asked alone with its seed, so either way of asking finds the other's entries."""
+        if len(seeds) != len(requests):
+            raise ValueError(f"expected one seed per request, got {len(seeds)} for {len(requests)}")
+        params = {seed: sampling.model_copy(update={"seed": seed}) for seed in dict.fromkeys(seeds)}
+        keys = [request_key(self.backend.backend, self.model_id, r, params[s]) for r, s in zip(requests, seeds)]
         results: dict[str, Completion] = {}
         paid_earlier: set[str] = set()
         if self.cache is not None:
@@ -188,18 +199,21 @@ class CachedClient(LLMClient):
             first.setdefault(key, i)
         todo = [k for k in first if k not in results]
         todo_requests = [requests[first[k]] for k in todo]
+        todo_seeds = [seeds[first[k]] for k in todo]
         generated: list[Completion] = []
 
         def on_completion(i: int, completion: Completion) -> None:
             results[todo[i]] = completion
             generated.append(completion)
             if self.cache is not None:
-                request = {"messages": todo_requests[i], "sampling": sampling.model_dump(mode="json")}
+                request = {"messages": todo_requests[i], "sampling": params[todo_seeds[i]].model_dump(mode="json")}
                 self.cache.put(todo[i], completion, request, paid_by=self.payer)
 
         try:
-            if todo:
-                self.backend.generate(todo_requests, sampling, on_completion=on_completion)
+            if len(set(todo_seeds)) == 1:
+                self.backend.generate(todo_requests, params[todo_seeds[0]], on_completion=on_completion)
+            elif todo:
+                self.backend.generate(todo_requests, sampling, on_completion=on_completion, seeds=todo_seeds)
         finally:
             # Counted per distinct key, as the backend was (repeats within a call are hits).
             earlier = [results[k] for k in first if k in paid_earlier]

@@ -198,16 +198,18 @@ class LlamaCppClient(Backend):
         requests: list[ChatRequest],
         sampling: SamplingParams,
         on_completion: OnCompletion | None = None,
+        seeds: list[int] | None = None,
     ) -> list[Completion]:
         with self._lock:
             self._load()
-            rows = [self._row(i, r, sampling) for i, r in enumerate(requests)]
+            seeds = seeds or [sampling.seed] * len(requests)
+            rows = [self._row(i, r, sampling, seed) for i, (r, seed) in enumerate(zip(requests, seeds))]
             results: list[Completion | None] = [None] * len(rows)
             if rows:
                 self._run(rows, sampling, results, on_completion)
             return results  # type: ignore[return-value]
 
-    def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams) -> _Row:
+    def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams, seed: int) -> _Row:
         prompt = self.prompt_tokens(messages)
         if len(prompt) >= self.n_ctx_train:
             raise LLMError(
@@ -215,7 +217,7 @@ class LlamaCppClient(Backend):
                 f"context of {self.n_ctx_train} tokens"
             )
         row = _Row(index, prompt, limit=min(sampling.max_tokens, self.n_ctx_train - len(prompt)))
-        row.sampler = self._sampler(sampling, request_seed(messages, sampling.seed))
+        row.sampler = self._sampler(sampling, request_seed(messages, seed))
         if sampling.grammar is not None:
             row.grammar = self.lc.llama_sampler_init_grammar(self.vocab, sampling.grammar.encode(), b"root")
             if not row.grammar:

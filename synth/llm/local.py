@@ -8,7 +8,10 @@ of one long answer running alone. Each step feeds the next chunk of new rows' pr
 row in one forward. The key/value memory (`SlotCache`) is allocated once per slot count and reused
 by every row that takes a slot, and across calls. The key/values of whole prompt chunks are kept
 (`PrefixCache`, least recently used first out) by the tokens up to the chunk's end, so prompts that
-open alike (a stage's few-shot examples, a template's preamble) feed their shared chunks once.
+open alike (a stage's few-shot examples, a template's preamble) feed their shared chunks once. A
+prompt's last chunk is kept with the logits it ended on, so the same prompt asked again (under
+other seeds, `seeds`) is not fed at all: a row waits while an earlier row of the same call feeds
+its prompt, then copies it.
 
 A request's text does not depend on what it was batched with: a prompt is always fed alone and cut
 at the same places (so a chunk found in the prefix cache holds exactly the key/values feeding it
@@ -144,6 +147,7 @@ class LocalClient(Backend):
         requests: list[ChatRequest],
         sampling: SamplingParams,
         on_completion: OnCompletion | None = None,
+        seeds: list[int] | None = None,
     ) -> list[Completion]:
         with self._lock:
             self._load()
@@ -151,14 +155,15 @@ class LocalClient(Backend):
             previous = torch.get_num_threads()
             torch.set_num_threads(self.threads)
             try:
-                return self._generate(requests, sampling, on_completion)
+                return self._generate(requests, sampling, on_completion, seeds or [sampling.seed] * len(requests))
             finally:
                 torch.set_num_threads(previous)
 
     def _generate(
-        self, requests: list[ChatRequest], sampling: SamplingParams, on_completion: OnCompletion | None
-    ) -> list[Completion]:
-        rows = [self._row(i, r, sampling) for i, r in enumerate(requests)]
+        self, requests: list[ChatRequest], sampling: SamplingParams, on_completion: OnCompletion | None,
+        seeds: list[int],
+    ) -> list[Completion]:  # fmt: skip
+        rows = [self._row(i, r, sampling, seed) for i, (r, seed) in enumerate(zip(requests, seeds))]
         results: list[Completion | None] = [None] * len(rows)
         if rows:
             reused_before = self.prefixes.reused_tokens
@@ -167,7 +172,7 @@ class LocalClient(Backend):
                       self.prefixes.reused_tokens - reused_before, sum(len(r.prompt) for r in rows))  # fmt: skip
         return results  # type: ignore[return-value]
 
-    def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams) -> _Row:
+    def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams, seed: int) -> _Row:
         head, prefill = split_prefill(messages)
         prompt = self.tokenizer.apply_chat_template(head, add_generation_prompt=True, tokenize=False) + prefill
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -181,7 +186,7 @@ class LocalClient(Backend):
             limit = min(limit, self.max_positions - len(ids))
         generator = None
         if sampling.temperature > 0:
-            generator = torch.Generator(self.device).manual_seed(request_seed(messages, sampling.seed))
+            generator = torch.Generator(self.device).manual_seed(request_seed(messages, seed))
         return _Row(index, ids, limit, generator)
 
     @torch.inference_mode()
@@ -219,33 +224,45 @@ class LocalClient(Backend):
         """Feed new rows' prompts, `PREFILL_CHUNK` tokens per forward, up to `PREFILL_BUDGET` per
         step; a row whose prompt is in samples its first token. A prompt is always cut at the same
         places and fed alone, so its key/values do not depend on the rows beside it. A whole chunk
-        the prefix cache holds is copied in instead (never the last one: its logits are needed)."""
+        the prefix cache holds is copied in instead, and so is a last chunk with its logits."""
         budget = PREFILL_BUDGET
         for s, row in enumerate(slots):
+            if row is not None and row.fed == 0 and self._twin_feeding(row, slots):
+                continue  # its twin's last chunk will be in the prefix cache
             while row is not None and row.fed < len(row.prompt) and budget > 0:
                 end = min(row.fed + PREFILL_CHUNK, len(row.prompt))
-                whole = end - row.fed == PREFILL_CHUNK
-                key = self.prefixes.key(row.prefix_key, row.prompt[row.fed : end]) if whole else None
-                if key is not None and end < len(row.prompt) and cache.ready:
-                    chunk = self.prefixes.get(key)
-                    if chunk is not None:
-                        cache.restore(s, row.fed, chunk)
-                        row.fed, row.prefix_key = end, key
-                        continue
-                ids = torch.tensor([row.prompt[row.fed : end]], device=self.device)
-                positions = torch.arange(row.fed, end, device=self.device)
-                mask = torch.arange(end, device=self.device)[None, :] <= positions[:, None]
-                cache.prefill(s, row.fed, end - row.fed)
-                logits = self._forward(ids, mask[None, None], positions[None], cache)
-                if key is not None:
-                    self.prefixes.put(key, cache.chunk(s, row.fed, end))
-                    row.prefix_key = key
-                budget -= end - row.fed
-                row.fed = end
+                tokens = row.prompt[row.fed : end]
+                key = self.prefixes.key(row.prefix_key, tokens) if len(tokens) == PREFILL_CHUNK else None
+                last_key = self.prefixes.key(row.prefix_key, tokens, last=True) if end == len(row.prompt) else None
+                found = self.prefixes.get(last_key or key) if cache.ready and (last_key or key) else None
+                if found is not None:
+                    cache.restore(s, row.fed, found.kv)
+                    row.fed, row.prefix_key = end, key or row.prefix_key
+                    logits = found.logits
+                else:
+                    ids = torch.tensor([tokens], device=self.device)
+                    positions = torch.arange(row.fed, end, device=self.device)
+                    mask = torch.arange(end, device=self.device)[None, :] <= positions[:, None]
+                    cache.prefill(s, row.fed, end - row.fed)
+                    logits = self._forward(ids, mask[None, None], positions[None], cache)
+                    if key is not None or last_key is not None:
+                        kv = cache.chunk(s, row.fed, end)
+                        if key is not None:
+                            self.prefixes.put(key, Chunk(kv))
+                        if last_key is not None:
+                            self.prefixes.put(last_key, Chunk(kv, logits))
+                    budget -= end - row.fed
+                    row.fed, row.prefix_key = end, key or row.prefix_key
                 if end == len(row.prompt):
                     token = self._choose(logits, sampling, [row]).item()
                     if self._step(row, token, sampling):
                         finish(s)
+
+    @staticmethod
+    def _twin_feeding(row: _Row, slots: list[_Row | None]) -> bool:
+        """Whether an earlier request of this call with the same prompt is still feeding it."""
+        return any(other is not None and other.index < row.index and other.fed < len(other.prompt)
+                   and other.prompt == row.prompt for other in slots)  # fmt: skip
 
     def _decode(self, slots: list[_Row | None], cache: SlotCache, sampling: SamplingParams, finish) -> None:
         """One token for every row that has one to feed, in one forward over slots 0..last live one;
@@ -422,35 +439,51 @@ class SlotLayer(DynamicLayer):
         return self.key_buffer[: len(rows), :, :kv_len], self.value_buffer[: len(rows), :, :kv_len]
 
 
+@dataclass
+class Chunk:
+    """One prompt chunk's key/values in every layer; a prompt's last chunk also keeps the logits
+    of its last token, from which the answer's first token is sampled."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    logits: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        extra = self.logits.nbytes if self.logits is not None else 0
+        return extra + sum(k.nbytes + v.nbytes for k, v in self.kv)
+
+
 class PrefixCache:
-    """Key/values of whole prompt chunks, keyed by a digest of every prompt token up to the chunk's
-    end, within a byte budget; the least recently used go first."""
+    """Key/values of prompt chunks, keyed by a digest of every prompt token up to the chunk's end
+    (and, for a prompt's last chunk, that it is the last), within a byte budget; the least recently
+    used go first."""
 
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
-        self._chunks: OrderedDict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._chunks: OrderedDict[bytes, Chunk] = OrderedDict()
         self._bytes = 0
         self.reused_tokens = 0
 
     @staticmethod
-    def key(prefix_key: bytes, tokens: list[int]) -> bytes:
+    def key(prefix_key: bytes, tokens: list[int], last: bool = False) -> bytes:
         """The key of a chunk from the key of the tokens before it and its own tokens."""
-        return hashlib.blake2b(prefix_key + array("q", tokens).tobytes(), digest_size=16).digest()
+        tail = b"last" if last else b""
+        return hashlib.blake2b(prefix_key + array("q", tokens).tobytes() + tail, digest_size=16).digest()
 
-    def get(self, key: bytes) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    def get(self, key: bytes) -> Chunk | None:
         chunk = self._chunks.get(key)
         if chunk is not None:
             self._chunks.move_to_end(key)
-            self.reused_tokens += chunk[0][0].shape[1]
+            self.reused_tokens += chunk.kv[0][0].shape[1]
         return chunk
 
-    def put(self, key: bytes, chunk: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        size = sum(k.nbytes + v.nbytes for k, v in chunk)
+    def put(self, key: bytes, chunk: Chunk) -> None:
+        size = chunk.nbytes
         if key in self._chunks or size > self.budget:
             return
         while self._bytes + size > self.budget:
             _, old = self._chunks.popitem(last=False)
-            self._bytes -= sum(k.nbytes + v.nbytes for k, v in old)
+            self._bytes -= old.nbytes
         self._chunks[key] = chunk
         self._bytes += size
 

@@ -62,11 +62,16 @@ class OpenAIClient(Backend):
         requests: list[ChatRequest],
         sampling: SamplingParams,
         on_completion: OnCompletion | None = None,
+        seeds: list[int] | None = None,
     ) -> list[Completion]:
-        return run_sync(self._generate_all(requests, sampling, on_completion))
+        if seeds is None:
+            params = [sampling] * len(requests)
+        else:
+            params = [sampling.model_copy(update={"seed": s}) for s in seeds]
+        return run_sync(self._generate_all(requests, params, on_completion))
 
     async def _generate_all(
-        self, requests: list[ChatRequest], sampling: SamplingParams, on_completion: OnCompletion | None
+        self, requests: list[ChatRequest], params: list[SamplingParams], on_completion: OnCompletion | None
     ) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
         failures: list[str] = []
@@ -78,7 +83,7 @@ class OpenAIClient(Backend):
                 if failures:
                     return  # the run is failing: don't start more, let the started ones finish
                 try:
-                    results[i] = await self._request(client, requests[i], sampling)
+                    results[i] = await self._request(client, requests[i], params[i])
                 except LLMError as exc:
                     failures.append(str(exc))
                     return

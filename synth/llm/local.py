@@ -6,13 +6,16 @@ Requests are generated in `spec.batch_size` slots by a small decoding loop of ou
 of one long answer running alone. Each step feeds the next chunk of new rows' prompts
 (`PREFILL_CHUNK` tokens per forward, `PREFILL_BUDGET` per step) and then one token of every running
 row in one forward. The key/value memory (`SlotCache`) is allocated once per slot count and reused
-by every row that takes a slot, and across calls. The key/values of whole prompt chunks are kept
-(`PrefixCache`, least recently used first out) by the tokens up to the chunk's end, so prompts that
-open alike (a stage's few-shot examples, a template's preamble) feed their shared chunks once.
+by every row that takes a slot, and across calls. A prompt is cut into chunks after each end-of-turn
+token and every `PREFILL_CHUNK` tokens between them; the key/values of every chunk but the last are
+kept (`PrefixCache`, least recently used first out) by the tokens up to the chunk's end, so prompts
+that open alike (a stage's few-shot examples, a template's preamble) feed their shared turns once
+and only their own last turn is fed anew (cut at 128 tokens alone, a classification prompt's
+shared examples left ~105 of its ~490 tokens to feed per request; cut at turns, ~45).
 
 A request's text does not depend on what it was batched with: a prompt is always fed alone and cut
-at the same places (so a chunk found in the prefix cache holds exactly the key/values feeding it
-would give), each decode row attends only to its own slot (the mask hides the rest), and
+at places its own tokens decide (so a chunk found in the prefix cache, whose key covers every token
+up to its end, holds exactly the key/values feeding it would give), each decode row attends only to its own slot (the mask hides the rest), and
 each request samples from its own random generator, seeded from `sampling.seed` and the request's
 content. The same request gives the same text alone, in any batch, in any process.
 
@@ -52,7 +55,8 @@ log = logging.getLogger(__name__)
 TOP_CANDIDATES = 256
 """Sampling looks for the top_p nucleus among this many most likely tokens before sorting all."""
 PREFILL_CHUNK = 128
-"""Prompt tokens per prefill forward: a long prompt is fed in pieces between decode steps."""
+"""Prompt tokens per prefill forward, at most: a long prompt is fed in pieces between decode steps
+(a chunk also ends after each end-of-turn token, see `_chunk_end`)."""
 PREFILL_BUDGET = 256
 """Prompt tokens fed per step, at most (whole chunks), so running rows keep decoding."""
 PREFIX_CACHE_MB = 256
@@ -223,10 +227,10 @@ class LocalClient(Backend):
         budget = PREFILL_BUDGET
         for s, row in enumerate(slots):
             while row is not None and row.fed < len(row.prompt) and budget > 0:
-                end = min(row.fed + PREFILL_CHUNK, len(row.prompt))
-                whole = end - row.fed == PREFILL_CHUNK
-                key = self.prefixes.key(row.prefix_key, row.prompt[row.fed : end]) if whole else None
-                if key is not None and end < len(row.prompt) and cache.ready:
+                end = self._chunk_end(row)
+                last = end == len(row.prompt)
+                key = None if last else self.prefixes.key(row.prefix_key, row.prompt[row.fed : end])
+                if key is not None and cache.ready:
                     chunk = self.prefixes.get(key)
                     if chunk is not None:
                         cache.restore(s, row.fed, chunk)
@@ -242,10 +246,18 @@ class LocalClient(Backend):
                     row.prefix_key = key
                 budget -= end - row.fed
                 row.fed = end
-                if end == len(row.prompt):
+                if last:
                     token = self._choose(logits, sampling, [row]).item()
                     if self._step(row, token, sampling):
                         finish(s)
+
+    def _chunk_end(self, row: _Row) -> int:
+        """Where the prompt chunk starting at `row.fed` ends: just after the next end-of-turn token
+        (so a few-shot turn shared by many prompts is a chunk of its own, whatever its length),
+        `PREFILL_CHUNK` tokens on, or at the prompt's end, whichever comes first. It depends on the
+        prompt's own tokens only, so the same opening is always cut the same way."""
+        end = min(row.fed + PREFILL_CHUNK, len(row.prompt))
+        return next((i + 1 for i in range(row.fed, end) if row.prompt[i] in self.eos), end)
 
     def _decode(self, slots: list[_Row | None], cache: SlotCache, sampling: SamplingParams, finish) -> None:
         """One token for every row that has one to feed, in one forward over slots 0..last live one;

@@ -232,3 +232,24 @@ def test_shared_few_shot_turns_shorter_than_a_chunk_are_fed_once_and_keep_their_
     assert [c.text for c in got] == [c.text for c in expected]
     one_by_one = [client.generate([r], sampling)[0] for r in requests]
     assert [c.text for c in got] == [c.text for c in one_by_one]
+
+
+@pytest.mark.slow
+def test_a_shared_preamble_before_a_blank_line_is_fed_once_and_keeps_its_texts(client):
+    # One turn each, as a template's preamble and then the text that differs: the turn's opening
+    # up to its blank line is the same in every prompt and shorter than a prefill chunk.
+    preamble = "Read the question below and answer it in one short sentence, as plainly as you can."
+    requests = ask(*(f"{preamble}\n\n{q}" for q in QUESTIONS))
+    shared = shared_prefix_length(client, requests)
+    assert all(prompt_length(client, r) < PREFILL_CHUNK for r in requests)  # no whole chunk to reuse
+    sampling = SamplingParams(max_tokens=4, temperature=0.8, seed=6)
+
+    uncached = with_slots(client, 2)
+    uncached.prefixes = PrefixCache(0)
+    expected = uncached.generate(requests, sampling)
+
+    cached = with_slots(client, 2)
+    cached.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    got = cached.generate(requests, sampling)
+    assert cached.prefixes.reused_tokens >= (len(requests) - 1) * shared
+    assert [c.text for c in got] == [c.text for c in expected]

@@ -7,11 +7,11 @@ of one long answer running alone. Each step feeds the next chunk of new rows' pr
 (`PREFILL_CHUNK` tokens per forward, `PREFILL_BUDGET` per step) and then one token of every running
 row in one forward. The key/value memory (`SlotCache`) is allocated once per slot count and reused
 by every row that takes a slot, and across calls. A prompt is cut into chunks after each end-of-turn
-token and every `PREFILL_CHUNK` tokens between them; the key/values of every chunk but the last are
-kept (`PrefixCache`, least recently used first out) by the tokens up to the chunk's end, so prompts
-that open alike (a stage's few-shot examples, a template's preamble) feed their shared turns once
-and only their own last turn is fed anew (cut at 128 tokens alone, a classification prompt's
-shared examples left ~105 of its ~490 tokens to feed per request; cut at turns, ~45).
+token, after a blank line, and every `PREFILL_CHUNK` tokens between them; the key/values of every
+chunk but the last are kept (`PrefixCache`, least recently used first out) by the tokens up to the
+chunk's end, so prompts that open alike (a stage's few-shot examples, a template's preamble) feed
+their shared turns and paragraphs once and only what differs is fed anew (cut every 128 tokens
+alone, a classification prompt left ~112 of its ~490 tokens to feed per request).
 
 A request's text does not depend on what it was batched with: a prompt is always fed alone and cut
 at places its own tokens decide (so a chunk found in the prefix cache, whose key covers every token
@@ -57,6 +57,9 @@ TOP_CANDIDATES = 256
 PREFILL_CHUNK = 128
 """Prompt tokens per prefill forward, at most: a long prompt is fed in pieces between decode steps
 (a chunk also ends after each end-of-turn token, see `_chunk_end`)."""
+PARAGRAPH_MIN = 16
+"""A blank line ends a prompt chunk only this many tokens or more after the chunk's start: short
+forwards feed fewer tokens per second."""
 PREFILL_BUDGET = 256
 """Prompt tokens fed per step, at most (whole chunks), so running rows keep decoding."""
 PREFIX_CACHE_MB = 256
@@ -124,6 +127,7 @@ class LocalClient(Backend):
         if not eos:
             raise LLMError(f"{folder}: no end-of-sequence token in its tokenizer or generation_config.json")
         self.eos = frozenset(eos)
+        self.line_ends, self.blank_line_ends = line_end_tokens(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         # transformers 5.x renamed `past_key_values` to `cache`; 4.x only knows the old name.
@@ -253,11 +257,20 @@ class LocalClient(Backend):
 
     def _chunk_end(self, row: _Row) -> int:
         """Where the prompt chunk starting at `row.fed` ends: just after the next end-of-turn token
-        (so a few-shot turn shared by many prompts is a chunk of its own, whatever its length),
-        `PREFILL_CHUNK` tokens on, or at the prompt's end, whichever comes first. It depends on the
-        prompt's own tokens only, so the same opening is always cut the same way."""
-        end = min(row.fed + PREFILL_CHUNK, len(row.prompt))
-        return next((i + 1 for i in range(row.fed, end) if row.prompt[i] in self.eos), end)
+        (so a few-shot turn shared by many prompts is a chunk of its own, whatever its length), just
+        after a blank line at least `PARAGRAPH_MIN` tokens on (a template's preamble, shared, before
+        the text that differs), `PREFILL_CHUNK` tokens on, or at the prompt's end, whichever comes
+        first. It depends on the prompt's own tokens only: the same opening is always cut alike."""
+        prompt, start = row.prompt, row.fed
+        end = min(start + PREFILL_CHUNK, len(prompt))
+        for i in range(start, end):
+            if prompt[i] in self.eos:
+                return i + 1
+            if i + 1 - start >= PARAGRAPH_MIN and (
+                prompt[i] in self.blank_line_ends or (prompt[i] in self.line_ends and prompt[i - 1] in self.line_ends)
+            ):
+                return i + 1
+        return end
 
     def _decode(self, slots: list[_Row | None], cache: SlotCache, sampling: SamplingParams, finish) -> None:
         """One token for every row that has one to feed, in one forward over slots 0..last live one;
@@ -469,6 +482,14 @@ class PrefixCache:
     def clear(self) -> None:
         self._chunks.clear()
         self._bytes = 0
+
+
+def line_end_tokens(tokenizer) -> tuple[frozenset[int], frozenset[int]]:
+    """Tokens whose text ends a line, and those that end a blank line ("\n\n" is one token or two,
+    as the text around it falls)."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    ends = frozenset(i for i, text in enumerate(texts) if text.endswith("\n"))
+    return ends, frozenset(i for i in ends if texts[i].endswith("\n\n"))
 
 
 def default_threads() -> int:

@@ -17,7 +17,7 @@ holdout:
     fit s, sample s, quality (SDMetrics), TSTR (macro F1 or R²) beside TRTR, median DCR beside
     the holdout's, exact copies, rows the guard replaced.
 
-`--draws K` (default 3) scores K samples of one fit (the stage's sample seed, then derived ones)
+`--draws K` (default 10) scores K samples of one fit (the stage's sample seed, then derived ones)
 and reports their means, TSTR's range beside it, and the worst draw's copies: on a small holdout
 (penguins: 69 rows) one draw's TSTR moves by 0.1 with the sampling seed alone, for every model.
 
@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument("--no-guard", action="store_true", help="Score the raw samples, without the privacy guard")
     parser.add_argument("--set", nargs="*", default=[], metavar="MODEL.KEY=VALUE", dest="settings",
                         help="A setting other than the default, e.g. tabddpm.epochs=200 (the value read as YAML)")
-    parser.add_argument("--draws", type=int, default=3,
+    parser.add_argument("--draws", type=int, default=10,
                         help="Samples scored per fit (their mean is the row): one draw's TSTR on a small holdout is noise")
     args = parser.parse_args()
 

@@ -73,7 +73,7 @@ def _start(what: str, start) -> object:
     """`start()`, tried START_TRIES times; the last failure becomes one SynthError line."""
     for attempt in range(1, START_TRIES + 1):
         try:
-            return start()
+            return _keeping_the_hosts_log_handlers(start)
         except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception for a start-up time-out
             if ray.is_initialized():
                 ray.shutdown()
@@ -87,6 +87,21 @@ def _start(what: str, start) -> object:
             log.warning("could not %s (try %d of %d): %s; trying again", what, attempt, START_TRIES, reason)
             time.sleep(RETRY_PAUSE_S * attempt)
     raise AssertionError("unreachable")
+
+
+def _keeping_the_hosts_log_handlers(start) -> object:
+    """`start()`; `ray.init` adds a handler to the driver's root logger (for `logging_config`, which
+    is meant for the workers): where the host has handlers of its own (the CLI does), every driver
+    line would print twice, so Ray's is taken off the root logger again."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        return start()
+    finally:
+        if before:
+            for handler in root.handlers[:]:
+                if handler not in before:
+                    root.removeHandler(handler)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -232,6 +232,7 @@ def test_the_cli_exits_2_for_bad_input_and_1_for_a_bug_with_one_line_each(tmp_pa
     assert last.startswith("error: stage 'test_fail_in_worker' failed: ZeroDivisionError: division by zero")
     assert "Traceback" not in done.stderr
     assert re.search(r"^Ray dashboard: http://127\.0\.0\.1:\d+ ", done.stderr, re.MULTILINE), done.stderr
+    assert done.stderr.count("Ray dashboard: http") == 1, "each line of the run once, not again by Ray's handler"
     niceness = set(_column(tmp_path / "out" / "_stages" / "01-test_niceness", "niceness"))
     assert niceness == {os.nice(0)}
 

@@ -44,9 +44,19 @@ def with_slots(client: LocalClient, slots: int) -> LocalClient:
     return other
 
 
-def prompt_length(client: LocalClient, request) -> int:
+def prompt_ids(client: LocalClient, request) -> list[int]:
     text = client.tokenizer.apply_chat_template(request, add_generation_prompt=True, tokenize=False)
-    return len(client.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return client.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_length(client: LocalClient, request) -> int:
+    return len(prompt_ids(client, request))
+
+
+def shared_prefix_length(client: LocalClient, requests) -> int:
+    """How many tokens every request's prompt opens with alike."""
+    prompts = [prompt_ids(client, r) for r in requests]
+    return next((i for i, ids in enumerate(zip(*prompts)) if len(set(ids)) > 1), min(map(len, prompts)))
 
 
 def test_a_missing_model_folder_names_the_path(tmp_path):
@@ -190,8 +200,9 @@ def test_prompts_that_open_alike_reuse_their_chunks_and_keep_their_texts(client)
     cached = with_slots(client, 2)
     cached.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
     got = cached.generate(requests, sampling)
-    # Every request after the first opens with the same whole chunks.
-    assert cached.prefixes.reused_tokens >= 2 * 2 * PREFILL_CHUNK
+    # Every request after the first reuses its shared opening but for the part of a chunk at its end.
+    shared = shared_prefix_length(client, requests)
+    assert cached.prefixes.reused_tokens >= 2 * (shared - PREFILL_CHUNK) >= 2 * PREFILL_CHUNK
     assert [c.text for c in got] == [c.text for c in expected]
     assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in expected]
 
@@ -205,6 +216,12 @@ def test_a_prompt_asked_under_several_seeds_in_one_call_is_fed_once_and_keeps_ea
     alone = [client.generate([r], sampling.model_copy(update={"seed": s}))[0] for r, s in zip(requests, seeds)]
     assert len({c.text for c in alone}) > 2, "the seeds give different answers"
 
+    # What the two prompts share (the chat template's opening turn, a chunk of its own) is reused anyway.
+    once = with_slots(client, 2)
+    once.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    once.generate([sea, capital], sampling)
+    opening_reused = once.prefixes.reused_tokens
+
     for slots, prefix_budget in ((2, PREFIX_CACHE_MB << 20), (3, 0)):
         shared = with_slots(client, slots)
         shared.prefixes = PrefixCache(prefix_budget)
@@ -212,4 +229,52 @@ def test_a_prompt_asked_under_several_seeds_in_one_call_is_fed_once_and_keeps_ea
         assert [c.text for c in got] == [c.text for c in alone]
         assert [c.completion_tokens for c in got] == [c.completion_tokens for c in alone]
         if prefix_budget:  # the sea prompt was fed once: its three repeats copied it
-            assert shared.prefixes.reused_tokens == 3 * prompt_length(client, sea)
+            assert shared.prefixes.reused_tokens == 3 * prompt_length(client, sea) + opening_reused
+
+
+@pytest.mark.slow
+def test_shared_few_shot_turns_shorter_than_a_chunk_are_fed_once_and_keep_their_texts(client):
+    # Worked examples as earlier turns, as the stages send them: together shorter than one prefill
+    # chunk, so only cuts at the ends of turns let later prompts reuse them.
+    shots = [{"role": "user", "content": "Is 'Name a colour.' a question? Answer Yes or No."},
+             {"role": "assistant", "content": "No"},
+             {"role": "user", "content": "Is 'Hi!' a question? Answer Yes or No."},
+             {"role": "assistant", "content": "No"}]  # fmt: skip
+    requests = [shots + [{"role": "user", "content": f"Is '{q}' a question? Answer Yes or No."}] for q in QUESTIONS]
+    # The turns up to the second question's end, less the "\n<|im_start|>assistant\n" the template adds.
+    shared = prompt_length(client, shots[:3]) - 4
+    assert all(prompt_length(client, r) < PREFILL_CHUNK for r in requests)  # no whole chunk to reuse
+    sampling = SamplingParams(max_tokens=3, temperature=0.8, seed=5)
+
+    uncached = with_slots(client, 2)
+    uncached.prefixes = PrefixCache(0)
+    expected = uncached.generate(requests, sampling)
+
+    cached = with_slots(client, 2)
+    cached.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    got = cached.generate(requests, sampling)
+    assert cached.prefixes.reused_tokens >= (len(requests) - 1) * shared
+    assert [c.text for c in got] == [c.text for c in expected]
+    one_by_one = [client.generate([r], sampling)[0] for r in requests]
+    assert [c.text for c in got] == [c.text for c in one_by_one]
+
+
+@pytest.mark.slow
+def test_a_shared_preamble_before_a_blank_line_is_fed_once_and_keeps_its_texts(client):
+    # One turn each, as a template's preamble and then the text that differs: the turn's opening
+    # up to its blank line is the same in every prompt and shorter than a prefill chunk.
+    preamble = "Read the question below and answer it in one short sentence, as plainly as you can."
+    requests = ask(*(f"{preamble}\n\n{q}" for q in QUESTIONS))
+    shared = shared_prefix_length(client, requests)
+    assert all(prompt_length(client, r) < PREFILL_CHUNK for r in requests)  # no whole chunk to reuse
+    sampling = SamplingParams(max_tokens=4, temperature=0.8, seed=6)
+
+    uncached = with_slots(client, 2)
+    uncached.prefixes = PrefixCache(0)
+    expected = uncached.generate(requests, sampling)
+
+    cached = with_slots(client, 2)
+    cached.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    got = cached.generate(requests, sampling)
+    assert cached.prefixes.reused_tokens >= (len(requests) - 1) * shared
+    assert [c.text for c in got] == [c.text for c in expected]

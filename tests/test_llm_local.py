@@ -44,6 +44,13 @@ def with_slots(client: LocalClient, slots: int) -> LocalClient:
     return other
 
 
+def with_prefix_cache(client: LocalClient, slots: int, budget: int = PREFIX_CACHE_MB << 20) -> LocalClient:
+    """`with_slots`, with a prefix cache of its own holding up to `budget` bytes (0 keeps nothing)."""
+    other = with_slots(client, slots)
+    other.prefixes = PrefixCache(budget)
+    return other
+
+
 def prompt_ids(client: LocalClient, request) -> list[int]:
     text = client.tokenizer.apply_chat_template(request, add_generation_prompt=True, tokenize=False)
     return client.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -192,13 +199,11 @@ def test_prompts_that_open_alike_reuse_their_chunks_and_keep_their_texts(client)
     assert prompt_length(client, requests[0]) > 2 * PREFILL_CHUNK
     sampling = SamplingParams(max_tokens=8, temperature=0.8, seed=3)
 
-    uncached = with_slots(client, 2)
-    uncached.prefixes = PrefixCache(0)  # keeps nothing
+    uncached = with_prefix_cache(client, 2, 0)  # keeps nothing
     expected = uncached.generate(requests, sampling)
     assert uncached.prefixes.reused_tokens == 0
 
-    cached = with_slots(client, 2)
-    cached.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    cached = with_prefix_cache(client, 2)
     got = cached.generate(requests, sampling)
     # Every request after the first reuses its shared opening but for the part of a chunk at its end.
     shared = shared_prefix_length(client, requests)
@@ -217,14 +222,12 @@ def test_a_prompt_asked_under_several_seeds_in_one_call_is_fed_once_and_keeps_ea
     assert len({c.text for c in alone}) > 2, "the seeds give different answers"
 
     # What the two prompts share (the chat template's opening turn, a chunk of its own) is reused anyway.
-    once = with_slots(client, 2)
-    once.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    once = with_prefix_cache(client, 2)
     once.generate([sea, capital], sampling)
     opening_reused = once.prefixes.reused_tokens
 
     for slots, prefix_budget in ((2, PREFIX_CACHE_MB << 20), (3, 0)):
-        shared = with_slots(client, slots)
-        shared.prefixes = PrefixCache(prefix_budget)
+        shared = with_prefix_cache(client, slots, prefix_budget)
         got = shared.generate(requests, sampling, seeds=seeds)
         assert [c.text for c in got] == [c.text for c in alone]
         assert [c.completion_tokens for c in got] == [c.completion_tokens for c in alone]
@@ -246,12 +249,10 @@ def test_shared_few_shot_turns_shorter_than_a_chunk_are_fed_once_and_keep_their_
     assert all(prompt_length(client, r) < PREFILL_CHUNK for r in requests)  # no whole chunk to reuse
     sampling = SamplingParams(max_tokens=3, temperature=0.8, seed=5)
 
-    uncached = with_slots(client, 2)
-    uncached.prefixes = PrefixCache(0)
+    uncached = with_prefix_cache(client, 2, 0)
     expected = uncached.generate(requests, sampling)
 
-    cached = with_slots(client, 2)
-    cached.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    cached = with_prefix_cache(client, 2)
     got = cached.generate(requests, sampling)
     assert cached.prefixes.reused_tokens >= (len(requests) - 1) * shared
     assert [c.text for c in got] == [c.text for c in expected]
@@ -269,12 +270,10 @@ def test_a_shared_preamble_before_a_blank_line_is_fed_once_and_keeps_its_texts(c
     assert all(prompt_length(client, r) < PREFILL_CHUNK for r in requests)  # no whole chunk to reuse
     sampling = SamplingParams(max_tokens=4, temperature=0.8, seed=6)
 
-    uncached = with_slots(client, 2)
-    uncached.prefixes = PrefixCache(0)
+    uncached = with_prefix_cache(client, 2, 0)
     expected = uncached.generate(requests, sampling)
 
-    cached = with_slots(client, 2)
-    cached.prefixes = PrefixCache(PREFIX_CACHE_MB << 20)
+    cached = with_prefix_cache(client, 2)
     got = cached.generate(requests, sampling)
     assert cached.prefixes.reused_tokens >= (len(requests) - 1) * shared
     assert [c.text for c in got] == [c.text for c in expected]

@@ -69,8 +69,7 @@ class LLMClient(ABC):
         `generate([request], sampling with that seed)` gives. This default asks once per distinct
         seed; a client that mixes seeds in one call (`CachedClient`) lets an engine feed a prompt
         asked under several seeds once."""
-        if len(seeds) != len(requests):
-            raise ValueError(f"expected one seed per request, got {len(seeds)} for {len(requests)}")
+        require_one_seed_each(requests, seeds)
         results: list[Completion | None] = [None] * len(requests)
         for seed in dict.fromkeys(seeds):
             picked = [i for i, s in enumerate(seeds) if s == seed]
@@ -81,3 +80,8 @@ class LLMClient(ABC):
 
     def close(self) -> None:
         """Release connections or memory; safe to call twice."""
+
+
+def require_one_seed_each(requests: list[ChatRequest], seeds: list[int]) -> None:
+    if len(seeds) != len(requests):
+        raise ValueError(f"expected one seed per request, got {len(seeds)} for {len(requests)}")

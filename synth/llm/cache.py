@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from synth.llm.base import ChatRequest, Completion, LLMClient, SamplingParams
+from synth.llm.base import ChatRequest, Completion, LLMClient, SamplingParams, require_one_seed_each
 from synth.spec import LLMPrices
 
 OnCompletion = Callable[[int, Completion], None]
@@ -179,8 +179,7 @@ class CachedClient(LLMClient):
     def generate_seeded(self, requests: list[ChatRequest], sampling: SamplingParams, seeds: list[int]) -> list[Completion]:
         """Every request in one backend call, each under its own seed; a request's key is the one
         it has asked alone with its seed, so either way of asking finds the other's entries."""
-        if len(seeds) != len(requests):
-            raise ValueError(f"expected one seed per request, got {len(seeds)} for {len(requests)}")
+        require_one_seed_each(requests, seeds)
         params = {seed: sampling.model_copy(update={"seed": seed}) for seed in dict.fromkeys(seeds)}
         keys = [request_key(self.backend.backend, self.model_id, r, params[s]) for r, s in zip(requests, seeds)]
         results: dict[str, Completion] = {}

@@ -16,10 +16,10 @@ kept with the logits it ended on, so the same prompt asked again (under other se
 not fed at all: a row waits while an earlier row of the same call feeds its prompt, then copies it.
 
 A request's text does not depend on what it was batched with: a prompt is always fed alone and cut
-at places its own tokens decide (so a chunk found in the prefix cache, whose key covers every token
-up to its end, holds exactly the key/values feeding it would give), each decode row attends only to its own slot (the mask hides the rest), and
-each request samples from its own random generator, seeded from `sampling.seed` and the request's
-content. The same request gives the same text alone, in any batch, in any process.
+at places its own tokens decide (so a chunk found in the prefix cache, whose key covers every
+token up to its end, holds exactly the key/values feeding it would give), each decode row attends
+only to its own slot (the mask hides the rest), and each request samples from its own random
+generator, seeded from `sampling.seed` and the request's content. The same request gives the same text alone, in any batch, in any process.
 
 On CPU the model runs in float32 (bfloat16 measured twice as slow on CPUs without AVX512-BF16)
 with `spec.threads` threads, default: Ray's `OMP_NUM_THREADS` for the worker, else all cores.

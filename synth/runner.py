@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -485,7 +486,15 @@ class _Worker:
         self.items, self.target = items, Path(target)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [self.do(index) for index in batch.column("unit").to_pylist()]
+        try:
+            rows = [self.do(index) for index in batch.column("unit").to_pylist()]
+        except SystemError:
+            # An interpreter-internal error: this process's memory can't be trusted (CI met one from
+            # a freed method definition in a long-reused worker). Ending the process makes Ray retry
+            # the units in a fresh worker; what they paid is in the LLM cache, and parts are rewritten.
+            log.exception("%s: interpreter error; ending this worker so Ray retries its units", self.stage.ctx.stage_name)
+            logging.shutdown()
+            os._exit(70)  # EX_SOFTWARE
         return pa.table({"unit": batch.column("unit"), "rows": rows})
 
     def do(self, index: int) -> int:

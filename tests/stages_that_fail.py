@@ -1,6 +1,7 @@
 """Small real stages for the runner's failure paths, input checks and behaviour under load: a
 source that reads a file of numbers (checked before Ray), a map stage that records its worker's
-niceness, one that fails inside its Ray worker (as bad input or as a bug), one that asks an LLM,
+niceness, one that fails inside its Ray worker (as bad input or as a bug), one that meets an
+interpreter error once, one that asks an LLM,
 and one that keeps a CPU busy until told to stop.
 
 Shipped to Ray workers by value; `python -m synth` finds them through an entry point (see
@@ -81,6 +82,24 @@ class FailInWorker(MapStage):
         if self.config.error == "input":
             raise SynthError(f"row {batch.column('n')[0]}: the stage cannot use this record")
         return batch.append_column("ratio", pa.array([n / 0 for n in batch.column("n").to_pylist()]))
+
+
+@register
+class InterpreterErrorOnce(MapStage):
+    """Raises SystemError (an interpreter-internal error, as a corrupted process gives) on its first
+    unit while `marker` exists, removing the marker first, so a retry in another process succeeds."""
+
+    kind = "test_interpreter_error_once"
+
+    class Config(StageConfig):
+        kind: Literal["test_interpreter_error_once"] = "test_interpreter_error_once"
+        marker: str
+
+    def process(self, batch):
+        if os.path.exists(self.config.marker):
+            os.unlink(self.config.marker)
+            raise SystemError("method: bad call flags")
+        return batch.append_column("pid", pa.array([os.getpid()] * batch.num_rows, pa.int64()))
 
 
 @register

@@ -138,6 +138,21 @@ def test_a_bug_in_a_ray_worker_is_one_line_naming_the_log_with_its_traceback(ray
 # ---------------------------------------------------------------- LLM calls paid by an attempt that failed
 
 
+def test_an_interpreter_error_ends_its_worker_and_the_unit_is_retried_in_a_fresh_one(ray_session, tmp_path):
+    # SystemError means the process itself is broken (CI once met one from a freed method
+    # definition in a reused worker); the unit must not fail the run as a bug of the stage.
+    numbers = numbers_file(tmp_path, ["1", "2", "3"])
+    marker = tmp_path / "once"
+    marker.touch()
+    path = write_spec(tmp_path, [
+        {"kind": "test_numbers_file", "path": str(numbers)},
+        {"kind": "test_interpreter_error_once", "marker": str(marker), "resources": {"batch_size": 1}},
+    ])
+    result = run(load_spec(path))
+    assert not marker.exists()  # the error was raised
+    assert result.manifest.records == 3
+
+
 def test_calls_paid_by_a_failed_attempt_count_as_paid_in_the_resumed_runs_manifest(ray_session, tmp_path):
     numbers = numbers_file(tmp_path, ["5", "6", "7"])
     marker = tmp_path / "fail"

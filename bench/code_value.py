@@ -57,14 +57,18 @@ def main() -> None:
         data_dir.mkdir()
         pq.write_table(pa.Table.from_pylist(train_rows, schema=table.schema), data_dir / "part-000000.parquet")
         started = time.perf_counter()
-        before = exact_match(args.model, items, args)
-        print(f"before: {before} of {len(items)} exact ({time.perf_counter() - started:.0f} s); training", flush=True)
+        before = answers(args.model, items, args)
+        print(f"before: {_correct(before, items)} of {len(items)} exact ({time.perf_counter() - started:.0f} s); "
+              "training", flush=True)  # fmt: skip
         model = run_training(_train_spec(args, data_dir, Path(tmp) / "train"))
         trained_s = time.perf_counter() - started
-        after = exact_match(str(model), items, args)
+        after = answers(str(model), items, args)
+    for (prompt, expected), old, new in list(zip(items, before, after))[: args.show]:
+        call = prompt.strip().splitlines()[-1]
+        print(f"{call[:70]}\n  expected {expected[:60]!r}\n  before   {old.strip()[:60]!r}\n  after    {new.strip()[:60]!r}")
     print(f"{'':24}{'exact match':>14}{'correct':>10}")
-    print(f"{'before (' + args.model + ')':24}{before / len(items):>14.3f}{before:>10}")
-    print(f"{'after fine-tuning':24}{after / len(items):>14.3f}{after:>10}")
+    for name, texts in ((f"before ({args.model})", before), ("after fine-tuning", after)):
+        print(f"{name:24}{_correct(texts, items) / len(items):>14.3f}{_correct(texts, items):>10}")
     print(f"({args.steps} steps of up to {args.batch_size} x {args.seq_len} tokens; {trained_s:.0f} s with both evals)")
 
 
@@ -98,12 +102,17 @@ def same_answer(text: str, expected: str) -> bool:
         return False
 
 
-def exact_match(model: str, items: list[tuple[str, str]], args: argparse.Namespace) -> int:
+def answers(model: str, items: list[tuple[str, str]], args: argparse.Namespace) -> list[str]:
+    """The model's greedy answer to each item's prompt."""
     spec = LLMSpec(backend="local", model=None if model == "embedded" else model, threads=args.threads,
                    batch_size=args.gen_batch, cache=False)  # fmt: skip
     client = make_backend(spec)
     completions = client.generate([user_request(p) for p, _ in items], SamplingParams(max_tokens=48, temperature=0))
-    return sum(same_answer(c.text, expected) for c, (_, expected) in zip(completions, items))
+    return [c.text for c in completions]
+
+
+def _correct(texts: list[str], items: list[tuple[str, str]]) -> int:
+    return sum(same_answer(text, expected) for text, (_, expected) in zip(texts, items))
 
 
 def _train_spec(args: argparse.Namespace, data: Path, output: Path) -> TrainSpec:
@@ -131,6 +140,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gen-batch", type=int, default=16, help="sequences generated together")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show", type=int, default=4, help="eval cases printed with both answers")
     return parser.parse_args()
 
 

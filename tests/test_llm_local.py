@@ -236,6 +236,25 @@ def test_a_prompt_asked_under_several_seeds_in_one_call_is_fed_once_and_keeps_ea
 
 
 @pytest.mark.slow
+def test_a_prompt_asked_once_leaves_its_last_chunk_out_of_the_prefix_cache(client):
+    # Only the same prompt again could use a last chunk; kept, it pushes shared chunks out.
+    # Every call has two requests, so the key/value memory of the first is reused, not renewed.
+    sea, capital = ask(QUESTIONS[1], QUESTIONS[0])
+    both = prompt_length(client, sea) + prompt_length(client, capital)
+    sampling = SamplingParams(max_tokens=4, temperature=0)
+    cache = with_prefix_cache(client, 2)
+    cache.generate([sea, capital], sampling)
+    before = cache.prefixes.reused_tokens
+    cache.generate([sea, capital], sampling)
+    assert 0 < cache.prefixes.reused_tokens - before < both  # their openings, not their last chunks
+
+    cache.generate([capital, capital], sampling)  # asked twice in one call: its last chunk is kept
+    before = cache.prefixes.reused_tokens
+    cache.generate([capital, sea], sampling)
+    assert prompt_length(client, capital) <= cache.prefixes.reused_tokens - before < both
+
+
+@pytest.mark.slow
 def test_shared_few_shot_turns_shorter_than_a_chunk_are_fed_once_and_keep_their_texts(client):
     # Worked examples as earlier turns, as the stages send them: together shorter than one prefill
     # chunk, so only cuts at the ends of turns let later prompts reuse them.

@@ -11,9 +11,11 @@ token, after a blank line, and every `PREFILL_CHUNK` tokens between them; the ke
 chunk are kept (`PrefixCache`, least recently used first out) by the tokens up to the chunk's end,
 so prompts that open alike (a stage's few-shot examples, a template's preamble) feed their shared
 turns and paragraphs once and only what differs is fed anew (cut every 128 tokens alone, a
-classification prompt left ~112 of its ~490 tokens to feed per request). A prompt's last chunk is
-kept with the logits it ended on, so the same prompt asked again (under other seeds, `seeds`) is
-not fed at all: a row waits while an earlier row of the same call feeds its prompt, then copies it.
+classification prompt left ~112 of its ~490 tokens to feed per request). A prompt asked more than
+once in a call (under other seeds, `seeds`) has its last chunk kept too, with the logits it ended
+on, so it is fed once: a row waits while an earlier row of the same call feeds it, then copies it.
+Other prompts' last chunks are not kept: no other prompt can use them, and they would push shared
+chunks out of the cache's budget.
 
 A request's text does not depend on what it was batched with: a prompt is always fed alone and cut
 at places its own tokens decide (so a chunk found in the prefix cache, whose key covers every
@@ -39,7 +41,7 @@ import logging
 import os
 import threading
 from array import array
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 import torch
@@ -82,6 +84,8 @@ class _Row:
     """Prompt tokens already in the key/value memory."""
     prefix_key: bytes = b""
     """`PrefixCache` key of `prompt[:fed]`."""
+    repeated: bool = False
+    """Whether another request of the call has the same prompt: only then is its last chunk kept."""
     finish: str = "length"
 
 
@@ -200,6 +204,9 @@ class LocalClient(Backend):
     def _run(self, rows: list[_Row], sampling: SamplingParams, results: list, on_completion: OnCompletion | None) -> None:
         """Generate every row in `spec.batch_size` slots, refilled in request order as rows finish."""
         n_slots = min(self.spec.batch_size, len(rows))
+        prompts = Counter(tuple(row.prompt) for row in rows)
+        for row in rows:
+            row.repeated = prompts[tuple(row.prompt)] > 1
         cache = self._slot_cache(n_slots, max(len(r.prompt) + r.limit for r in rows) + 1)
         queue, slots = deque(rows), [None] * n_slots
 
@@ -251,7 +258,10 @@ class LocalClient(Backend):
                     mask = torch.arange(end, device=self.device)[None, :] <= positions[:, None]
                     cache.prefill(s, row.fed, end - row.fed)
                     logits = self._forward(ids, mask[None, None], positions[None], cache)
-                    self.prefixes.put(key, Chunk(cache.chunk(s, row.fed, end), logits if last else None))
+                    if not last:
+                        self.prefixes.put(key, Chunk(cache.chunk(s, row.fed, end)))
+                    elif row.repeated:  # a last chunk serves only the same prompt again
+                        self.prefixes.put(key, Chunk(cache.chunk(s, row.fed, end), logits))
                     budget -= end - row.fed
                 row.fed, row.prefix_key = end, key
                 if last:

@@ -10,7 +10,7 @@ literals, so `"a"` and `'a'` are the same answer). Steps:
 2. The embedded model (or `--model`) is fine-tuned with the training stage (`synth.train`) on every
    record of the other functions, all prompt formats.
 3. The base and the fine-tuned model answer the same prompts greedily; exact match is printed side
-   by side, with the count of each.
+   by side, with the count of each, beside a baseline that answers with the call's first argument.
 
     .venv/bin/python bench/code_value.py --data output/code                  # a code pipeline's output
     .venv/bin/python bench/code_value.py --data output/code --steps 600 --eval 300
@@ -67,7 +67,8 @@ def main() -> None:
         call = prompt.strip().splitlines()[-1]
         print(f"{call[:70]}\n  expected {expected[:60]!r}\n  before   {old.strip()[:60]!r}\n  after    {new.strip()[:60]!r}")
     print(f"{'':24}{'exact match':>14}{'correct':>10}")
-    for name, texts in ((f"before ({args.model})", before), ("after fine-tuning", after)):
+    copies = [first_argument(prompt) for prompt, _ in items]
+    for name, texts in ((f"before ({args.model})", before), ("after fine-tuning", after), ("first argument", copies)):
         print(f"{name:24}{_correct(texts, items) / len(items):>14.3f}{_correct(texts, items):>10}")
     print(f"({args.steps} steps of up to {args.batch_size} x {args.seq_len} tokens; {trained_s:.0f} s with both evals)")
 
@@ -109,6 +110,16 @@ def answers(model: str, items: list[tuple[str, str]], args: argparse.Namespace) 
     client = make_backend(spec)
     completions = client.generate([user_request(p) for p, _ in items], SamplingParams(max_tokens=48, temperature=0))
     return [c.text for c in completions]
+
+
+def first_argument(prompt: str) -> str:
+    """A baseline answer: the call's first argument, as written (many functions return it as is)."""
+    call = prompt.strip().splitlines()[-1].removeprefix("Call: ").strip("`")
+    try:
+        node = ast.parse(call, mode="eval").body
+        return ast.unparse(node.args[0]) if isinstance(node, ast.Call) and node.args else ""
+    except SyntaxError:
+        return ""
 
 
 def _correct(texts: list[str], items: list[tuple[str, str]]) -> int:

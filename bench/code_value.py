@@ -69,7 +69,8 @@ def main() -> None:
     print(f"{'':24}{'exact match':>14}{'correct':>10}")
     copies = [first_argument(prompt) for prompt, _ in items]
     for name, texts in ((f"before ({args.model})", before), ("after fine-tuning", after), ("first argument", copies)):
-        print(f"{name:24}{_correct(texts, items) / len(items):>14.3f}{_correct(texts, items):>10}")
+        correct = _correct(texts, items)
+        print(f"{name:24}{correct / len(items):>14.3f}{correct:>10}")
     print(f"({args.steps} steps of up to {args.batch_size} x {args.seq_len} tokens; {trained_s:.0f} s with both evals)")
 
 

@@ -1,8 +1,7 @@
 """Small real stages for the runner's failure paths, input checks and behaviour under load: a
 source that reads a file of numbers (checked before Ray), a map stage that records its worker's
 niceness, one that fails inside its Ray worker (as bad input or as a bug), one that meets an
-interpreter error once, one that asks an LLM,
-and one that keeps a CPU busy until told to stop.
+interpreter error once, one that asks an LLM, and one that keeps a CPU busy until told to stop.
 
 Shipped to Ray workers by value; `python -m synth` finds them through an entry point (see
 `plugin_env` in the tests).

@@ -67,9 +67,10 @@ def cpu_capability() -> str:
 
     import torch
 
-    info = Path("/proc/cpuinfo")
-    vendor = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-                   if line.startswith("vendor_id")), platform.processor()) if info.exists() else platform.processor()  # fmt: skip
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    vendors = [line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")]
+    vendor = vendors[0] if vendors else platform.processor()
     return f"{torch.backends.cpu.get_cpu_capability()} {vendor}"
 
 SHRINK: dict[str, dict[str, dict]] = {

@@ -135,9 +135,6 @@ def test_a_bug_in_a_ray_worker_is_one_line_naming_the_log_with_its_traceback(ray
     assert "return batch.append_column(\"ratio\"" in log.read_text()
 
 
-# ---------------------------------------------------------------- LLM calls paid by an attempt that failed
-
-
 def test_an_interpreter_error_ends_its_worker_and_the_unit_is_retried_in_a_fresh_one(ray_session, tmp_path):
     # SystemError means the process itself is broken (CI once met one from a freed method
     # definition in a reused worker); the unit must not fail the run as a bug of the stage.
@@ -151,6 +148,9 @@ def test_an_interpreter_error_ends_its_worker_and_the_unit_is_retried_in_a_fresh
     result = run(load_spec(path))
     assert not marker.exists()  # the error was raised
     assert result.manifest.records == 3
+
+
+# ---------------------------------------------------------------- LLM calls paid by an attempt that failed
 
 
 def test_calls_paid_by_a_failed_attempt_count_as_paid_in_the_resumed_runs_manifest(ray_session, tmp_path):

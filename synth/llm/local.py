@@ -258,10 +258,8 @@ class LocalClient(Backend):
                     mask = torch.arange(end, device=self.device)[None, :] <= positions[:, None]
                     cache.prefill(s, row.fed, end - row.fed)
                     logits = self._forward(ids, mask[None, None], positions[None], cache)
-                    if not last:
-                        self.prefixes.put(key, Chunk(cache.chunk(s, row.fed, end)))
-                    elif row.repeated:  # a last chunk serves only the same prompt again
-                        self.prefixes.put(key, Chunk(cache.chunk(s, row.fed, end), logits))
+                    if not last or row.repeated:  # a last chunk serves only the same prompt again
+                        self.prefixes.put(key, Chunk(cache.chunk(s, row.fed, end), logits if last else None))
                     budget -= end - row.fed
                 row.fed, row.prefix_key = end, key
                 if last:

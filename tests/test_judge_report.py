@@ -94,15 +94,16 @@ def test_a_fixed_seeded_sample_is_judged_and_reported(ray_session, tmp_path, mon
     assert f"{30 - bad_tasks} of 30 instructions sensible" in markdown and markdown.count("\n| ") == 31
 
 
-HELD_OUT = ("judge_labelled.jsonl", "judge_bad_instructions.jsonl", "judge_run_records.jsonl", "judge_more_labelled.jsonl")
+HELD_OUT = ("judge_labelled.jsonl", "judge_bad_instructions.jsonl", "judge_run_records.jsonl",
+            "judge_more_labelled.jsonl")  # fmt: skip
 """Hand-labelled records the prompts were not tuned on: answers of the rubric test, instructions a
 real run produced that are not tasks, the records of the README's instruct run the developer read,
 and right answers to those tasks. The prompts were tuned on `judge_tuning.jsonl` alone."""
 
 
-def labelled_records(names: tuple[str, ...] = HELD_OUT) -> list[dict]:
+def labelled_records() -> list[dict]:
     rows = []
-    for name in names:
+    for name in HELD_OUT:
         for line in (DATA / name).read_text().splitlines():
             r = json.loads(line)
             rows.append({"instruction": r["instruction"], "input": r.get("input", ""), "output": r["response"],
@@ -114,16 +115,20 @@ def test_agreement_counts_each_verdict_against_its_label():
     labelled = labelled_records()
     assert len(labelled) == 66 and sum(r["sensible"] for r in labelled) == 52 and sum(r["good"] for r in labelled) == 24
 
+    def labels_by_question(r: dict) -> dict[str, bool]:
+        return {request(SENSIBLE_PROMPT, r["instruction"], r["input"])[0]["content"]: r["sensible"],
+                request(CORRECT_PROMPT, r["instruction"], r["input"], r["output"])[0]["content"]: r["good"]}
+
     class Perfect:
         def generate(self, requests, sampling):
-            by_prompt = {request(prompt, r["instruction"], r["input"], r["output"] if key == "good" else "")[0]["content"]:
-                         r[key] for r in labelled for prompt, key in ((SENSIBLE_PROMPT, "sensible"), (CORRECT_PROMPT, "good"))}
+            by_prompt = {q: label for r in labelled for q, label in labels_by_question(r).items()}
             return [Completion("yes" if by_prompt[q[0]["content"]] else "no", 1, 1) for q in requests]  # fmt: skip
 
     assert verdict_agreement(Perfect(), labelled) == {"instruction": 1.0, "output": 1.0, "unparsed": 0.0}
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 742 CPU-s measured: past the default 900 s of wall time on a loaded 2-core machine
 def test_verdict_agreement_with_the_strongest_local_model():
     """The judge must beat both constant answers, "yes" and "no" to everything, on each question.
     Measured (README): the two-question prompt it replaced scored exactly "yes" to everything."""

@@ -136,7 +136,8 @@ def judge(llm: LLMClient, records: list[dict], sampling: SamplingParams = SAMPLI
     requests = [request(SENSIBLE_PROMPT, i, x) for i, x, _ in texts] + [request(CORRECT_PROMPT, *t) for t in texts]
     answers = [c.text.strip() for c in llm.generate(requests, sampling)] if requests else []
     sensible, correct = answers[: len(records)], answers[len(records) :]
-    return [Verdicts(parse_yes_no(s), parse_yes_no(c), f"Sensible: {s}\nCorrect: {c}") for s, c in zip(sensible, correct)]
+    return [Verdicts(parse_yes_no(s), parse_yes_no(c), f"Sensible: {s}\nCorrect: {c}")
+            for s, c in zip(sensible, correct)]  # fmt: skip
 
 
 def verdict_agreement(llm: LLMClient, labelled: list[dict]) -> dict[str, float]:

@@ -18,6 +18,7 @@ from generators.instruct.self_instruct import (
     held_out_rows,
     split_held_out,
     SelfInstructConfig,
+    asks_for_writing,
     conflicting_inputs,
     instance_drop_reason,
     instruction_drop_reason,
@@ -71,6 +72,24 @@ def test_parse_tasks_reads_numbered_items_in_any_common_style():
 )
 def test_instruction_filters(text, reason):
     assert instruction_drop_reason(text) == reason
+
+
+def labelled_instructions() -> list[tuple[str, bool]]:
+    """Hand-labelled instructions written the way models write them (some from the README's measured
+    run): (instruction, is a classification task)."""
+    lines = (Path(__file__).parent / "data" / "classify_labelled.jsonl").read_text().splitlines()
+    return [(row["instruction"], row["is_classification"]) for row in map(json.loads, lines)]
+
+
+def test_instructions_that_ask_for_a_text_are_never_classification():
+    for name, labelled in [("labelled", labelled_instructions()),
+                           ("seeds", [(s.instruction, s.is_classification) for s in load_seed_tasks(SEED_FILE)])]:
+        vetoed = [(text, classification) for text, classification in labelled if asks_for_writing(text)]
+        assert not [text for text, classification in vetoed if classification], name
+        not_classification = sum(not classification for _, classification in labelled)
+        assert len(vetoed) >= 0.75 * not_classification, name  # measured: 26 of 32, 23 of 27
+    assert asks_for_writing("Please write a haiku about rain.") and asks_for_writing("Why is the sky blue?")
+    assert not asks_for_writing("Writer's block: is the sentence formal or informal?")
 
 
 def test_parse_yes_no():
@@ -167,7 +186,7 @@ class ScriptedLLM(LLMClient):
             )
         task = prompt.rsplit("Task:", 1)[-1].strip()
         if "Answer Yes or No" in prompt:
-            return "Yes" if task.startswith("Classify") else "No"
+            return "Yes"  # what qwen2.5-coder-0.5b said to most tasks: the step must not ask it about "Explain ..."
         if task.startswith("Classify"):
             return "Class label: good\nInput: a sunny day"
         return "Input: none\nOutput: It is a thing that children like."
@@ -205,9 +224,10 @@ def test_bootstrap_keeps_filters_and_batches(tmp_path):
     assert all(r["generator"] == "self_instruct" and r["evol_round"] == 0 and r["seed"] == 7 for r in rows)
     assert table.num_rows == len(rows)
 
-    # A round is one call per step: 2 task prompts, then 4 kept instructions to classify and
-    # to give instances. Round 1 shows 8 seeds per prompt; later rounds 6 seeds and 2 machine tasks.
-    assert [len(c) for c in llm.calls] == [2, 4, 4, 2, 2, 2]
+    # A round is one call per step: 2 task prompts, the 2 kept instructions that do not ask for a text to
+    # classify, then all 4 to give instances. Round 1 shows 8 seeds per prompt; later rounds 6 seeds and 2
+    # machine tasks.
+    assert [len(c) for c in llm.calls] == [2, 2, 4, 2, 1, 2]
     shown = [line for line in llm.calls[3][0].splitlines() if re.match(r"\d+\. ", line)]
     assert len(shown) == 8
     assert len([line for line in shown if re.search(r"\b[tu]\d+a\b", line)]) == 2

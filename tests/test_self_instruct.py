@@ -18,6 +18,7 @@ from generators.instruct.self_instruct import (
     held_out_rows,
     split_held_out,
     SelfInstructConfig,
+    YES_NO_GRAMMAR,
     asks_for_writing,
     conflicting_inputs,
     instance_drop_reason,
@@ -26,6 +27,7 @@ from generators.instruct.self_instruct import (
     parse_instances,
     parse_tasks,
     parse_yes_no,
+    yes_no_grammar,
 )
 from synth.errors import SpecError
 from synth.llm import Completion, LLMClient
@@ -90,6 +92,16 @@ def test_instructions_that_ask_for_a_text_are_never_classification():
         assert len(vetoed) >= 0.75 * not_classification, name  # measured: 26 of 32, 23 of 27
     assert asks_for_writing("Please write a haiku about rain.") and asks_for_writing("Why is the sky blue?")
     assert not asks_for_writing("Writer's block: is the sentence formal or informal?")
+
+
+def test_the_yes_no_answer_is_constrained_where_the_engine_takes_a_grammar(tmp_path):
+    qwen = LLMSpec(engine="llama.cpp", model="qwen2.5-coder-0.5b")
+    assert yes_no_grammar(qwen) == YES_NO_GRAMMAR == 'root ::= "Yes" | "No"'
+    assert yes_no_grammar(LLMSpec(engine="transformers")) is None and yes_no_grammar(None) is None
+    assert yes_no_grammar(LLMSpec(backend="openai", model="gpt-4o-mini")) is None  # may not be llama-server
+    config = SelfInstructConfig(seed_tasks=SEED_FILE)
+    boot = Bootstrapper(config, make_ctx(tmp_path, {"default": qwen}), ScriptedLLM(), load_seed_tasks(SEED_FILE))
+    assert boot.classify_grammar == YES_NO_GRAMMAR
 
 
 def test_parse_yes_no():
@@ -354,6 +366,30 @@ def test_holding_out_nearly_every_seed_is_refused_before_ray(tmp_path):
     config = SelfInstructConfig(seed_tasks=SEED_FILE, hold_out=len(load_seed_tasks(SEED_FILE)) - 1)
     with pytest.raises(SpecError, match=r"hold_out 37 leaves fewer than 2 of the 38 seed tasks"):
         SelfInstruct(config, make_ctx(tmp_path, {"default": LLMSpec()})).check_inputs()
+
+
+# ---------------------------------------------------------------- classification, real model
+
+
+@pytest.mark.slow
+def test_classification_agreement_with_qwen_on_the_labelled_instructions(tmp_path):
+    """The whole step (the rule, then the model for the rest) on the hand-labelled instructions."""
+    from synth.llm import make_backend
+
+    spec = LLMSpec(engine="llama.cpp", model="qwen2.5-coder-0.5b", batch_size=16, threads=2, cache=False)
+    try:
+        llm = make_backend(spec)
+        llm.load()
+    except Exception as exc:  # noqa: BLE001 - not installed here (SYNTH_SKIP_QWEN=1, no llama-cpp-python)
+        pytest.skip(f"qwen2.5-coder-0.5b through llama.cpp is not available: {exc}")
+    config = SelfInstructConfig(seed_tasks=SEED_FILE)
+    boot = Bootstrapper(config, make_ctx(tmp_path, {"default": spec}), llm, load_seed_tasks(SEED_FILE))
+    labelled = labelled_instructions()
+    verdicts = boot._classify([text for text, _ in labelled], round_=1)
+    false_yes = sum(said and not truth for said, (_, truth) in zip(verdicts, labelled))
+    false_no = sum(truth and not said for said, (_, truth) in zip(verdicts, labelled))
+    print(f"classification, qwen2.5-coder-0.5b: {false_yes} false Yes of 32, {false_no} false No of 28")
+    assert false_yes <= 6 and false_no <= 8  # MEASURED; today's step before the rule: 26 and 11
 
 
 # ---------------------------------------------------------------- end to end, real model, on Ray

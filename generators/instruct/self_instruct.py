@@ -55,7 +55,7 @@ from generators.instruct.rouge import RougeLPool
 from synth.errors import SpecError
 from synth.llm import ChatRequest, Completion, LLMClient
 from synth.registry import register
-from synth.spec import InputFile, StageConfig, format_loc
+from synth.spec import InputFile, LLMSpec, StageConfig, format_loc
 from synth.stage import StageContext, TableStage, derive_seed
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,20 @@ def asks_for_writing(instruction: str) -> bool:
     return bool(first) and first.group(1) in WRITING_VERBS
 
 
+YES_NO_GRAMMAR = 'root ::= "Yes" | "No"'
+"""The classification answer as GBNF: under it a model picks the likelier word and cannot ramble."""
+
+
+def yes_no_grammar(spec: LLMSpec | None) -> str | None:
+    """`YES_NO_GRAMMAR` for the local llama.cpp engine; None for the others (transformers has no grammar,
+    and an OpenAI-style server other than llama-server may refuse the field)."""
+    if spec is None or spec.backend != "local":
+        return None
+    from synth.llm.engines import engine_for  # imports torch: only for a local model, which needs it anyway
+
+    return YES_NO_GRAMMAR if engine_for(spec) == "llama.cpp" else None
+
+
 def parse_yes_no(text: str) -> bool:
     """True when the first yes/no word of the answer is yes."""
     match = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
@@ -282,6 +296,7 @@ class Bootstrapper:
         self.config, self.ctx, self.llm, self.seeds = config, ctx, llm, seeds
         self.rng = random.Random(ctx.stage_seed)
         self.classify_shots = self._classify_shots(random.Random(derive_seed(ctx.stage_seed, "classify_shots")))
+        self.classify_grammar = yes_no_grammar(ctx.llm_specs.get(config.llm))
         # Held-out tasks are never shown, but a new instruction close to one is dropped like one close
         # to a shown seed: otherwise a near copy of a held-out task would leak into the training data.
         self.pool = RougeLPool(s.instruction for s in [*seeds, *held_out])
@@ -375,9 +390,9 @@ class Bootstrapper:
         asked = [t for t in instructions if not asks_for_writing(t)]
         if not asked:
             return [False] * len(instructions)
-        shots = self.classify_shots
-        requests = [few_shot_request("self_instruct_classify", shots, {"instruction": t}) for t in asked]
-        verdicts = iter(parse_yes_no(c.text) for c in self.llm.generate(requests, JUDGE.params(self._seed("classify", round_))))
+        requests = [few_shot_request("self_instruct_classify", self.classify_shots, {"instruction": t}) for t in asked]
+        sampling = JUDGE.params(self._seed("classify", round_)).model_copy(update={"grammar": self.classify_grammar})
+        verdicts = iter(parse_yes_no(c.text) for c in self.llm.generate(requests, sampling))
         return [False if asks_for_writing(t) else next(verdicts) for t in instructions]
 
     def _classify_shots(self, rng: random.Random) -> list[tuple[dict[str, str], str]]:

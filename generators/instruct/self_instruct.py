@@ -12,9 +12,11 @@ One round, repeated until `num_instructions` machine-written instructions are ke
    text model cannot act on (image, draw, video...), starts with punctuation, starts with a
    non-ASCII character, ROUGE-L F above `rouge_threshold` against any instruction in the pool
    (seeds included). A kept instruction joins the pool at once, so the next is compared with it.
-3. Classification identification: a Yes/No prompt per kept instruction, batched, whose worked
-   examples are a balanced set (half Yes, half No) drawn once per run from the seed tasks by
-   their `is_classification` mark.
+3. Classification identification: an instruction that opens with a verb asking for a text
+   (write, explain, translate...) is not classification, without asking; each of the others gets
+   the paper's Yes/No question, batched, whose worked examples are a balanced set (half Yes, half
+   No) drawn once per run from the seed tasks by their `is_classification` mark, answered under a
+   Yes/No grammar where the engine takes one (local llama.cpp).
 4. Instance generation, batched: output-first for classification tasks (every class label, each
    followed by an input of that class, so the labels do not all collapse to the most obvious
    one), input-first for the others (several instances per task). Worked examples come as earlier

@@ -179,6 +179,7 @@ def examples(n: int) -> str:
 EXAMPLES = examples(20)  # whole prefill chunks and a part of one
 
 
+@pytest.mark.slow
 def test_prompts_that_open_alike_feed_their_shared_opening_once_and_keep_their_texts(client):
     requests = ask(*(f"{EXAMPLES}\n\n{q}" for q in QUESTIONS[:3]))
     shared = shared_prefix_length(client, requests)
@@ -198,6 +199,7 @@ def test_prompts_that_open_alike_feed_their_shared_opening_once_and_keep_their_t
     assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in expected]
 
 
+@pytest.mark.slow
 def test_a_prompt_asked_again_copies_all_but_its_last_chunk_and_keeps_its_text(client):
     """Its whole opening is kept (by an earlier call, or by the same prompt under another seed in
     this call); the last chunk is fed again, for the logits of its first token."""
@@ -206,19 +208,18 @@ def test_a_prompt_asked_again_copies_all_but_its_last_chunk_and_keeps_its_text(c
     cached = with_prefix_cache(client, 1)
     (first,) = cached.generate([request], sampling)
     assert cached.prefixes.reused_tokens == 0
-    before = cached.prefixes.reused_tokens
     (again,) = cached.generate([request], sampling)
-    assert cached.prefixes.reused_tokens - before == opening(client, request)
+    assert cached.prefixes.reused_tokens == opening(client, request)
     assert again.text == first.text
 
     before = cached.prefixes.reused_tokens
-    seeds = [4, 9]
-    same, other_seed = cached.generate([request, request], sampling, seeds=seeds)
+    same, other_seed = cached.generate([request, request], sampling, seeds=[4, 9])
     assert cached.prefixes.reused_tokens - before == 2 * opening(client, request)
     (alone,) = with_prefix_cache(client, 1, 0).generate([request], sampling.model_copy(update={"seed": 9}))
     assert (same.text, other_seed.text) == (first.text, alone.text)
 
 
+@pytest.mark.slow
 def test_texts_do_not_depend_on_what_the_prefix_cache_holds(client):
     """A copied opening holds what feeding it gives: the same texts run after run, whether the
     cache starts empty, holds every opening already, or keeps nothing."""
@@ -231,6 +232,7 @@ def test_texts_do_not_depend_on_what_the_prefix_cache_holds(client):
     assert len({c.text for c in runs[0]}) > 1
 
 
+@pytest.mark.slow
 def test_the_least_recently_used_opening_goes_when_the_budget_is_full(client):
     few_shot = {name: [{"role": "user", "content": f"{examples(10)} ({name})\n\nSay {name}."}] for name in "ab"}
     sampling = SamplingParams(max_tokens=2, temperature=0)
@@ -241,7 +243,7 @@ def test_the_least_recently_used_opening_goes_when_the_budget_is_full(client):
     for streams in (1, 2):
         cache = with_prefix_cache(client, 1, streams * stream)
         cache.generate([few_shot["a"]], sampling)
-        cache.generate([few_shot["b"]], sampling)  # one stream: it takes a's place
+        cache.generate([few_shot["b"]], sampling)  # in one stream, b's opening takes a's place
         before = cache.prefixes.reused_tokens
         cache.generate([few_shot["a"]], sampling)
         reused[streams] = cache.prefixes.reused_tokens - before

@@ -266,7 +266,10 @@ def test_instance_prompts_ask_for_several_instances_and_every_label(tmp_path):
     assert "an example for each of its class labels" in output_first[-1]["content"]
     # the worked examples are earlier turns, each answer holding several instances or labels
     answers = [m["content"] for m in input_first if m["role"] == "assistant"]
-    assert answers and all(a.count("Input:") >= 2 and a.count("Output:") >= 2 for a in answers)
+    with_input = [a for a in answers if "Input: none" not in a]
+    assert with_input and all(a.count("Input:") >= 2 and a.count("Output:") >= 2 for a in with_input)
+    # ...but a task that needs no input is answered once, its whole answer in one output
+    assert [a.count("Output:") for a in answers if "Input: none" in a] == [1]
     labels = [m["content"] for m in output_first if m["role"] == "assistant"]
     assert labels and all(a.count("Class label:") >= 2 for a in labels)
     # several labels for one classification task, each kept as its own record
@@ -274,6 +277,17 @@ def test_instance_prompts_ask_for_several_instances_and_every_label(tmp_path):
     boot._keep_instances("Is the number even or odd?", True, Completion(reply, 10, 10))
     got = {(r["input"], r["output"], r[DROP_REASON]) for r in boot.rows}
     assert got == {("4", "even", None), ("7", "odd", "conflicting_outputs"), ("7", "even", "conflicting_outputs")}
+
+
+def test_a_task_without_input_keeps_one_answer(tmp_path):
+    # what qwen2.5-coder-1.5b wrote for "Suggest three names for a TV show ...": one name per example
+    reply = "Input: none\nOutput: The Shadow Zone\n\nInput: none\nOutput: The Shadow's End\n\nInput: none\nOutput: Veil"
+    seeds = load_seed_tasks(SEED_FILE)
+    boot = Bootstrapper(SelfInstructConfig(seed_tasks=SEED_FILE), make_ctx(tmp_path), ScriptedLLM(), seeds)
+    boot._keep_instances("Suggest three names for a TV show about ghosts.", False, Completion(reply, 10, 10))
+    got = [(r["output"], r[DROP_REASON]) for r in boot.rows]
+    assert got == [("The Shadow Zone", None), ("The Shadow's End", "extra_answer_without_input"),
+                   ("Veil", "extra_answer_without_input")]  # fmt: skip
 
 
 def test_bootstrap_is_deterministic(tmp_path):

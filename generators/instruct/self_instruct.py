@@ -17,13 +17,15 @@ One round, repeated until `num_instructions` machine-written instructions are ke
    their `is_classification` mark.
 4. Instance generation, batched: output-first for classification tasks (every class label, each
    followed by an input of that class, so the labels do not all collapse to the most obvious
-   one), input-first for the others (several instances per task). Worked examples come as earlier
+   one), input-first for the others (several instances per task; one for a task that needs no
+   input, whose answer is the whole output, not a list split in parts). Worked examples come as earlier
    chat turns: built-in tasks with several instances (`templates/self_instruct_instance_examples.jsonl`),
    then seed tasks of the same kind with two or more, so the model sees answers with several
    instances about other tasks rather than one example inside the prompt to copy.
 5. Instance filtering: unparsable, empty output, output equal to input, input or output ending
    in ":" (cut short), too long, duplicate, and the same input with different outputs (every
-   instance of that input is dropped). A completion cut off by `max_tokens` loses its last
+   instance of that input is dropped), a second answer without input. A completion cut off by
+   `max_tokens` loses its last
    instance (`truncated_instance`).
 
 Each kept instance is one record (`generators.instruct.records`). Every rejected candidate is
@@ -405,13 +407,16 @@ class Bootstrapper:
             self._drop("truncated_instance", instruction=instruction, input=inp, output=out)
         conflicts = conflicting_inputs(pairs)
         seen: set[tuple[str, str]] = set()
-        kept = 0
+        kept, answered_without_input = 0, False
         for inp, out in pairs:
             reason = instance_drop_reason(inp, out, self.config.max_instance_words)
             reason = reason or ("conflicting_outputs" if _norm(inp) in conflicts else None)
             reason = reason or ("duplicate_instance" if (inp, out) in seen else None)
+            # a task without input has one answer; more are variants of it (or its list split in parts)
+            reason = reason or ("extra_answer_without_input" if not inp and answered_without_input else None)
             reason = reason or ("too_many_instances" if kept >= self.config.max_instances_per_task else None)
             seen.add((inp, out))
+            answered_without_input |= not inp and not reason
             fields = dict(instruction=instruction, input=inp, output=out, is_classification=classification)
             if reason:
                 self._drop(reason, **fields)

@@ -4,7 +4,8 @@ Every model gets the same requests (those of `bench/llm_throughput.py`'s instruc
 Instruct's task, classification and instance prompts, Evol-Instruct's evolutions and responses,
 with the sampling pipelines/instruct.yaml gives each) through our `local` backend's llama.cpp
 engine at `--slots` slots and `--threads` threads, one model at a time in this process. Per group
-it prints requests, prompt and completion tokens, wall seconds and CPU-seconds of this process,
+it prints requests, prompt tokens (and of them those fed, not copied from the engine's prefix
+cache), completion tokens, wall seconds and CPU-seconds of this process,
 then per model the CPU-seconds a prompt token and a completion token cost (least squares over
 the groups), which `--project MANIFEST` turns into a projected wall time for the LLM work of a
 finished run, scaled to `--records` records:
@@ -57,18 +58,22 @@ def measure(model: str, groups, slots: int, threads: int) -> list[dict]:
                    threads=threads)  # fmt: skip
     backend = make_backend(spec)
     backend.load()
-    backend.generate(groups[0][1][:1], SamplingParams(max_tokens=2))  # warm up
+    # Warm up on a request of no group's, so no measured prompt finds its opening kept by the warm-up.
+    backend.generate([[{"role": "user", "content": "Hi!"}]], SamplingParams(max_tokens=2))
     rows = []
     for name, batch, sampling in groups:
         wall, cpu = time.perf_counter(), time.process_time()
+        reused = backend.prefixes.reused_tokens
         out = backend.generate(batch, sampling)
-        rows.append({"model": model, "group": name, "requests": len(out),
-                     "prompt_tokens": sum(c.prompt_tokens for c in out),
+        prompt_tokens = sum(c.prompt_tokens for c in out)
+        rows.append({"model": model, "group": name, "requests": len(out), "prompt_tokens": prompt_tokens,
+                     "fed_tokens": prompt_tokens - (backend.prefixes.reused_tokens - reused),
                      "completion_tokens": sum(c.completion_tokens for c in out),
                      "seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
                      "cut_off": sum(c.finish_reason == "length" for c in out)})  # fmt: skip
         r = rows[-1]
-        print(f"{model:<20} {name:<24} {r['requests']:>3} req {r['prompt_tokens']:>6} prompt {r['completion_tokens']:>5} "
+        print(f"{model:<20} {name:<24} {r['requests']:>3} req {r['prompt_tokens']:>6} prompt {r['fed_tokens']:>6} fed "
+              f"{r['completion_tokens']:>5} "
               f"completion tok {r['seconds']:>7.1f} s {r['cpu_seconds']:>7.1f} cpu-s "
               f"{r['completion_tokens'] / r['cpu_seconds']:>6.1f} completion tok/cpu-s  load {os.getloadavg()[0]:.1f}",
               flush=True)  # fmt: skip
@@ -115,6 +120,8 @@ def main() -> None:
         results[model] = {"groups": rows, "cpu_s_per_prompt_token": costs[0], "cpu_s_per_completion_token": costs[1]}
         cpu = sum(r["cpu_seconds"] for r in rows)
         done = sum(r["completion_tokens"] for r in rows)
+        fed, prompt = sum(r["fed_tokens"] for r in rows), sum(r["prompt_tokens"] for r in rows)
+        print(f"{model}: {fed} of {prompt} prompt tokens fed, the rest copied from the prefix cache")
         print(f"{model}: {done / cpu:.1f} completion tokens per CPU-second over the mix; "
               f"{1000 * costs[0]:.2f} ms per prompt token, {1000 * costs[1]:.2f} ms per completion token (CPU)")
         if args.project:

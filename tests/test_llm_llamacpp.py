@@ -1,5 +1,5 @@
 """The local backend's llama.cpp engine on the real embedded SmolLM2 GGUF: engine choice, seeds,
-token counts, stop strings, slots refilled as rows finish."""
+token counts, stop strings, slots refilled as rows finish, prompt openings fed once."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import pytest
 from synth.errors import LLMError
 from synth.llm import SamplingParams, make_backend
 from synth.llm.engines import GGUF_CPU_ENGINE, engine_for
-from synth.llm.local import LocalClient
+from synth.llm.local import PREFILL_CHUNK, PREFIX_CACHE_MB, LocalClient, chunk_end
 from synth.llm.models import EMBEDDED_NAME, converted_embedded_model, embedded_gguf
 from synth.spec import LLMSpec
 
 pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (scripts/setup.sh)")
 
-from synth.llm.llamacpp import LlamaCppClient  # noqa: E402
+from synth.llm.llamacpp import CONTEXT_STEP, LlamaCppClient  # noqa: E402
+from synth.llm.prefix_streams import PrefixStreams  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -44,6 +45,27 @@ def with_slots(client: LlamaCppClient, slots: int) -> LlamaCppClient:
     other = LlamaCppClient(SPEC.model_copy(update={"batch_size": slots}), client.gguf, client.model_id)
     other.load()
     return other
+
+
+def with_prefix_cache(client: LlamaCppClient, slots: int, budget: int = PREFIX_CACHE_MB << 20) -> LlamaCppClient:
+    """`with_slots`, with prefix streams of its own holding up to `budget` bytes (0 keeps nothing)."""
+    other = with_slots(client, slots)
+    other.prefixes = PrefixStreams(budget)
+    return other
+
+
+def opening(client: LlamaCppClient, request) -> int:
+    """Where a prompt's last chunk starts: what a later prompt can copy of it."""
+    prompt, start, ends = client.prompt_tokens(request), 0, []
+    while start < len(prompt):
+        start = chunk_end(prompt, start, client.turn_ends, client.line_ends, client.blank_line_ends)
+        ends.append(start)
+    return ends[-2]
+
+
+def shared_prefix_length(client: LlamaCppClient, requests) -> int:
+    prompts = [client.prompt_tokens(r) for r in requests]
+    return next(i for i, ids in enumerate(zip(*prompts)) if len(set(ids)) > 1)
 
 
 def test_the_engine_is_chosen_by_the_spec_and_auto_by_the_model_and_device():
@@ -146,3 +168,84 @@ def test_requests_under_their_own_seeds_in_one_call_give_each_seeds_text(client)
     alone = [client.generate([r], sampling.model_copy(update={"seed": s}))[0].text for r, s in zip(requests, seeds)]
     assert alone[0] != alone[1]
     assert [c.text for c in with_slots(client, 1).generate(requests, sampling, seeds=seeds)] == alone
+
+
+def examples(n: int) -> str:
+    """A stage's few-shot examples (~15 tokens each), before a blank line and the text that differs."""
+    words = (QUESTIONS[4].split() * 3)[:n]
+    return " ".join(f"Example {i}: the word '{w}' has {len(w)} letters." for i, w in enumerate(words))
+
+
+EXAMPLES = examples(20)  # whole prefill chunks and a part of one
+
+
+@pytest.mark.slow
+def test_prompts_that_open_alike_feed_their_shared_opening_once_and_keep_their_texts(client):
+    requests = ask(*(f"{EXAMPLES}\n\n{q}" for q in QUESTIONS[:3]))
+    shared = shared_prefix_length(client, requests)
+    assert shared > 2 * PREFILL_CHUNK
+    sampling = SamplingParams(max_tokens=6, temperature=0.8, seed=3)
+
+    uncached = with_prefix_cache(client, 2, 0)
+    expected = uncached.generate(requests, sampling)
+    assert uncached.prefixes.reused_tokens == 0
+
+    cached = with_prefix_cache(client, 2)
+    got = cached.generate(requests, sampling)
+    # Fed: one shared opening (cut at its blank line) and each prompt's own tail.
+    fed = sum(c.prompt_tokens for c in got) - cached.prefixes.reused_tokens
+    assert fed == shared + sum(c.prompt_tokens - shared for c in got)
+    assert [c.text for c in got] == [c.text for c in expected]
+    assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in expected]
+
+
+@pytest.mark.slow
+def test_a_prompt_asked_again_copies_all_but_its_last_chunk_and_keeps_its_text(client):
+    """Its whole opening is kept (by an earlier call, or by the same prompt under another seed in
+    this call); the last chunk is fed again, for the logits of its first token."""
+    (request,) = ask(f"{EXAMPLES}\n\n{QUESTIONS[1]}")
+    sampling = SamplingParams(max_tokens=8, temperature=1.0, seed=4)
+    cached = with_prefix_cache(client, 1)
+    (first,) = cached.generate([request], sampling)
+    assert cached.prefixes.reused_tokens == 0
+    (again,) = cached.generate([request], sampling)
+    assert cached.prefixes.reused_tokens == opening(client, request)
+    assert again.text == first.text
+
+    before = cached.prefixes.reused_tokens
+    same, other_seed = cached.generate([request, request], sampling, seeds=[4, 9])
+    assert cached.prefixes.reused_tokens - before == 2 * opening(client, request)
+    (alone,) = with_prefix_cache(client, 1, 0).generate([request], sampling.model_copy(update={"seed": 9}))
+    assert (same.text, other_seed.text) == (first.text, alone.text)
+
+
+@pytest.mark.slow
+def test_texts_do_not_depend_on_what_the_prefix_cache_holds(client):
+    """A copied opening holds what feeding it gives: the same texts run after run, whether the
+    cache starts empty, holds every opening already, or keeps nothing."""
+    requests = ask(*(f"{EXAMPLES}\n\n{q}" for q in QUESTIONS))
+    sampling = SamplingParams(max_tokens=10, temperature=1.0, seed=7)
+    cached = with_prefix_cache(client, 3)
+    runs = [cached.generate(requests, sampling), cached.generate(requests, sampling),
+            with_prefix_cache(client, 3, 0).generate(requests, sampling)]  # fmt: skip
+    assert [c.text for c in runs[1]] == [c.text for c in runs[0]] == [c.text for c in runs[2]]
+    assert len({c.text for c in runs[0]}) > 1
+
+
+@pytest.mark.slow
+def test_the_least_recently_used_opening_goes_when_the_budget_is_full(client):
+    few_shot = {name: [{"role": "user", "content": f"{examples(10)} ({name})\n\nSay {name}."}] for name in "ab"}
+    sampling = SamplingParams(max_tokens=2, temperature=0)
+    # Prompts under CONTEXT_STEP - 2 tokens: a context of CONTEXT_STEP tokens a slot and a stream.
+    assert all(len(client.prompt_tokens(r)) + 2 < CONTEXT_STEP for r in few_shot.values())
+    stream = CONTEXT_STEP * client.kv_bytes_per_token
+    reused = {}
+    for streams in (1, 2):
+        cache = with_prefix_cache(client, 1, streams * stream)
+        cache.generate([few_shot["a"]], sampling)
+        cache.generate([few_shot["b"]], sampling)  # in one stream, b's opening takes a's place
+        before = cache.prefixes.reused_tokens
+        cache.generate([few_shot["a"]], sampling)
+        reused[streams] = cache.prefixes.reused_tokens - before
+    assert reused[2] == opening(client, few_shot["a"])
+    assert reused[1] < shared_prefix_length(client, list(few_shot.values())) < reused[2]

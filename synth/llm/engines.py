@@ -22,7 +22,8 @@ from synth.spec import LLMSpec
 GGUF_CPU_ENGINE = "transformers"
 """What `auto` takes for a GGUF model on CPU: the faster engine in `bench/llm_throughput.py` on 2
 idle cores. Not yet measured there (README, "LLM speed": under a load of 10-25 the two were within
-10% of each other per CPU-second), so the engine whose texts do not depend on batching stays."""
+10% of each other per CPU-second; with llama.cpp's prefix cache, a quick check under a load of 8-10
+gave llama.cpp 1.4x), so the engine whose texts do not depend on batching stays."""
 
 
 def gguf_file(model: str | None) -> Path | None:

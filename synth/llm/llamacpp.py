@@ -1,10 +1,19 @@
 """The `local` backend's llama.cpp engine: GGUF models on CPU, generated in slots refilled as rows finish.
 
-One llama.cpp context holds `spec.batch_size` sequences (slots). Every step is one `llama_decode`
-of a batch that carries the next token of each running row plus, within a budget of
-`PREFILL_TOKENS` tokens, the next chunk of the prompts of rows that just took a free slot; a row
-that finishes (end of turn, a stop string, `max_tokens`) frees its slot for the next request in
-the same step. The key/value memory is allocated once per context and reused by every row.
+One llama.cpp context holds `spec.batch_size` sequences (slots). A row that takes a free slot has
+its prompt put in at once and samples its first token; then every step is one `llama_decode` of
+the next token of each running row, and a row that finishes (end of turn, a stop string,
+`max_tokens`) frees its slot for the next request. The key/value memory is allocated once per
+context and reused by every row, and across calls while the context is big enough.
+
+A prompt is cut into chunks where the transformers engine cuts it (`chunk_end`: after each
+end-of-turn token, after a blank line, every `PREFILL_CHUNK` tokens) and each chunk is fed in a
+`llama_decode` of its own. Openings of prompts (every chunk but the last) are kept in sequences of
+their own after the slots (`PrefixStreams`, `PREFIX_CACHE_MB` of key/values): a prompt that opens
+with a kept one copies it into its slot and feeds only the rest, so a stage's shared few-shot
+turns and template preamble are fed once. Because a chunk is always fed alone, on the same
+key/values before it, a copied opening holds exactly what feeding it would give: a request's
+text does not depend on what was kept, and a prompt is never cut elsewhere for having been seen.
 
 Each request samples with its own llama.cpp sampler chain seeded from `sampling.seed` and the
 request's content (temperature, then top-p, then a seeded draw: the transformers engine's order).
@@ -14,8 +23,9 @@ from the tokens the grammar allows (what llama.cpp's own common sampler does, an
 matching the grammar against the whole vocabulary at every step).
 Slots are filled in request order and the batches depend only on the requests and their tokens,
 so the same requests with the same seed give the same texts run after run; llama.cpp's kernels
-do not promise that a row's numbers are independent of the rows beside it, so unlike the
-transformers engine a request's text may differ when it is batched with other requests.
+do not promise that a row's numbers are independent of the rows beside it in a decode step
+(measured: logits differ by up to ~0.5 on Qwen 1.5B), so unlike the transformers engine a
+request's text may differ when it is batched with other requests.
 
 Token counts follow the transformers engine: the end-of-turn token is not counted; a stop
 string's completing token is.
@@ -36,13 +46,13 @@ import numpy as np
 from synth.errors import LLMError
 from synth.llm.base import ChatRequest, Completion, SamplingParams, split_prefill
 from synth.llm.cache import Backend, OnCompletion
-from synth.llm.local import default_threads, request_seed
+from synth.llm.local import PREFILL_CHUNK, PREFIX_CACHE_MB, PrefixCache, chunk_end, default_threads, line_ends_in
+from synth.llm.local import request_seed
+from synth.llm.prefix_streams import PrefixStreams
 from synth.spec import LLMSpec
 
 log = logging.getLogger(__name__)
 
-PREFILL_TOKENS = 512
-"""Tokens one decode call carries at most besides the running rows' next tokens."""
 CONTEXT_STEP = 256
 """Slot contexts grow in steps of this many tokens, so similar calls reuse one context."""
 
@@ -78,6 +88,7 @@ class LlamaCppClient(Backend):
         self._ctx_shape = (0, 0)
         self._candidate_buffer = None
         """Every token's logit for a grammar-checked draw, allocated once (see `_candidates`)."""
+        self.prefixes = PrefixStreams(PREFIX_CACHE_MB << 20)
 
     @property
     def model_id(self) -> str:
@@ -107,6 +118,13 @@ class LlamaCppClient(Backend):
         self.n_ctx_train = lc.llama_model_n_ctx_train(model)
         self.threads = self.spec.threads or default_threads()
         self.format_chat = self._chat_formatter()
+        n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.turn_ends = frozenset(t for t in range(n_vocab) if lc.llama_vocab_is_eog(self.vocab, t))
+        self.line_ends, self.blank_line_ends = line_ends_in([self._piece(t) for t in range(n_vocab)])
+        heads = lc.llama_model_n_head(model)
+        # f16 keys and values of every layer: the context's default cache type.
+        self.kv_bytes_per_token = (2 * 2 * lc.llama_model_n_layer(model) * lc.llama_model_n_head_kv(model)
+                                   * lc.llama_model_n_embd(model) // heads)  # fmt: skip
 
     def _chat_formatter(self):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -118,6 +136,14 @@ class LlamaCppClient(Backend):
         text = lambda token: lc.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")  # noqa: E731
         return Jinja2ChatFormatter(template, eos_token=text(lc.llama_vocab_eos(self.vocab)),
                                    bos_token=text(lc.llama_vocab_bos(self.vocab)))  # fmt: skip
+
+    def _piece(self, token: int, size: int = 64) -> str:
+        """A token's text (special tokens too)."""
+        buf = ctypes.create_string_buffer(size)
+        n = self.lc.llama_token_to_piece(self.vocab, token, buf, size, 0, True)
+        if n < 0:
+            return self._piece(token, -n)
+        return buf.raw[:n].decode("utf-8", "replace")
 
     def _meta(self, key: str) -> str | None:
         size = 1 << 16
@@ -131,19 +157,21 @@ class LlamaCppClient(Backend):
             size = n + 1
 
     def _context(self, slots: int, per_slot: int):
-        """A context for `slots` sequences of `per_slot` tokens, reused while it is big enough."""
+        """A context for `slots` sequences of `per_slot` tokens and the prefix streams after them,
+        reused while it is big enough (and with it, the prefixes kept)."""
         have_slots, have_per_slot = self._ctx_shape
-        if self.ctx is not None and have_slots == slots and have_per_slot >= per_slot:
+        if self.ctx is not None and have_slots >= slots and have_per_slot >= per_slot:
             return self.ctx
         lc = self.lc
         if self.ctx is not None:
             lc.llama_batch_free(self.batch)
             lc.llama_free(self.ctx)
             self.ctx = None
+        streams = self.prefixes.count(per_slot * self.kv_bytes_per_token, lc.llama_max_parallel_sequences() - slots)
         params = lc.llama_context_default_params()
-        params.n_ctx = slots * per_slot
-        params.n_seq_max = slots
-        params.n_batch = params.n_ubatch = PREFILL_TOKENS + slots
+        params.n_ctx = (slots + streams) * per_slot
+        params.n_seq_max = slots + streams
+        params.n_batch = params.n_ubatch = max(PREFILL_CHUNK, slots)
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = False  # each slot attends over its own tokens only
         params.no_perf = True
@@ -151,7 +179,8 @@ class LlamaCppClient(Backend):
         if not ctx:
             raise LLMError(f"llama.cpp could not make a context of {slots} x {per_slot} tokens for {self.gguf}")
         self.ctx, self._ctx_shape = ctx, (slots, per_slot)
-        self.batch = lc.llama_batch_init(PREFILL_TOKENS + slots, 0, 1)
+        self.batch = lc.llama_batch_init(max(PREFILL_CHUNK, slots), 0, 1)
+        self.prefixes.reset(first_seq=slots, count=streams)
         return ctx
 
     def close(self) -> None:
@@ -164,6 +193,7 @@ class LlamaCppClient(Backend):
                 lc.llama_model_free(self.model)
             self.model = self.ctx = None
             self._ctx_shape = (0, 0)
+            self.prefixes.reset(0, 0)
 
     # ------------------------------------------------------------ text <-> tokens
 
@@ -206,7 +236,10 @@ class LlamaCppClient(Backend):
             rows = [self._row(i, r, sampling, seed) for i, (r, seed) in enumerate(zip(requests, seeds))]
             results: list[Completion | None] = [None] * len(rows)
             if rows:
+                reused_before = self.prefixes.reused_tokens
                 self._run(rows, sampling, results, on_completion)
+                log.debug("local llama.cpp: %d of %d prompt tokens from the prefix cache",
+                          self.prefixes.reused_tokens - reused_before, sum(len(r.prompt) for r in rows))  # fmt: skip
             return results  # type: ignore[return-value]
 
     def _row(self, index: int, messages: ChatRequest, sampling: SamplingParams, seed: int) -> _Row:
@@ -242,36 +275,84 @@ class LlamaCppClient(Backend):
         return chain
 
     def _run(self, rows: list[_Row], sampling: SamplingParams, results: list, on_completion: OnCompletion | None) -> None:
-        lc = self.lc
         n_slots = min(self.spec.batch_size, len(rows))
         need = max(len(r.prompt) + r.limit for r in rows) + 1
         per_slot = -(-need // CONTEXT_STEP) * CONTEXT_STEP
         ctx = self._context(n_slots, per_slot)
-        memory = lc.llama_get_memory(ctx)
-        lc.llama_memory_clear(memory, True)
         queue = deque(rows)
         slots: list[_Row | None] = [None] * n_slots
+
+        def step(s: int, token: int) -> None:
+            row = slots[s]
+            if self._step(row, token, sampling):
+                results[row.index] = completion = self._completion(row, sampling)
+                self._free(row)
+                slots[s] = None
+                if on_completion is not None:
+                    on_completion(row.index, completion)
+
         try:
             while queue or any(slots):
                 for s in range(n_slots):
-                    if slots[s] is None and queue:
+                    while slots[s] is None and queue:
                         slots[s] = queue.popleft()
-                        lc.llama_memory_seq_rm(memory, s, -1, -1)
+                        step(s, self._prefill(slots[s], s, ctx))
                 outputs = self._fill_batch(slots)
-                if lc.llama_decode(ctx, self.batch) != 0:
-                    raise LLMError(f"llama.cpp failed to decode a batch of {self.batch.n_tokens} tokens")
+                if outputs:
+                    self._decode(ctx)
                 for s, index in outputs:
-                    row = slots[s]
-                    token = self._sample(row, ctx, index)
-                    if self._step(row, token, sampling):
-                        results[row.index] = completion = self._completion(row, sampling)
-                        self._free(row)
-                        slots[s] = None
-                        if on_completion is not None:
-                            on_completion(row.index, completion)
+                    step(s, self._sample(slots[s], ctx, index))
         finally:
             for row in rows:
                 self._free(row)
+
+    def _prefill(self, row: _Row, slot: int, ctx) -> int:
+        """Put a row's prompt in its slot and return its first token. The longest opening the prefix
+        streams hold is copied in; the rest is fed one chunk per decode, and the opening up to the
+        last chunk, when new, is kept for later prompts before the last chunk is fed."""
+        lc = self.lc
+        memory = lc.llama_get_memory(ctx)
+        chunks, key, start = [], b"", 0
+        while start < len(row.prompt):
+            end = chunk_end(row.prompt, start, self.turn_ends, self.line_ends, self.blank_line_ends)
+            key = PrefixCache.key(key, row.prompt[start:end])
+            chunks.append((key, end))
+            start = end
+        opening = chunks[:-1]  # the last chunk is always fed: its logits give the first token
+        found = self.prefixes.find(opening)
+        if found is None:
+            lc.llama_memory_seq_rm(memory, slot, -1, -1)
+            row.fed = 0
+        else:
+            # Across streams llama.cpp copies the whole stream (at the next decode); then drop the
+            # source's tokens past the shared opening.
+            seq, row.fed = found
+            lc.llama_memory_seq_cp(memory, seq, slot, -1, -1)
+            lc.llama_memory_seq_rm(memory, slot, row.fed, -1)
+        copied = row.fed
+        for _, end in chunks:
+            if end <= row.fed:
+                continue
+            if end == len(row.prompt) and opening and opening[-1][1] > copied:
+                keep = self.prefixes.keep(opening)
+                if keep is not None:  # copied as the slot is now, before its last chunk goes in
+                    lc.llama_memory_seq_cp(memory, slot, keep, -1, -1)
+            self._feed(row.prompt, row.fed, end, slot)
+            self._decode(ctx)
+            row.fed = end
+        return self._sample(row, ctx, self.batch.n_tokens - 1)
+
+    def _feed(self, prompt: list[int], start: int, end: int, slot: int) -> None:
+        """Make the batch prompt[start:end] of one slot, asking for the last token's logits."""
+        batch = self.batch
+        for n, i in enumerate(range(start, end)):
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = prompt[i], i, 1
+            batch.seq_id[n][0], batch.logits[n] = slot, i == end - 1
+        batch.n_tokens = end - start
+
+    def _decode(self, ctx) -> None:
+        if self.lc.llama_decode(ctx, self.batch) != 0:
+            raise LLMError(f"llama.cpp failed to decode a batch of {self.batch.n_tokens} tokens")
 
     def _free(self, row: _Row) -> None:
         for sampler in (row.sampler, row.grammar):
@@ -316,33 +397,19 @@ class LlamaCppClient(Backend):
         return not math.isinf(one[0].logit)
 
     def _fill_batch(self, slots: list[_Row | None]) -> list[tuple[int, int]]:
-        """Put each running row's last token and, within the budget, the next chunk of each new
-        row's prompt into the batch; return the (slot, batch index) pairs to sample after the decode."""
-        batch, outputs, n = self.batch, [], 0
-
-        def add(token: int, position: int, seq: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, position, 1
-            batch.seq_id[n][0], batch.logits[n] = seq, logits
-            if logits:
-                outputs.append((seq, n))
-            n += 1
-
-        budget = PREFILL_TOKENS
+        """Put each running row's last token into the batch; return the (slot, batch index) pairs
+        to sample after the decode."""
+        batch, outputs = self.batch, []
         # In slot order: with one key/value stream per slot, llama.cpp splits a batch into
         # micro-batches of consecutive sequence ids, so any other order costs extra passes.
         for s, row in enumerate(slots):
             if row is None:
                 continue
-            if row.tokens:
-                add(row.tokens[-1], row.position, s, True)
-                continue
-            chunk = min(budget, len(row.prompt) - row.fed)
-            for i in range(row.fed, row.fed + chunk):
-                add(row.prompt[i], i, s, i == len(row.prompt) - 1)
-            row.fed += chunk
-            budget -= chunk
-        batch.n_tokens = n
+            n = len(outputs)
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = row.tokens[-1], row.position, 1
+            batch.seq_id[n][0], batch.logits[n] = s, True
+            outputs.append((s, n))
+        batch.n_tokens = len(outputs)
         return outputs
 
     def _step(self, row: _Row, token: int, sampling: SamplingParams) -> bool:

@@ -60,7 +60,7 @@ TOP_CANDIDATES = 256
 """Sampling looks for the top_p nucleus among this many most likely tokens before sorting all."""
 PREFILL_CHUNK = 128
 """Prompt tokens per prefill forward, at most: a long prompt is fed in pieces between decode steps
-(a chunk also ends after each end-of-turn token, see `_chunk_end`)."""
+(a chunk also ends after each end-of-turn token, see `chunk_end`)."""
 PARAGRAPH_MIN = 16
 """A blank line ends a prompt chunk only this many tokens or more after the chunk's start: short
 forwards feed fewer tokens per second."""
@@ -244,7 +244,7 @@ class LocalClient(Backend):
             if row is not None and row.fed == 0 and self._twin_feeding(row, slots):
                 continue  # its twin's last chunk will be in the prefix cache
             while row is not None and row.fed < len(row.prompt) and budget > 0:
-                end = self._chunk_end(row)
+                end = chunk_end(row.prompt, row.fed, self.eos, self.line_ends, self.blank_line_ends)
                 tokens = row.prompt[row.fed : end]
                 last = end == len(row.prompt)
                 key = self.prefixes.key(row.prefix_key, tokens, last=last)
@@ -272,23 +272,6 @@ class LocalClient(Backend):
         """Whether an earlier request of this call with the same prompt is still feeding it."""
         return any(other is not None and other.index < row.index and other.fed < len(other.prompt)
                    and other.prompt == row.prompt for other in slots)  # fmt: skip
-
-    def _chunk_end(self, row: _Row) -> int:
-        """Where the prompt chunk starting at `row.fed` ends: just after the next end-of-turn token
-        (so a few-shot turn shared by many prompts is a chunk of its own, whatever its length), just
-        after a blank line at least `PARAGRAPH_MIN` tokens on (a template's preamble, shared, before
-        the text that differs), `PREFILL_CHUNK` tokens on, or at the prompt's end, whichever comes
-        first. It depends on the prompt's own tokens only: the same opening is always cut alike."""
-        prompt, start = row.prompt, row.fed
-        end = min(start + PREFILL_CHUNK, len(prompt))
-        for i in range(start, end):
-            if prompt[i] in self.eos:
-                return i + 1
-            if i + 1 - start >= PARAGRAPH_MIN and (
-                prompt[i] in self.blank_line_ends or (prompt[i] in self.line_ends and prompt[i - 1] in self.line_ends)
-            ):
-                return i + 1
-        return end
 
     def _decode(self, slots: list[_Row | None], cache: SlotCache, sampling: SamplingParams, finish) -> None:
         """One token for every row that has one to feed, in one forward over slots 0..last live one;
@@ -518,10 +501,33 @@ class PrefixCache:
         self._bytes = 0
 
 
+def chunk_end(prompt: list[int], start: int, turn_ends: frozenset[int], line_ends: frozenset[int],
+              blank_line_ends: frozenset[int]) -> int:  # fmt: skip
+    """Where the prompt chunk starting at `start` ends: just after the next end-of-turn token (so a
+    few-shot turn shared by many prompts is a chunk of its own, whatever its length), just after a
+    blank line at least `PARAGRAPH_MIN` tokens on (a template's preamble, shared, before the text
+    that differs), `PREFILL_CHUNK` tokens on, or at the prompt's end, whichever comes first. It
+    depends on the prompt's own tokens only: the same opening is always cut alike (both local
+    engines cut here, see `synth.llm.llamacpp`)."""
+    end = min(start + PREFILL_CHUNK, len(prompt))
+    for i in range(start, end):
+        if prompt[i] in turn_ends:
+            return i + 1
+        if i + 1 - start >= PARAGRAPH_MIN and (
+            prompt[i] in blank_line_ends or (prompt[i] in line_ends and prompt[i - 1] in line_ends)
+        ):
+            return i + 1
+    return end
+
+
 def line_end_tokens(tokenizer) -> tuple[frozenset[int], frozenset[int]]:
-    """Tokens whose text ends a line, and those that end a blank line ("\n\n" is one token or two,
-    as the text around it falls)."""
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    """`line_ends_in` the texts of a Hugging Face tokenizer's tokens."""
+    return line_ends_in(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
+
+
+def line_ends_in(texts: list[str]) -> tuple[frozenset[int], frozenset[int]]:
+    """The tokens (indices into `texts`, each token's text) whose text ends a line, and those that
+    end a blank line ("\n\n" is one token or two, as the text around it falls)."""
     ends = frozenset(i for i, text in enumerate(texts) if text.endswith("\n"))
     return ends, frozenset(i for i in ends if texts[i].endswith("\n\n"))
 

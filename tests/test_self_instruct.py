@@ -20,6 +20,7 @@ from generators.instruct.self_instruct import (
     SelfInstructConfig,
     YES_NO_GRAMMAR,
     asks_for_writing,
+    names_its_labels,
     conflicting_inputs,
     instance_drop_reason,
     instruction_drop_reason,
@@ -92,6 +93,23 @@ def test_instructions_that_ask_for_a_text_are_never_classification():
         assert len(vetoed) >= 0.75 * not_classification, name  # measured: 26 of 32, 23 of 27
     assert asks_for_writing("Please write a haiku about rain.") and asks_for_writing("Why is the sky blue?")
     assert not asks_for_writing("Writer's block: is the sentence formal or informal?")
+
+
+def test_only_instructions_that_name_their_labels_are_put_to_the_model(tmp_path):
+    # tasks qwen2.5-coder-1.5b called classification (after the writing-verb rule) whose output-first
+    # instances answered with a phrase of the instruction ("grammatical error", "persuasive essay")
+    not_labels = ["Identify the grammatical error in the given sentence.", 'Locate the word that has the same root '
+                  'as "thrive".', "Analyze the structure of a persuasive essay.", "What is the capital of Peru?"]
+    labels = ["Classify the paragraph as a pro or con statement.", "Determine the emotional tone of the sentence.",
+              "Is the given statement an example of sarcasm?"]  # fmt: skip
+    seeds = load_seed_tasks(SEED_FILE)
+    llm = ScriptedLLM()  # says Yes to every classification question
+    boot = Bootstrapper(SelfInstructConfig(seed_tasks=SEED_FILE), make_ctx(tmp_path), llm, seeds)
+    assert boot._classify(not_labels + labels, round_=0) == [False] * 4 + [True] * 3
+    assert len(llm.calls[-1]) == 3  # the model is asked about the three alone
+    # no classification task of the labelled set or the seeds is kept from the model (fitted on them)
+    for text, classification in labelled_instructions() + [(s.instruction, s.is_classification) for s in seeds]:
+        assert names_its_labels(text) or not classification, text
 
 
 def test_the_yes_no_answer_is_constrained_where_the_engine_takes_a_grammar(tmp_path):
@@ -301,7 +319,9 @@ def test_instance_prompts_ask_for_several_instances_and_every_label(tmp_path):
     with_input = [a for a in answers if "Input: none" not in a]
     assert with_input and all(a.count("Input:") >= 2 and a.count("Output:") >= 2 for a in with_input)
     # ...but a task that needs no input is answered once, its whole answer in one output
-    assert [a.count("Output:") for a in answers if "Input: none" in a] == [1]
+    no_input = [a for a in answers if "Input: none" in a]
+    assert no_input and all(a.count("Output:") == 1 for a in no_input)
+    assert any("```python" in a for a in no_input)  # a task asking for code is answered with the code
     labels = [m["content"] for m in output_first if m["role"] == "assistant"]
     assert labels and all(a.count("Class label:") >= 2 for a in labels)
     # several labels for one classification task, each kept as its own record

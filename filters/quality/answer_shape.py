@@ -48,6 +48,11 @@ _ASKS_NUMBER = re.compile(
 )
 
 
+def holds_code(answer: str) -> bool:
+    """A fence or at least one line that reads as code (`def `, `SELECT `, `x = f(y);`...)."""
+    return "```" in answer or _CODE_LINE.search(answer) is not None
+
+
 def answer_shape(answer: str, task: str = "", words: int | None = None) -> Shape:
     """The shape of `answer`, given the `task` (instruction and input) that asked for it; `words` is
     its word count where the caller has counted them (Han text has one word per character)."""

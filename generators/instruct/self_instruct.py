@@ -213,6 +213,23 @@ def asks_for_writing(instruction: str) -> bool:
     return bool(first) and first.group(1) in WRITING_VERBS
 
 
+_NAMES_LABELS = re.compile(
+    r"^(?:is|are|does|do|can|was|were)\b|\b\w+ or \w+\b|\b(?:classify|classification|categori[sz]e|category|whether|"
+    r"which (?:of|one)|sentiment|tone|sarcas\w*|part of speech|language of|type of|kind of)\b",
+    re.IGNORECASE,
+)
+
+
+def names_its_labels(instruction: str) -> bool:
+    """True for an instruction that names its options ("positive or negative"), asks a yes/no
+    question, or asks for a category (sentiment, type, language). Only these are put to the model:
+    qwen2.5-coder-1.5b still called "Identify the grammatical error in the given sentence" and
+    "Analyze the structure of a persuasive essay" classification, and their output-first instances
+    answered with a phrase of the instruction. A classification task missed here costs little: its
+    input-first instances still end in its label."""
+    return _NAMES_LABELS.search(instruction) is not None
+
+
 YES_NO_GRAMMAR = 'root ::= "Yes" | "No"'
 """The classification answer as GBNF: under it a model picks the likelier word and cannot ramble."""
 
@@ -391,14 +408,16 @@ class Bootstrapper:
     # -- step 3: classification identification
 
     def _classify(self, instructions: list[str], round_: int) -> list[bool]:
-        """No for an instruction that asks for a text to be written; the model's Yes or No for the rest."""
-        asked = [t for t in instructions if not asks_for_writing(t)]
+        """No for an instruction that asks for a text to be written or names no labels; the model's
+        Yes or No for the rest."""
+        ask = [not asks_for_writing(t) and names_its_labels(t) for t in instructions]
+        asked = [t for t, a in zip(instructions, ask) if a]
         if not asked:
             return [False] * len(instructions)
         requests = [few_shot_request("self_instruct_classify", self.classify_shots, {"instruction": t}) for t in asked]
         sampling = JUDGE.params(self._seed("classify", round_)).model_copy(update={"grammar": self.classify_grammar})
         verdicts = iter(parse_yes_no(c.text) for c in self.llm.generate(requests, sampling))
-        return [False if asks_for_writing(t) else next(verdicts) for t in instructions]
+        return [next(verdicts) if a else False for a in ask]
 
     def _classify_shots(self, rng: random.Random) -> list[tuple[dict[str, str], str]]:
         """A balanced set of seed tasks, half marked classification (Yes) and half not (No), in a

@@ -25,6 +25,7 @@ BUILTIN_STAGES = {
     "perplexity": "filters.quality.perplexity",
     "llm_judge": "filters.quality.llm_judge",
     "judge_report": "filters.quality.judge_report",
+    "verdict_filter": "filters.quality.verdict_filter",
     "exact_dedup": "filters.dedup.exact",
     "minhash_dedup": "filters.dedup.minhash",
     "semantic_dedup": "filters.dedup.semantic",

@@ -3,8 +3,9 @@
 One llama.cpp context holds `spec.batch_size` sequences (slots). A row that takes a free slot has
 its prompt put in at once and samples its first token; then every step is one `llama_decode` of
 the next token of each running row, and a row that finishes (end of turn, a stop string,
-`max_tokens`) frees its slot for the next request. The key/value memory is allocated once per
-context and reused by every row, and across calls while the context is big enough.
+`max_tokens`) frees its slot for the next request; once none is left, the last running row moves
+down into it, so a decode step stays one pass over the weights. The key/value memory is allocated
+once per context and reused by every row, and across calls while the context is big enough.
 
 A prompt is cut into chunks where the transformers engine cuts it (`chunk_end`: after each
 end-of-turn token, after a blank line, every `PREFILL_CHUNK` tokens) and each chunk is fed in a

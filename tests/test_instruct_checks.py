@@ -40,6 +40,15 @@ GOOD = ("Name three rivers in Europe.", "The Danube, the Rhine and the Loire.")
         (("Write a persuasive essay about protecting rivers.", "Rivers matter."), "too_short_for_request"),
         (("Explain in detail how a river delta forms.", "Sediment settles."), "too_short_for_request"),
         (("Write a sentence about a story you like.", "I love The Hobbit."), None),
+        # qwen2.5-coder-1.5b's Self-Instruct instances of code tasks: the result, or a description
+        (("Write a JavaScript function that finds the largest number in an array.", "8"), "no_code_for_code_request"),
+        (("Write a C# function that finds the longest word in a string.",
+          'The function "FindLongestWord" takes a string as input and returns the longest word.'),
+         "no_code_for_code_request"),
+        (("Write a SQL query that counts the customers.", "SELECT COUNT(*) FROM customers;"), None),
+        (("Write a Python function that doubles a number.", "```python\ndef double(x):\n    return 2 * x\n```"),
+         None),
+        (("Explain what a Python function is.", "A named block of code that runs when called."), None),
     ],
 )
 def test_each_check(row, reason):

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from filters.quality.judge_report import JudgeReport, JudgeReportConfig, seeded_sample
-from filters.quality.verdicts import Verdicts, parse_verdicts, request, verdict_agreement
+from filters.quality.verdicts import CORRECT_PROMPT, SENSIBLE_PROMPT, parse_yes_no, request, verdict_agreement
 from synth.llm import Completion
 from synth.spec import LLMSpec
 from synth.stage import StageContext
@@ -19,30 +19,23 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.mark.parametrize(
-    ("answer", "sensible", "correct"),
-    [
-        ("Instruction: yes\nOutput: no", True, False),
-        ("**Instruction:** Yes.\n**Output:** Yes.", True, True),
-        ("Output: no\nInstruction: no", False, False),
-        ("Instruction - NO\nOutput - yes, the sum is right", False, True),
-        ("Instruction: yes", True, None),  # cut short: the missing verdict is unknown, not a guess
-        ("The output looks fine.", None, None),
-        ("", None, None),
-    ],
+    ("answer", "verdict"),
+    [("yes", True), ("no", False), (" **No.** The sum is 15.", False), ("Yes, it is a task", True),
+     ("The output looks fine.", None), ("nothing", None), ("", None)],
 )  # fmt: skip
-def test_parse_verdicts(answer, sensible, correct):
-    assert parse_verdicts(answer) == Verdicts(sensible, correct, answer.strip())
+def test_parse_yes_no_reads_the_first_word(answer, verdict):
+    assert parse_yes_no(answer) is verdict
 
 
 def test_request_keeps_braces_and_marks_an_empty_input():
-    [message] = request("Format {output} as JSON: {}", "", '{"a": 1}')
-    assert "Format {output} as JSON: {}" in message["content"] and '{"a": 1}' in message["content"]
-    assert "Input:\n(none)" in message["content"]
+    [message] = request(CORRECT_PROMPT, "Format {output} as JSON: {}", "", '{"a": 1}')
+    assert "Instruction: Format {output} as JSON: {}\nInput: (none)\nAnswer: {\"a\": 1}\nCorrect:" in message["content"]
 
 
 class Judge:
-    """A stand-in judge (the real ones are measured below, slow): 'no' to any record whose
-    instruction or output holds 'bad', and it records what it was asked."""
+    """A stand-in judge (the real ones are measured below, slow): 'no' to the sensible question of
+    an instruction holding 'bad task' and to the correct question of an output holding 'bad answer';
+    it records what it was asked."""
 
     model_id = "stand-in"
 
@@ -51,11 +44,15 @@ class Judge:
 
     def generate(self, requests, sampling):
         self.asked += [r[0]["content"] for r in requests]
-        return [Completion(f"Instruction: {'no' if 'bad task' in r[0]['content'] else 'yes'}\n"
-                           f"Output: {'no' if 'bad answer' in r[0]['content'] else 'yes'}", 1, 1) for r in requests]
+        return [Completion("no" if question_of(r) in r[0]["content"] else "yes", 1, 1) for r in requests]
 
     def close(self):
         pass
+
+
+def question_of(request) -> str:
+    """What a stand-in says 'no' to: the bad part of the record the request asks about."""
+    return "bad task" if request[0]["content"].endswith("Sensible:") else "bad answer"
 
 
 def records(n: int) -> pa.Table:
@@ -84,7 +81,7 @@ def test_a_fixed_seeded_sample_is_judged_and_reported(ray_session, tmp_path, mon
     judge = Judge()
     monkeypatch.setattr(ctx.__class__, "llm", lambda self, name: judge)
     assert stage.apply(ds).count() == 100  # nothing dropped, everything passed on
-    assert len(judge.asked) == 30
+    assert len(judge.asked) == 60  # two questions a record
 
     report = json.loads((tmp_path / "_reports" / "judge_report" / "report.json").read_text())
     bad_tasks = sum("bad task" in r["instruction"] for r in first)
@@ -97,11 +94,16 @@ def test_a_fixed_seeded_sample_is_judged_and_reported(ray_session, tmp_path, mon
     assert f"{30 - bad_tasks} of 30 instructions sensible" in markdown and markdown.count("\n| ") == 31
 
 
+HELD_OUT = ("judge_labelled.jsonl", "judge_bad_instructions.jsonl", "judge_run_records.jsonl",
+            "judge_more_labelled.jsonl")  # fmt: skip
+"""Hand-labelled records the prompts were not tuned on: answers of the rubric test, instructions a
+real run produced that are not tasks, the records of the README's instruct run the developer read,
+and right answers to those tasks. The prompts were tuned on `judge_tuning.jsonl` alone."""
+
+
 def labelled_records() -> list[dict]:
-    """The hand-labelled answers of the rubric test and instructions a real run produced that are
-    not tasks (cut off, ending in an open quote or a colon, asking for more tasks)."""
     rows = []
-    for name in ("judge_labelled.jsonl", "judge_bad_instructions.jsonl"):
+    for name in HELD_OUT:
         for line in (DATA / name).read_text().splitlines():
             r = json.loads(line)
             rows.append({"instruction": r["instruction"], "input": r.get("input", ""), "output": r["response"],
@@ -111,22 +113,24 @@ def labelled_records() -> list[dict]:
 
 def test_agreement_counts_each_verdict_against_its_label():
     labelled = labelled_records()
-    assert len(labelled) == 30 and sum(r["sensible"] for r in labelled) == 23 and sum(r["good"] for r in labelled) == 13
+    assert len(labelled) == 66 and sum(r["sensible"] for r in labelled) == 52 and sum(r["good"] for r in labelled) == 24
+
+    def labels_by_question(r: dict) -> dict[str, bool]:
+        return {request(SENSIBLE_PROMPT, r["instruction"], r["input"])[0]["content"]: r["sensible"],
+                request(CORRECT_PROMPT, r["instruction"], r["input"], r["output"])[0]["content"]: r["good"]}
 
     class Perfect:
         def generate(self, requests, sampling):
-            by_prompt = {request(r["instruction"], r["input"], r["output"])[0]["content"]: r for r in labelled}
-            return [Completion("Instruction: {}\nOutput: {}".format(*("yes" if by_prompt[q[0]["content"]][k] else "no"
-                               for k in ("sensible", "good"))), 1, 1) for q in requests]  # fmt: skip
+            by_prompt = {q: label for r in labelled for q, label in labels_by_question(r).items()}
+            return [Completion("yes" if by_prompt[q[0]["content"]] else "no", 1, 1) for q in requests]  # fmt: skip
 
     assert verdict_agreement(Perfect(), labelled) == {"instruction": 1.0, "output": 1.0, "unparsed": 0.0}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured: qwen2.5-coder-1.5b answers yes to (nearly) every record, "
-                   "23/30 and 13/30, the constant-yes baseline; an XPASS means a judge worth reporting")
 def test_verdict_agreement_with_the_strongest_local_model():
-    """The judge must beat answering "yes" to everything (23 of 30 instructions, 13 of 30 outputs)."""
+    """The judge must beat both constant answers, "yes" and "no" to everything, on each question.
+    Measured (README): the two-question prompt it replaced scored exactly "yes" to everything."""
     from synth.llm import make_backend
 
     try:
@@ -136,6 +140,7 @@ def test_verdict_agreement_with_the_strongest_local_model():
         pytest.skip(f"qwen2.5-coder-1.5b through llama.cpp is not available: {exc}")
     labelled = labelled_records()
     agreement = verdict_agreement(llm, labelled)
-    print(f"verdict agreement, qwen2.5-coder-1.5b: {agreement}")
-    yes_baseline = {k: sum(r[k] for r in labelled) / len(labelled) for k in ("sensible", "good")}
-    assert agreement["instruction"] > yes_baseline["sensible"] and agreement["output"] > yes_baseline["good"]
+    print(f"verdict agreement, qwen2.5-coder-1.5b, {len(labelled)} held-out records: {agreement}")
+    for question, label in (("instruction", "sensible"), ("output", "good")):
+        yes = sum(r[label] for r in labelled) / len(labelled)
+        assert agreement[question] > max(yes, 1 - yes), (question, agreement[question], yes)

@@ -18,6 +18,9 @@ from generators.instruct.self_instruct import (
     held_out_rows,
     split_held_out,
     SelfInstructConfig,
+    YES_NO_GRAMMAR,
+    asks_for_writing,
+    names_its_labels,
     conflicting_inputs,
     instance_drop_reason,
     instruction_drop_reason,
@@ -25,6 +28,7 @@ from generators.instruct.self_instruct import (
     parse_instances,
     parse_tasks,
     parse_yes_no,
+    yes_no_grammar,
 )
 from synth.errors import SpecError
 from synth.llm import Completion, LLMClient
@@ -71,6 +75,51 @@ def test_parse_tasks_reads_numbered_items_in_any_common_style():
 )
 def test_instruction_filters(text, reason):
     assert instruction_drop_reason(text) == reason
+
+
+def labelled_instructions() -> list[tuple[str, bool]]:
+    """Hand-labelled instructions written the way models write them (some from the README's measured
+    run): (instruction, is a classification task)."""
+    lines = (Path(__file__).parent / "data" / "classify_labelled.jsonl").read_text().splitlines()
+    return [(row["instruction"], row["is_classification"]) for row in map(json.loads, lines)]
+
+
+def test_instructions_that_ask_for_a_text_are_never_classification():
+    for name, labelled in [("labelled", labelled_instructions()),
+                           ("seeds", [(s.instruction, s.is_classification) for s in load_seed_tasks(SEED_FILE)])]:
+        vetoed = [(text, classification) for text, classification in labelled if asks_for_writing(text)]
+        assert not [text for text, classification in vetoed if classification], name
+        not_classification = sum(not classification for _, classification in labelled)
+        assert len(vetoed) >= 0.75 * not_classification, name  # measured: 26 of 32, 23 of 27
+    assert asks_for_writing("Please write a haiku about rain.") and asks_for_writing("Why is the sky blue?")
+    assert not asks_for_writing("Writer's block: is the sentence formal or informal?")
+
+
+def test_only_instructions_that_name_their_labels_are_put_to_the_model(tmp_path):
+    # tasks qwen2.5-coder-1.5b called classification (after the writing-verb rule) whose output-first
+    # instances answered with a phrase of the instruction ("grammatical error", "persuasive essay")
+    not_labels = ["Identify the grammatical error in the given sentence.", 'Locate the word that has the same root '
+                  'as "thrive".', "Analyze the structure of a persuasive essay.", "What is the capital of Peru?"]
+    labels = ["Classify the paragraph as a pro or con statement.", "Determine the emotional tone of the sentence.",
+              "Is the given statement an example of sarcasm?"]  # fmt: skip
+    seeds = load_seed_tasks(SEED_FILE)
+    llm = ScriptedLLM()  # says Yes to every classification question
+    boot = Bootstrapper(SelfInstructConfig(seed_tasks=SEED_FILE), make_ctx(tmp_path), llm, seeds)
+    assert boot._classify(not_labels + labels, round_=0) == [False] * 4 + [True] * 3
+    assert len(llm.calls[-1]) == 3  # the model is asked about the three alone
+    # no classification task of the labelled set or the seeds is kept from the model (fitted on them)
+    for text, classification in labelled_instructions() + [(s.instruction, s.is_classification) for s in seeds]:
+        assert names_its_labels(text) or not classification, text
+
+
+def test_the_yes_no_answer_is_constrained_where_the_engine_takes_a_grammar(tmp_path):
+    qwen = LLMSpec(engine="llama.cpp", model="qwen2.5-coder-0.5b")
+    assert yes_no_grammar(qwen) == YES_NO_GRAMMAR == 'root ::= "Yes" | "No"'
+    assert yes_no_grammar(LLMSpec(engine="transformers")) is None and yes_no_grammar(None) is None
+    assert yes_no_grammar(LLMSpec(backend="openai", model="gpt-4o-mini")) is None  # may not be llama-server
+    config = SelfInstructConfig(seed_tasks=SEED_FILE)
+    boot = Bootstrapper(config, make_ctx(tmp_path, {"default": qwen}), ScriptedLLM(), load_seed_tasks(SEED_FILE))
+    assert boot.classify_grammar == YES_NO_GRAMMAR
 
 
 def test_parse_yes_no():
@@ -167,7 +216,7 @@ class ScriptedLLM(LLMClient):
             )
         task = prompt.rsplit("Task:", 1)[-1].strip()
         if "Answer Yes or No" in prompt:
-            return "Yes" if task.startswith("Classify") else "No"
+            return "Yes"  # what qwen2.5-coder-0.5b said to most tasks: the step must not ask it about "Explain ..."
         if task.startswith("Classify"):
             return "Class label: good\nInput: a sunny day"
         return "Input: none\nOutput: It is a thing that children like."
@@ -205,9 +254,10 @@ def test_bootstrap_keeps_filters_and_batches(tmp_path):
     assert all(r["generator"] == "self_instruct" and r["evol_round"] == 0 and r["seed"] == 7 for r in rows)
     assert table.num_rows == len(rows)
 
-    # A round is one call per step: 2 task prompts, then 4 kept instructions to classify and
-    # to give instances. Round 1 shows 8 seeds per prompt; later rounds 6 seeds and 2 machine tasks.
-    assert [len(c) for c in llm.calls] == [2, 4, 4, 2, 2, 2]
+    # A round is one call per step: 2 task prompts, the 2 kept instructions that do not ask for a text to
+    # classify, then all 4 to give instances. Round 1 shows 8 seeds per prompt; later rounds 6 seeds and 2
+    # machine tasks.
+    assert [len(c) for c in llm.calls] == [2, 2, 4, 2, 1, 2]
     shown = [line for line in llm.calls[3][0].splitlines() if re.match(r"\d+\. ", line)]
     assert len(shown) == 8
     assert len([line for line in shown if re.search(r"\b[tu]\d+a\b", line)]) == 2
@@ -269,7 +319,9 @@ def test_instance_prompts_ask_for_several_instances_and_every_label(tmp_path):
     with_input = [a for a in answers if "Input: none" not in a]
     assert with_input and all(a.count("Input:") >= 2 and a.count("Output:") >= 2 for a in with_input)
     # ...but a task that needs no input is answered once, its whole answer in one output
-    assert [a.count("Output:") for a in answers if "Input: none" in a] == [1]
+    no_input = [a for a in answers if "Input: none" in a]
+    assert no_input and all(a.count("Output:") == 1 for a in no_input)
+    assert any("```python" in a for a in no_input)  # a task asking for code is answered with the code
     labels = [m["content"] for m in output_first if m["role"] == "assistant"]
     assert labels and all(a.count("Class label:") >= 2 for a in labels)
     # several labels for one classification task, each kept as its own record
@@ -348,6 +400,32 @@ def test_holding_out_nearly_every_seed_is_refused_before_ray(tmp_path):
     config = SelfInstructConfig(seed_tasks=SEED_FILE, hold_out=len(load_seed_tasks(SEED_FILE)) - 1)
     with pytest.raises(SpecError, match=r"hold_out 37 leaves fewer than 2 of the 38 seed tasks"):
         SelfInstruct(config, make_ctx(tmp_path, {"default": LLMSpec()})).check_inputs()
+
+
+# ---------------------------------------------------------------- classification, real model
+
+
+@pytest.mark.slow
+def test_classification_agreement_with_qwen_on_the_labelled_instructions(tmp_path):
+    """The whole step (the rule, then the model for the rest) on the hand-labelled instructions."""
+    from synth.llm import make_backend
+
+    spec = LLMSpec(engine="llama.cpp", model="qwen2.5-coder-0.5b", batch_size=16, threads=2, cache=False)
+    try:
+        llm = make_backend(spec)
+        llm.load()
+    except Exception as exc:  # noqa: BLE001 - not installed here (SYNTH_SKIP_QWEN=1, no llama-cpp-python)
+        pytest.skip(f"qwen2.5-coder-0.5b through llama.cpp is not available: {exc}")
+    config = SelfInstructConfig(seed_tasks=SEED_FILE)
+    boot = Bootstrapper(config, make_ctx(tmp_path, {"default": spec}), llm, load_seed_tasks(SEED_FILE))
+    labelled = labelled_instructions()
+    verdicts = boot._classify([text for text, _ in labelled], round_=1)
+    false_yes = sum(said and not truth for said, (_, truth) in zip(verdicts, labelled))
+    false_no = sum(truth and not said for said, (_, truth) in zip(verdicts, labelled))
+    print(f"classification, qwen2.5-coder-0.5b: {false_yes} false Yes of 32, {false_no} false No of 28")
+    # measured 6 and 11 (34 s at load 4.5-7, with the prefix cache); the step before the rule and the paper's
+    # wording gave 26 and 11
+    assert false_yes <= 8 and false_no <= 14
 
 
 # ---------------------------------------------------------------- end to end, real model, on Ray

@@ -140,10 +140,17 @@ def records(pairs: list[tuple[str, str]], **config) -> pa.Table:
         ("Convert 25 degrees Celsius to Fahrenheit.", "F = 25 x 9/5 + 32 = 77", "math", None),
         ("Calculate 15% of 80.", "15% of 80 is 12.", "math", None),
         ("Is the review positive or negative? 'Loved it.'", "Positive", "label", None),
+        # ... and answers of qwen2.5-coder-1.5b that the prose rules dropped: a long label, a numbered list
+        ("Identify the type of sentence. (input: What is your name?)", "interrogative", "label", None),
+        ("Suggest three descriptive adjectives for a scenic mountain.", "1. Elegant\n2. Majestic\n3. Serene", "prose",
+         None),
         ("Write a Python function that removes common leading whitespace.", DEDENT_SOURCE, "code", None),
         # prose is held to the prose rules still
         ("Describe your weekend.", "a b c d e f g h", "prose", "mean_word_length_low"),
         ("Describe the sales report.", "The totals were 12 34 56 78 90 and 11", "prose", "too_many_non_alpha_words"),
+        ("Describe the sales report.", "1. 12\n2. 34\n3. 56 78", "prose", "too_many_non_alpha_words"),
+        ("Name the colour.", "bluebluebluebluebluebluebluebluebluebluebluebluebluebluebluebluebluebluebluebluebl",
+         "prose", "mean_word_length_high"),
         ("Tell me about rivers.", GOOD, "prose", None),
         # the rules a shape keeps still catch degenerate answers of that shape
         ("Write a Python function that removes common leading whitespace.", DEDENT_SOURCE * 3, "code",

@@ -5,7 +5,8 @@ averages one letter per word, and Python has few stop words and many `#`. An ans
 
 - `code` when it looks like code (a fence, several code-like lines) or the task asks for code;
 - `math` when it holds an equation or arithmetic, or the task asks for a number or a calculation;
-- `label` when it is one line of at most `LABEL_MAX_WORDS` words ("Positive", "Yes", "42");
+- `label` when it is one line of at most `LABEL_MAX_WORDS` words of at most `LABEL_MAX_WORD_CHARS`
+  characters ("Positive", "Yes", "42", "interrogative");
 - `prose` otherwise.
 
 The task is read from the instruction (and input) columns where the data has them.
@@ -20,6 +21,8 @@ from typing import Literal
 Shape = Literal["prose", "math", "code", "label"]
 
 LABEL_MAX_WORDS = 3
+LABEL_MAX_WORD_CHARS = 20
+"""Longer than any English label ("counterproductive" has 17 letters): a run-on token is prose."""
 
 _CODE_LINE = re.compile(
     r"^\s*(?:def |class |import |from \S+ import |return\b|for .*:\s*$|while .*:\s*$|if .*:\s*$|elif |else:|"
@@ -45,6 +48,11 @@ _ASKS_NUMBER = re.compile(
 )
 
 
+def holds_code(answer: str) -> bool:
+    """A fence or at least one line that reads as code (`def `, `SELECT `, `x = f(y);`...)."""
+    return "```" in answer or _CODE_LINE.search(answer) is not None
+
+
 def answer_shape(answer: str, task: str = "", words: int | None = None) -> Shape:
     """The shape of `answer`, given the `task` (instruction and input) that asked for it; `words` is
     its word count where the caller has counted them (Han text has one word per character)."""
@@ -52,14 +60,15 @@ def answer_shape(answer: str, task: str = "", words: int | None = None) -> Shape
         return "code"
     if _EQUATION.search(answer) or (task and _ASKS_NUMBER.search(task)):
         return "math"
-    if (len(answer.split()) if words is None else words) <= LABEL_MAX_WORDS and "\n" not in answer.strip():
+    one_line = "\n" not in answer.strip() and max(map(len, answer.split()), default=0) <= LABEL_MAX_WORD_CHARS
+    if (len(answer.split()) if words is None else words) <= LABEL_MAX_WORDS and one_line:
         return "label"
     return "prose"
 
 
 SKIPPED_RULES: dict[Shape, frozenset[str]] = {
     "prose": frozenset(),
-    "label": frozenset({"mean_word_length_low", "too_many_non_alpha_words"}),
+    "label": frozenset({"mean_word_length_low", "mean_word_length_high", "too_many_non_alpha_words"}),
     "math": frozenset({
         "mean_word_length_low", "mean_word_length_high", "too_many_non_alpha_words", "too_few_stop_words",
         "repeated_2gram", "repeated_3gram", "repeated_4gram",
@@ -70,6 +79,7 @@ SKIPPED_RULES: dict[Shape, frozenset[str]] = {
         "repeated_2gram", "repeated_3gram", "repeated_4gram",
     }),
 }  # fmt: skip
-"""Rules a shape breaks by nature. A label keeps the long-word rule (a run-on token is no label);
+"""Rules a shape breaks by nature. A label may be one long word ("interrogative"), and a run-on token
+is no label (`LABEL_MAX_WORD_CHARS`);
 math keeps the long repeated n-gram rules (a looping derivation)
 and code the 5- to 10-gram ones (a model repeating a block); both keep the length and ellipsis rules."""

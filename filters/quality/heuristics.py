@@ -65,6 +65,8 @@ _UNSPACED = re.compile(
 )
 """Thai, Lao, Myanmar, Khmer, kana and Han: scripts written without spaces between words."""
 _HASHES = re.compile(r"#+")
+_ENUMERATOR = re.compile(r"^[ \t]*\(?\d{1,3}[.)](?=\s)", re.MULTILINE)
+"""An item number opening a line: `1.`, `2)`, `(3)`."""
 
 
 class TextHeuristicsConfig(StageConfig):
@@ -104,7 +106,9 @@ class TextHeuristicsConfig(StageConfig):
 
 
 def words_of(text: str) -> tuple[list[str], list[str]]:
-    """(whitespace tokens, words): words are tokens trimmed of punctuation, lower case, non-empty."""
+    """(whitespace tokens, words): words are tokens trimmed of punctuation, lower case, non-empty.
+    A list's numbering ("1.", "2)") is no word, as a bullet's `-` is none."""
+    text = _ENUMERATOR.sub("", text)
     tokens = text.split() if text.isascii() else _UNSPACED.sub(r" \1 ", text).split()
     words = [w for w in (_EDGES.sub("", t).lower() for t in tokens) if w]
     return tokens, words

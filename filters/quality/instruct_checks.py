@@ -1,6 +1,6 @@
 """Simple quality checks for instruct records: lengths, empty or refused answers, echoes.
 
-Adds score columns (`instruction_words`, `output_words`, `echo_rouge_l`, `asks_long_form`) and one
+Adds score columns (`instruction_words`, `output_words`, `echo_rouge_l`, `asks_long_form`, `asks_code`) and one
 drop reason per row, first failing check wins:
 
 - `empty_output`: the output is blank;
@@ -9,6 +9,10 @@ drop reason per row, first failing check wins:
 - `too_short_for_request`: the instruction asks for long-form writing (an essay, a story, "in
   detail", "at least 200 words"; `long_form_pattern`) and the output has fewer than
   `long_form_min_words` words;
+- `no_code_for_code_request`: the instruction asks for code to be written ("Write a Go function
+  that...", `code_request_pattern`) and the output holds none (a fence or a line that reads as
+  code): Self-Instruct's input-first instances answer such a task with the function's result
+  ("8") or a description of it;
 - `refusal`: the output contains a refusal phrase ("as an ai", "i cannot"...);
 - `echoes_instruction`: the output's ROUGE-L F against the instruction is at least
   `echo_threshold`, i.e. the answer mostly repeats the question.
@@ -22,6 +26,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from filters.quality.answer_shape import holds_code
 from generators.instruct.rouge import rouge_l
 from synth.registry import register
 from synth.spec import StageConfig
@@ -40,6 +45,11 @@ LONG_FORM = (
     r"|\b(?:\d+|two|three|four|five)[- ]paragraphs?\b"
 )
 """Case-insensitive: instructions that ask for more than a few sentences."""
+CODE_REQUEST = (
+    r"^(?:please\s+)?(?:write|implement|create|develop|code|build|complete|fix|refactor)\b[^.?!]*"
+    r"\b(?:function|program|script|code|snippet|query|regex|regular expression|class|method)\b"
+)
+"""Case-insensitive: instructions that open by asking for code to be written (not explained)."""
 
 
 class InstructChecksConfig(StageConfig):
@@ -52,6 +62,7 @@ class InstructChecksConfig(StageConfig):
     echo_threshold: float = Field(0.8, gt=0, le=1, description="Drop at this ROUGE-L F to the instruction")
     long_form_pattern: str = Field(LONG_FORM, description="Regex: the instruction asks for long-form writing")
     long_form_min_words: int = Field(30, ge=0, description="Output words such an instruction needs")
+    code_request_pattern: str = Field(CODE_REQUEST, description="Regex: the instruction asks for code to be written")
 
 
 @register
@@ -68,17 +79,21 @@ class InstructChecks(FilterStage):
         echo = [rouge_l(out, ins) if out.strip() else 0.0 for ins, out in zip(instructions, outputs)]
         asks = re.compile(self.config.long_form_pattern, re.IGNORECASE)
         long_form = [asks.search(text) is not None for text in instructions]
-        reasons = [self._reason(*row) for row in zip(outputs, instruction_words, output_words, echo, long_form)]
+        wants_code = re.compile(self.config.code_request_pattern, re.IGNORECASE)
+        asks_code = [wants_code.search(text) is not None for text in instructions]
+        rows = zip(outputs, instruction_words, output_words, echo, long_form, asks_code)
+        reasons = [self._reason(*row) for row in rows]
         columns = {
             "instruction_words": pa.array(instruction_words, pa.int32()),
             "output_words": pa.array(output_words, pa.int32()),
             "echo_rouge_l": pa.array(echo, pa.float32()),
             "asks_long_form": pa.array(long_form, pa.bool_()),
+            "asks_code": pa.array(asks_code, pa.bool_()),
         }
         return columns, reasons
 
     def _reason(
-        self, output: str, instruction_words: int, output_words: int, echo: float, long_form: bool
+        self, output: str, instruction_words: int, output_words: int, echo: float, long_form: bool, asks_code: bool
     ) -> str | None:
         cfg = self.config
         lowered = output.lower()
@@ -89,6 +104,7 @@ class InstructChecks(FilterStage):
             ("output_too_short", output_words < cfg.min_output_words),
             ("output_too_long", output_words > cfg.max_output_words),
             ("too_short_for_request", long_form and output_words < cfg.long_form_min_words),
+            ("no_code_for_code_request", asks_code and not holds_code(output)),
             ("refusal", any(phrase.lower() in lowered for phrase in cfg.refusal_phrases)),
             ("echoes_instruction", echo >= cfg.echo_threshold),
         )

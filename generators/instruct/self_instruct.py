@@ -12,9 +12,11 @@ One round, repeated until `num_instructions` machine-written instructions are ke
    text model cannot act on (image, draw, video...), starts with punctuation, starts with a
    non-ASCII character, ROUGE-L F above `rouge_threshold` against any instruction in the pool
    (seeds included). A kept instruction joins the pool at once, so the next is compared with it.
-3. Classification identification: a Yes/No prompt per kept instruction, batched, whose worked
-   examples are a balanced set (half Yes, half No) drawn once per run from the seed tasks by
-   their `is_classification` mark.
+3. Classification identification: an instruction that opens with a verb asking for a text
+   (write, explain, translate...) is not classification, without asking; each of the others gets
+   the paper's Yes/No question, batched, whose worked examples are a balanced set (half Yes, half
+   No) drawn once per run from the seed tasks by their `is_classification` mark, answered under a
+   Yes/No grammar where the engine takes one (local llama.cpp).
 4. Instance generation, batched: output-first for classification tasks (every class label, each
    followed by an input of that class, so the labels do not all collapse to the most obvious
    one), input-first for the others (several instances per task; one for a task that needs no
@@ -57,7 +59,7 @@ from generators.instruct.rouge import RougeLPool
 from synth.errors import SpecError
 from synth.llm import ChatRequest, Completion, LLMClient
 from synth.registry import register
-from synth.spec import InputFile, StageConfig, format_loc
+from synth.spec import InputFile, LLMSpec, StageConfig, format_loc
 from synth.stage import StageContext, TableStage, derive_seed
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,14 @@ BLACKLIST = (
 """Words of tasks a text-only model cannot do (from the paper's filter)."""
 
 _BLACKLIST_RE = re.compile(r"\b(?:" + "|".join(map(re.escape, BLACKLIST)) + r")\b", re.IGNORECASE)
+
+WRITING_VERBS = frozenset({
+    "write", "explain", "describe", "generate", "translate", "list", "compose", "create", "develop", "discuss",
+    "summarize", "summarise", "suggest", "rewrite", "solve", "calculate", "compute", "design", "give", "name",
+    "provide", "outline", "draft", "implement", "convert", "propose", "make", "plan", "brainstorm", "elaborate",
+    "paraphrase", "why",
+})  # fmt: skip
+"""First words of instructions that ask for a text to be written, never a label picked from a few."""
 
 
 class SelfInstructConfig(StageConfig):
@@ -194,6 +204,46 @@ def instruction_drop_reason(text: str, min_words: int = 3, max_words: int = 150)
     return None
 
 
+def asks_for_writing(instruction: str) -> bool:
+    """True for an instruction that opens with a verb asking for a text (`WRITING_VERBS`): never a
+    classification task, so the model is not asked. Asked, qwen2.5-coder-0.5b called 20 of the 26 such
+    instructions of `tests/data/classify_labelled.jsonl` classification (the 1.5B 16), and a wrong Yes
+    makes a label the answer to an essay task."""
+    first = re.match(r"(?:please\s+)?([a-z]+)", instruction.lower())
+    return bool(first) and first.group(1) in WRITING_VERBS
+
+
+_NAMES_LABELS = re.compile(
+    r"^(?:is|are|does|do|can|was|were)\b|\b\w+ or \w+\b|\b(?:classify|classification|categori[sz]e|category|whether|"
+    r"which (?:of|one)|sentiment|tone|sarcas\w*|part of speech|language of|type of|kind of)\b",
+    re.IGNORECASE,
+)
+
+
+def names_its_labels(instruction: str) -> bool:
+    """True for an instruction that names its options ("positive or negative"), asks a yes/no
+    question, or asks for a category (sentiment, type, language). Only these are put to the model:
+    qwen2.5-coder-1.5b still called "Identify the grammatical error in the given sentence" and
+    "Analyze the structure of a persuasive essay" classification, and their output-first instances
+    answered with a phrase of the instruction. A classification task missed here costs little: its
+    input-first instances still end in its label."""
+    return _NAMES_LABELS.search(instruction) is not None
+
+
+YES_NO_GRAMMAR = 'root ::= "Yes" | "No"'
+"""The classification answer as GBNF: under it a model picks the likelier word and cannot ramble."""
+
+
+def yes_no_grammar(spec: LLMSpec | None) -> str | None:
+    """`YES_NO_GRAMMAR` for the local llama.cpp engine; None for the others (transformers has no grammar,
+    and an OpenAI-style server other than llama-server may refuse the field)."""
+    if spec is None or spec.backend != "local":
+        return None
+    from synth.llm.engines import engine_for  # imports torch: only for a local model, which needs it anyway
+
+    return YES_NO_GRAMMAR if engine_for(spec) == "llama.cpp" else None
+
+
 def parse_yes_no(text: str) -> bool:
     """True when the first yes/no word of the answer is yes."""
     match = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
@@ -268,6 +318,7 @@ class Bootstrapper:
         self.config, self.ctx, self.llm, self.seeds = config, ctx, llm, seeds
         self.rng = random.Random(ctx.stage_seed)
         self.classify_shots = self._classify_shots(random.Random(derive_seed(ctx.stage_seed, "classify_shots")))
+        self.classify_grammar = yes_no_grammar(ctx.llm_specs.get(config.llm))
         # Held-out tasks are never shown, but a new instruction close to one is dropped like one close
         # to a shown seed: otherwise a near copy of a held-out task would leak into the training data.
         self.pool = RougeLPool(s.instruction for s in [*seeds, *held_out])
@@ -357,12 +408,16 @@ class Bootstrapper:
     # -- step 3: classification identification
 
     def _classify(self, instructions: list[str], round_: int) -> list[bool]:
-        if not instructions:
-            return []
-        shots = self.classify_shots
-        requests = [few_shot_request("self_instruct_classify", shots, {"instruction": t}) for t in instructions]
-        completions = self.llm.generate(requests, JUDGE.params(self._seed("classify", round_)))
-        return [parse_yes_no(c.text) for c in completions]
+        """No for an instruction that asks for a text to be written or names no labels; the model's
+        Yes or No for the rest."""
+        ask = [not asks_for_writing(t) and names_its_labels(t) for t in instructions]
+        asked = [t for t, a in zip(instructions, ask) if a]
+        if not asked:
+            return [False] * len(instructions)
+        requests = [few_shot_request("self_instruct_classify", self.classify_shots, {"instruction": t}) for t in asked]
+        sampling = JUDGE.params(self._seed("classify", round_)).model_copy(update={"grammar": self.classify_grammar})
+        verdicts = iter(parse_yes_no(c.text) for c in self.llm.generate(requests, sampling))
+        return [next(verdicts) if a else False for a in ask]
 
     def _classify_shots(self, rng: random.Random) -> list[tuple[dict[str, str], str]]:
         """A balanced set of seed tasks, half marked classification (Yes) and half not (No), in a

@@ -144,6 +144,25 @@ def test_a_row_that_finishes_at_once_and_one_that_runs_to_max_tokens_share_the_s
     assert refilled.text.strip() and (refilled.completion_tokens, refilled.finish_reason) == (alone.completion_tokens, alone.finish_reason)
 
 
+def test_running_rows_keep_consecutive_slots_when_a_middle_one_finishes(client, monkeypatch):
+    """With one key/value stream per slot, llama.cpp splits a decode batch at every gap in its
+    sequence ids (one pass over the weights each): the last running row moves down into a freed slot."""
+    requests = ask("Name a colour.", "Answer with one word: is water wet?", "What is the capital of France?")
+    three = with_slots(client, 3)
+    decoded, decode = [], three._decode
+
+    def record(ctx):
+        batch = three.batch
+        decoded.append(list(dict.fromkeys(batch.seq_id[n][0] for n in range(batch.n_tokens))))
+        decode(ctx)
+
+    monkeypatch.setattr(three, "_decode", record)
+    colour, water, capital = three.generate(requests, SamplingParams(max_tokens=12, temperature=0))
+    assert water.finish_reason == "stop" and colour.completion_tokens == capital.completion_tokens == 12
+    assert [0, 1] in decoded  # after the middle row finished
+    assert all(seqs == list(range(seqs[0], seqs[0] + len(seqs))) for seqs in decoded), decoded
+
+
 def test_a_grammar_decides_what_the_model_may_write(client):
     """The chain draws and the grammar checks (redrawing from the tokens it allows): the answer is in
     the grammar's language, where the model left alone writes a sentence."""

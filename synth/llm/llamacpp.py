@@ -3,8 +3,9 @@
 One llama.cpp context holds `spec.batch_size` sequences (slots). A row that takes a free slot has
 its prompt put in at once and samples its first token; then every step is one `llama_decode` of
 the next token of each running row, and a row that finishes (end of turn, a stop string,
-`max_tokens`) frees its slot for the next request. The key/value memory is allocated once per
-context and reused by every row, and across calls while the context is big enough.
+`max_tokens`) frees its slot for the next request; once none is left, the last running row moves
+down into it, so a decode step stays one pass over the weights. The key/value memory is allocated
+once per context and reused by every row, and across calls while the context is big enough.
 
 A prompt is cut into chunks where the transformers engine cuts it (`chunk_end`: after each
 end-of-turn token, after a blank line, every `PREFILL_CHUNK` tokens) and each chunk is fed in a
@@ -297,6 +298,7 @@ class LlamaCppClient(Backend):
                     while slots[s] is None and queue:
                         slots[s] = queue.popleft()
                         step(s, self._prefill(slots[s], s, ctx))
+                self._compact(slots, ctx)
                 outputs = self._fill_batch(slots)
                 if outputs:
                     self._decode(ctx)
@@ -305,6 +307,20 @@ class LlamaCppClient(Backend):
         finally:
             for row in rows:
                 self._free(row)
+
+    def _compact(self, slots: list[_Row | None], ctx) -> None:
+        """Move the last running rows down into the free slots below them (free only once the queue is
+        empty), so the running rows hold slots 0..k-1: with one key/value stream per slot, llama.cpp
+        splits a decode batch into one micro-batch per run of consecutive sequence ids, each a pass
+        over the weights. A move copies the row's whole stream (at the next decode), which is exact."""
+        memory = self.lc.llama_get_memory(ctx)
+        for free in [s for s, row in enumerate(slots) if row is None]:
+            last = max((s for s, row in enumerate(slots) if row is not None), default=-1)
+            if last < free:
+                return
+            self.lc.llama_memory_seq_cp(memory, last, free, -1, -1)
+            self.lc.llama_memory_seq_rm(memory, last, -1, -1)
+            slots[free], slots[last] = slots[last], None
 
     def _prefill(self, row: _Row, slot: int, ctx) -> int:
         """Put a row's prompt in its slot and return its first token. The longest opening the prefix
@@ -401,7 +417,7 @@ class LlamaCppClient(Backend):
         to sample after the decode."""
         batch, outputs = self.batch, []
         # In slot order: with one key/value stream per slot, llama.cpp splits a batch into
-        # micro-batches of consecutive sequence ids, so any other order costs extra passes.
+        # micro-batches of consecutive sequence ids (see `_compact`), so any other order costs extra passes.
         for s, row in enumerate(slots):
             if row is None:
                 continue

@@ -49,6 +49,7 @@ GOOD = ("Name three rivers in Europe.", "The Danube, the Rhine and the Loire.")
         (("Write a Python function that doubles a number.", "```python\ndef double(x):\n    return 2 * x\n```"),
          None),
         (("Explain what a Python function is.", "A named block of code that runs when called."), None),
+        (("Write a list of activities for a class.", "1. Reading\n2. Writing\n3. Games"), None),
     ],
 )
 def test_each_check(row, reason):

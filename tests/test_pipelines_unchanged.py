@@ -101,7 +101,7 @@ SHRINK: dict[str, dict[str, dict]] = {
     },
     "instruct.yaml": {
         "self_instruct": {"num_instructions": 6, "prompts_per_round": 2, "max_rounds": 3, "new_tasks_per_prompt": 3},
-        "evol_instruct": {"resources": {"num_cpus": 0.5, "batch_size": 8}},
+        "verdict_filter": {"resources": {"num_cpus": 0.5, "batch_size": 8}},
     },
     "tabular.yaml": {
         "tabular_synth": {"synthesizer": {"model": "tabddpm", "steps": 20}, "num_rows": 60, "block_rows": 20},
@@ -142,8 +142,8 @@ class ScriptedServer:
     """An OpenAI-style chat server on loopback whose answer depends on the prompt alone.
 
     Shaped like a helpful model's answers to the instruct pipeline's prompts (task lists, Yes/No,
-    instances, Evol-Instruct rewrites, equality judgements, responses), with words drawn from a
-    hash of the prompt so that records differ and dedup has little to do."""
+    instances, the judge's yes/no verdicts), with words drawn from a hash of the prompt so that records
+    differ and dedup has little to do."""
 
     WORDS = ("river", "matrix", "garden", "protein", "ledger", "comet", "violin", "harbor", "glacier", "pixel",
              "falcon", "quartz", "meadow", "engine", "lantern", "orbit", "cactus", "tunnel", "saddle", "beacon")
@@ -172,13 +172,8 @@ class ScriptedServer:
                       "Write a short poem about {} and {}.")
             return "\n".join(f"{n}. " + shapes[n % 3].format(*cls.words(f"{prompt}/{n}", 2))
                              for n in range(first, last + 1))
-        if "#Given Prompt#" in prompt:
-            given = re.search(r"#Given Prompt#:\s*(.*?)\s*#(?:Rewritten|Created) Prompt#", prompt, re.S).group(1)
-            if "input data to work on" in prompt:
-                return f"#Rewritten Prompt#: {given} Use this data:\n| {w[0]} | {w[1]} |\n|---|---|\n| 1 | 2 |"
-            return f"#Rewritten Prompt#: {given} Explain each step, covering {w[0]}, {w[1]} and {w[2]}."
-        if prompt.startswith("Do these two prompts"):
-            return "Not Equal"
+        if prompt.rstrip().endswith(("Sensible:", "Correct:")):  # the judge of verdict_filter, judge_report
+            return "no" if prompt.rstrip().endswith("Correct:") and w[0].startswith(("river", "matrix")) else "yes"
         task = prompt.rsplit("Task:", 1)[-1].strip()
         if "Answer Yes or No" in prompt:
             return "Yes" if task.startswith("Classify") else "No"

@@ -47,9 +47,10 @@ LONG_FORM = (
 """Case-insensitive: instructions that ask for more than a few sentences."""
 CODE_REQUEST = (
     r"^(?:please\s+)?(?:write|implement|create|develop|code|build|complete|fix|refactor)\b[^.?!]*"
-    r"\b(?:function|program|script|code|snippet|query|regex|regular expression|class|method)\b"
+    r"\b(?:function|program|script|code|snippet|query|regex|regular expression)\b"
 )
-"""Case-insensitive: instructions that open by asking for code to be written (not explained)."""
+"""Case-insensitive: instructions that open by asking for code to be written (not explained). Not
+"class" or "method": "Write a list of activities for a class" asks for none."""
 
 
 class InstructChecksConfig(StageConfig):

@@ -135,7 +135,7 @@ class StageGroup:
 BUILTIN_ROLES: dict[str, str | None] = {
     **dict.fromkeys(["self_instruct", "code_functions", "tabular_synth", "phantom_images", "image_folder",
                      "records"], "generate"),
-    **dict.fromkeys(["instruct_checks", "text_heuristics", "perplexity", "llm_judge", "code_checks",
+    **dict.fromkeys(["instruct_checks", "text_heuristics", "perplexity", "llm_judge", "verdict_filter", "code_checks",
                      "code_load_check", "code_determinism", "image_checks", "image_memorisation"], "filter"),
     **dict.fromkeys(["exact_dedup", "minhash_dedup", "semantic_dedup", "image_phash_dedup"], "dedup"),
     **dict.fromkeys(["evol_instruct", "code_inputs", "code_coverage", "code_execute", "case2code", "tabular_report",

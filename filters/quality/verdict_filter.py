@@ -47,4 +47,5 @@ class VerdictFilter(FilterStage):
             "judged_not_sensible" if s is False else "judged_incorrect" if c is False else None
             for s, c in zip(sensible, correct)
         ]
-        return {"judged_sensible": pa.array(sensible, pa.bool_()), "judged_correct": pa.array(correct, pa.bool_())}, reasons
+        columns = {"judged_sensible": pa.array(sensible, pa.bool_()), "judged_correct": pa.array(correct, pa.bool_())}
+        return columns, reasons

@@ -355,10 +355,10 @@ def test_dag_run_of_the_instruct_pipeline_equals_the_cli_run(ray_session, pipeli
         "name": "instruct-tiny", "seed": 3, "output": str(tmp_path / "dag"),
         "llm": {"default": {"backend": "local", "batch_size": 4, "threads": 1}},
         "stages": [
-            {"kind": "self_instruct", "seed_tasks": str(SEED_TASKS), "num_instructions": 2, "prompts_per_round": 2,
+            {"kind": "self_instruct", "seed_tasks": str(SEED_TASKS), "num_instructions": 3, "prompts_per_round": 2,
              # room for a whole list: a list cut off by max_tokens is dropped whole, as in the paper
              "max_rounds": 4, "new_tasks_per_prompt": 2, "task_sampling": {"max_tokens": 240, "temperature": 0.9},
-             "instance_sampling": {"max_tokens": 48}},
+             "instance_sampling": {"max_tokens": 96}},
             {"kind": "evol_instruct", "rounds": 1, "evolve_sampling": {"max_tokens": 40},
              "response_sampling": {"max_tokens": 48}, "resources": {"num_cpus": 0.5, "batch_size": 8}},
             {"kind": "instruct_checks"},

@@ -47,8 +47,9 @@ import numpy as np
 from synth.errors import LLMError
 from synth.llm.base import ChatRequest, Completion, SamplingParams, split_prefill
 from synth.llm.cache import Backend, OnCompletion
-from synth.llm.local import PREFILL_CHUNK, PREFIX_CACHE_MB, PrefixCache, chunk_end, default_threads, line_ends_in
-from synth.llm.local import request_seed
+from synth.llm.local import (
+    PREFILL_CHUNK, PREFIX_CACHE_MB, PrefixCache, chunk_end, default_threads, line_ends_in, request_seed,
+)  # fmt: skip
 from synth.llm.prefix_streams import PrefixStreams
 from synth.spec import LLMSpec
 
@@ -66,8 +67,6 @@ class _Row:
     sampler: int | None = None
     grammar: int | None = None
     tokens: list[int] = field(default_factory=list)
-    fed: int = 0
-    """Prompt tokens already in the key/value memory."""
     finish: str = "length"
 
     @property
@@ -338,24 +337,24 @@ class LlamaCppClient(Backend):
         found = self.prefixes.find(opening)
         if found is None:
             lc.llama_memory_seq_rm(memory, slot, -1, -1)
-            row.fed = 0
+            copied = 0
         else:
             # Across streams llama.cpp copies the whole stream (at the next decode); then drop the
             # source's tokens past the shared opening.
-            seq, row.fed = found
+            seq, copied = found
             lc.llama_memory_seq_cp(memory, seq, slot, -1, -1)
-            lc.llama_memory_seq_rm(memory, slot, row.fed, -1)
-        copied = row.fed
+            lc.llama_memory_seq_rm(memory, slot, copied, -1)
+        fed = copied
         for _, end in chunks:
-            if end <= row.fed:
+            if end <= copied:
                 continue
             if end == len(row.prompt) and opening and opening[-1][1] > copied:
                 keep = self.prefixes.keep(opening)
                 if keep is not None:  # copied as the slot is now, before its last chunk goes in
                     lc.llama_memory_seq_cp(memory, slot, keep, -1, -1)
-            self._feed(row.prompt, row.fed, end, slot)
+            self._feed(row.prompt, fed, end, slot)
             self._decode(ctx)
-            row.fed = end
+            fed = end
         return self._sample(row, ctx, self.batch.n_tokens - 1)
 
     def _feed(self, prompt: list[int], start: int, end: int, slot: int) -> None:

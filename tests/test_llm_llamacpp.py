@@ -218,24 +218,45 @@ def test_prompts_that_open_alike_feed_their_shared_opening_once_and_keep_their_t
     assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in expected]
 
 
+def test_a_rows_own_prompt_goes_in_beside_the_running_rows_and_the_shared_opening_alone(client, monkeypatch):
+    """The opening the rows of a call share is fed once, alone (what a kept copy of it must hold);
+    a row's own chunks go into the decode steps of the rows already running, not passes of their own."""
+    greeting, *requests = ask(*(f"{EXAMPLES}\n\n{q}" for q in ("Hi!", *QUESTIONS[:3])))
+    (first,) = client.generate([greeting], SamplingParams(max_tokens=1, temperature=0))
+    requests = [greeting, *requests]  # the greeting ends at its first token, so its slot is refilled at once
+    two = with_prefix_cache(client, 2)
+    batches, decode = [], two._decode
+
+    def record(ctx):
+        batch = two.batch
+        tokens = [batch.seq_id[n][0] for n in range(batch.n_tokens)]
+        batches.append({s: tokens.count(s) for s in tokens})
+        decode(ctx)
+
+    monkeypatch.setattr(two, "_decode", record)
+    two.generate(requests, SamplingParams(max_tokens=6, temperature=0, stop=(first.text,)))
+    alone = [b for b in batches if len(b) == 1 and min(b.values()) > 1]
+    assert 2 * PREFILL_CHUNK < sum(n for b in alone for n in b.values()) <= shared_prefix_length(client, requests)
+    beside = [b for b in batches if len(b) == 2 and sorted(b.values())[0] == 1 and sorted(b.values())[1] > 1]
+    assert beside, batches
+
+
 @pytest.mark.slow
-def test_a_prompt_asked_again_copies_all_but_its_last_chunk_and_keeps_its_text(client):
-    """Its whole opening is kept (by an earlier call, or by the same prompt under another seed in
-    this call); the last chunk is fed again, for the logits of its first token."""
+def test_a_prompt_asked_under_two_seeds_feeds_its_opening_once_and_a_later_call_copies_it(client):
+    """Rows of one call that open alike share their opening (all but the last chunk, fed again for
+    the logits of the first token): the first row feeds and keeps it, the second copies it, and so
+    does a later call asking it twice. A prompt asked once is all its own: nothing kept or copied."""
     (request,) = ask(f"{EXAMPLES}\n\n{QUESTIONS[1]}")
     sampling = SamplingParams(max_tokens=8, temperature=1.0, seed=4)
     cached = with_prefix_cache(client, 1)
-    (first,) = cached.generate([request], sampling)
+    (alone,) = cached.generate([request], sampling)
     assert cached.prefixes.reused_tokens == 0
-    (again,) = cached.generate([request], sampling)
+    first, other_seed = cached.generate([request, request], sampling, seeds=[4, 9])
     assert cached.prefixes.reused_tokens == opening(client, request)
-    assert again.text == first.text
-
-    before = cached.prefixes.reused_tokens
-    same, other_seed = cached.generate([request, request], sampling, seeds=[4, 9])
-    assert cached.prefixes.reused_tokens - before == 2 * opening(client, request)
-    (alone,) = with_prefix_cache(client, 1, 0).generate([request], sampling.model_copy(update={"seed": 9}))
-    assert (same.text, other_seed.text) == (first.text, alone.text)
+    again = cached.generate([request, request], sampling, seeds=[4, 9])
+    assert cached.prefixes.reused_tokens == 3 * opening(client, request)
+    (alone_9,) = with_prefix_cache(client, 1, 0).generate([request], sampling.model_copy(update={"seed": 9}))
+    assert [c.text for c in again] == [first.text, other_seed.text] == [alone.text, alone_9.text]
 
 
 @pytest.mark.slow
@@ -261,10 +282,12 @@ def test_the_least_recently_used_opening_goes_when_the_budget_is_full(client):
     reused = {}
     for streams in (1, 2):
         cache = with_prefix_cache(client, 1, streams * stream)
-        cache.generate([few_shot["a"]], sampling)
-        cache.generate([few_shot["b"]], sampling)  # in one stream, b's opening takes a's place
+        cache.generate([few_shot["a"]] * 2, sampling)  # twice, so the call keeps its opening
+        cache.generate([few_shot["b"]] * 2, sampling)  # in one stream, b's opening takes a's place
         before = cache.prefixes.reused_tokens
-        cache.generate([few_shot["a"]], sampling)
+        cache.generate([few_shot["a"]] * 2, sampling)
         reused[streams] = cache.prefixes.reused_tokens - before
-    assert reused[2] == opening(client, few_shot["a"])
-    assert reused[1] < shared_prefix_length(client, list(few_shot.values())) < reused[2]
+    a = opening(client, few_shot["a"])  # what the second row of each call copies from the first
+    assert reused[2] == 2 * a
+    # In one stream the first row finds only what b's opening shares with a's.
+    assert reused[1] - a < shared_prefix_length(client, list(few_shot.values())) < reused[2] - a

@@ -1,20 +1,21 @@
 """The `local` backend's llama.cpp engine: GGUF models on CPU, generated in slots refilled as rows finish.
 
-One llama.cpp context holds `spec.batch_size` sequences (slots). A row that takes a free slot has
-its prompt put in at once and samples its first token; then every step is one `llama_decode` of
-the next token of each running row, and a row that finishes (end of turn, a stop string,
-`max_tokens`) frees its slot for the next request; once none is left, the last running row moves
-down into it, so a decode step stays one pass over the weights. The key/value memory is allocated
-once per context and reused by every row, and across calls while the context is big enough.
+One llama.cpp context holds `spec.batch_size` sequences (slots). A row that takes a free slot puts
+its prompt in, then every step is one `llama_decode` of the next token of each running row, and a
+row that finishes (end of turn, a stop string, `max_tokens`) frees its slot for the next request;
+once none is left, the last row moves down into it, so a decode step stays one pass over the
+weights. The key/value memory is allocated once per context and reused by every row, and across
+calls while the context is big enough.
 
 A prompt is cut into chunks where the transformers engine cuts it (`chunk_end`: after each
-end-of-turn token, after a blank line, every `PREFILL_CHUNK` tokens) and each chunk is fed in a
-`llama_decode` of its own. Openings of prompts (every chunk but the last) are kept in sequences of
-their own after the slots (`PrefixStreams`, `PREFIX_CACHE_MB` of key/values): a prompt that opens
-with a kept one copies it into its slot and feeds only the rest, so a stage's shared few-shot
-turns and template preamble are fed once. Because a chunk is always fed alone, on the same
-key/values before it, a copied opening holds exactly what feeding it would give: a request's
-text does not depend on what was kept, and a prompt is never cut elsewhere for having been seen.
+end-of-turn token, after a blank line, every `PREFILL_CHUNK` tokens). The opening that rows of
+one call share (a stage's few-shot turns and template preamble: the chunks two or more of its
+prompts open with) is fed once, one chunk per `llama_decode` of its own, and kept in a sequence
+after the slots (`PrefixStreams`, `PREFIX_CACHE_MB` of key/values); a later row that opens alike,
+in this call or a later one, copies it into its slot. Because such a chunk is always fed alone, on
+the same key/values before it, a copied opening holds exactly what feeding it gives. The rest of a
+prompt, the row's own, goes in a chunk per step beside the running rows' tokens
+(`STEP_PROMPT_TOKENS` a step): a new row costs no pass over the weights of its own.
 
 Each request samples with its own llama.cpp sampler chain seeded from `sampling.seed` and the
 request's content (temperature, then top-p, then a seeded draw: the transformers engine's order).
@@ -22,11 +23,11 @@ With `sampling.grammar` (GBNF) each request also gets a grammar sampler: the cha
 from the full distribution and the grammar only checks it; when it refuses, the chain draws again
 from the tokens the grammar allows (what llama.cpp's own common sampler does, and far cheaper than
 matching the grammar against the whole vocabulary at every step).
-Slots are filled in request order and the batches depend only on the requests and their tokens,
-so the same requests with the same seed give the same texts run after run; llama.cpp's kernels
-do not promise that a row's numbers are independent of the rows beside it in a decode step
-(measured: logits differ by up to ~0.5 on Qwen 1.5B), so unlike the transformers engine a
-request's text may differ when it is batched with other requests.
+Slots are filled in request order and the batches depend only on the call's requests and their
+tokens (not on what earlier calls kept), so the same requests with the same seed give the same
+texts run after run; llama.cpp's kernels do not promise that a row's numbers are independent of
+the rows beside it in a decode step (measured: logits differ by up to ~0.5 on Qwen 1.5B), so unlike
+the transformers engine a request's text may differ when it is batched with other requests.
 
 Token counts follow the transformers engine: the end-of-turn token is not counted; a stop
 string's completing token is.
@@ -58,6 +59,18 @@ log = logging.getLogger(__name__)
 CONTEXT_STEP = 256
 """Slot contexts grow in steps of this many tokens, so similar calls reuse one context."""
 
+STEP_PROMPT_TOKENS = 2 * PREFILL_CHUNK
+"""Prompt tokens a decode step takes beside the running rows' tokens (whole chunks, so at least one)."""
+
+
+def shared_openings(rows: list[_Row]) -> set[bytes]:
+    """The keys of the prompt chunks two or more rows of a call open with (their last chunk aside)."""
+    counts: dict[bytes, int] = {}
+    for row in rows:
+        for key, _ in row.chunks[:-1]:
+            counts[key] = counts.get(key, 0) + 1
+    return {key for key, n in counts.items() if n > 1}
+
 
 @dataclass
 class _Row:
@@ -68,6 +81,10 @@ class _Row:
     grammar: int | None = None
     tokens: list[int] = field(default_factory=list)
     finish: str = "length"
+    chunks: list[tuple[bytes, int]] = field(default_factory=list)
+    """Every prompt chunk's (key, end), in order (`chunk_end` cuts them)."""
+    fed: int = 0
+    """Prompt tokens in the row's slot so far; the row decodes once all are."""
 
     @property
     def position(self) -> int:
@@ -171,7 +188,7 @@ class LlamaCppClient(Backend):
         params = lc.llama_context_default_params()
         params.n_ctx = (slots + streams) * per_slot
         params.n_seq_max = slots + streams
-        params.n_batch = params.n_ubatch = max(PREFILL_CHUNK, slots)
+        params.n_batch = params.n_ubatch = slots + STEP_PROMPT_TOKENS
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = False  # each slot attends over its own tokens only
         params.no_perf = True
@@ -179,7 +196,7 @@ class LlamaCppClient(Backend):
         if not ctx:
             raise LLMError(f"llama.cpp could not make a context of {slots} x {per_slot} tokens for {self.gguf}")
         self.ctx, self._ctx_shape = ctx, (slots, per_slot)
-        self.batch = lc.llama_batch_init(max(PREFILL_CHUNK, slots), 0, 1)
+        self.batch = lc.llama_batch_init(slots + STEP_PROMPT_TOKENS, 0, 1)
         self.prefixes.reset(first_seq=slots, count=streams)
         return ctx
 
@@ -279,6 +296,9 @@ class LlamaCppClient(Backend):
         need = max(len(r.prompt) + r.limit for r in rows) + 1
         per_slot = -(-need // CONTEXT_STEP) * CONTEXT_STEP
         ctx = self._context(n_slots, per_slot)
+        for row in rows:
+            row.chunks = self._chunks(row.prompt)
+        shared = shared_openings(rows)
         queue = deque(rows)
         slots: list[_Row | None] = [None] * n_slots
 
@@ -294,12 +314,12 @@ class LlamaCppClient(Backend):
         try:
             while queue or any(slots):
                 for s in range(n_slots):
-                    while slots[s] is None and queue:
+                    if slots[s] is None and queue:
                         slots[s] = queue.popleft()
-                        step(s, self._prefill(slots[s], s, ctx))
+                        self._put_shared_opening(slots[s], s, ctx, shared)
                 self._compact(slots, ctx)
                 outputs = self._fill_batch(slots)
-                if outputs:
+                if self.batch.n_tokens:
                     self._decode(ctx)
                 for s, index in outputs:
                     step(s, self._sample(slots[s], ctx, index))
@@ -307,9 +327,18 @@ class LlamaCppClient(Backend):
             for row in rows:
                 self._free(row)
 
+    def _chunks(self, prompt: list[int]) -> list[tuple[bytes, int]]:
+        chunks, key, start = [], b"", 0
+        while start < len(prompt):
+            end = chunk_end(prompt, start, self.turn_ends, self.line_ends, self.blank_line_ends)
+            key = PrefixCache.key(key, prompt[start:end])
+            chunks.append((key, end))
+            start = end
+        return chunks
+
     def _compact(self, slots: list[_Row | None], ctx) -> None:
-        """Move the last running rows down into the free slots below them (free only once the queue is
-        empty), so the running rows hold slots 0..k-1: with one key/value stream per slot, llama.cpp
+        """Move the last rows down into the free slots below them (free only once the queue is
+        empty), so the rows hold slots 0..k-1: with one key/value stream per slot, llama.cpp
         splits a decode batch into one micro-batch per run of consecutive sequence ids, each a pass
         over the weights. A move copies the row's whole stream (at the next decode), which is exact."""
         memory = self.lc.llama_get_memory(ctx)
@@ -321,49 +350,46 @@ class LlamaCppClient(Backend):
             self.lc.llama_memory_seq_rm(memory, last, -1, -1)
             slots[free], slots[last] = slots[last], None
 
-    def _prefill(self, row: _Row, slot: int, ctx) -> int:
-        """Put a row's prompt in its slot and return its first token. The longest opening the prefix
-        streams hold is copied in; the rest is fed one chunk per decode, and the opening up to the
-        last chunk, when new, is kept for later prompts before the last chunk is fed."""
+    def _put_shared_opening(self, row: _Row, slot: int, ctx, shared: set[bytes]) -> None:
+        """Put the part of a row's prompt that other rows of the call open with into its slot, each
+        chunk fed alone: the longest opening a prefix stream holds is copied in, the rest fed, and
+        the whole shared opening, when new, kept for the rows after. The rest of the prompt goes
+        in beside the running rows' tokens (`_fill_batch`)."""
         lc = self.lc
         memory = lc.llama_get_memory(ctx)
-        chunks, key, start = [], b"", 0
-        while start < len(row.prompt):
-            end = chunk_end(row.prompt, start, self.turn_ends, self.line_ends, self.blank_line_ends)
-            key = PrefixCache.key(key, row.prompt[start:end])
-            chunks.append((key, end))
-            start = end
-        opening = chunks[:-1]  # the last chunk is always fed: its logits give the first token
+        lc.llama_memory_seq_rm(memory, slot, -1, -1)
+        opening = [c for c in row.chunks[:-1] if c[0] in shared]  # the last chunk's logits give the first token
         found = self.prefixes.find(opening)
-        if found is None:
-            lc.llama_memory_seq_rm(memory, slot, -1, -1)
-            copied = 0
-        else:
+        if found is not None:
             # Across streams llama.cpp copies the whole stream (at the next decode); then drop the
             # source's tokens past the shared opening.
-            seq, copied = found
+            seq, row.fed = found
             lc.llama_memory_seq_cp(memory, seq, slot, -1, -1)
-            lc.llama_memory_seq_rm(memory, slot, copied, -1)
-        fed = copied
-        for _, end in chunks:
-            if end <= copied:
-                continue
-            if end == len(row.prompt) and opening and opening[-1][1] > copied:
-                keep = self.prefixes.keep(opening)
-                if keep is not None:  # copied as the slot is now, before its last chunk goes in
-                    lc.llama_memory_seq_cp(memory, slot, keep, -1, -1)
-            self._feed(row.prompt, fed, end, slot)
-            self._decode(ctx)
-            fed = end
-        return self._sample(row, ctx, self.batch.n_tokens - 1)
+            lc.llama_memory_seq_rm(memory, slot, row.fed, -1)
+        for _, end in opening:
+            if end > row.fed:
+                self._feed(row.prompt, row.fed, end, slot)
+                self._decode(ctx)
+                row.fed = end
+        if opening and (found is None or found[1] < opening[-1][1]):
+            keep = self.prefixes.keep(opening)
+            if keep is not None:
+                lc.llama_memory_seq_cp(memory, slot, keep, -1, -1)
 
     def _feed(self, prompt: list[int], start: int, end: int, slot: int) -> None:
-        """Make the batch prompt[start:end] of one slot, asking for the last token's logits."""
-        batch = self.batch
-        for n, i in enumerate(range(start, end)):
-            batch.token[n], batch.pos[n], batch.n_seq_id[n] = prompt[i], i, 1
-            batch.seq_id[n][0], batch.logits[n] = slot, i == end - 1
-        batch.n_tokens = end - start
+        """Make the batch prompt[start:end] of one slot alone."""
+        self.batch.n_tokens = 0
+        self._add(prompt[start:end], start, slot, logits=False)
+
+    def _add(self, tokens: list[int], position: int, slot: int, logits: bool) -> int:
+        """Append tokens of one slot to the batch from `position` on; the batch index of the last."""
+        batch, n = self.batch, self.batch.n_tokens
+        for i, token in enumerate(tokens, n):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position + i - n, 1
+            batch.seq_id[i][0], batch.logits[i] = slot, False
+        batch.n_tokens = n + len(tokens)
+        batch.logits[batch.n_tokens - 1] = logits
+        return batch.n_tokens - 1
 
     def _decode(self, ctx) -> None:
         if self.lc.llama_decode(ctx, self.batch) != 0:
@@ -412,19 +438,27 @@ class LlamaCppClient(Backend):
         return not math.isinf(one[0].logit)
 
     def _fill_batch(self, slots: list[_Row | None]) -> list[tuple[int, int]]:
-        """Put each running row's last token into the batch; return the (slot, batch index) pairs
-        to sample after the decode."""
-        batch, outputs = self.batch, []
+        """One step's batch: each running row's last token, and the next chunk of each row still
+        taking its prompt in, while they fit in `STEP_PROMPT_TOKENS`; return the (slot, batch
+        index) pairs to sample after the decode (a row whose prompt is now all in samples its first token)."""
+        self.batch.n_tokens = 0
+        outputs, room = [], STEP_PROMPT_TOKENS
         # In slot order: with one key/value stream per slot, llama.cpp splits a batch into
         # micro-batches of consecutive sequence ids (see `_compact`), so any other order costs extra passes.
         for s, row in enumerate(slots):
             if row is None:
                 continue
-            n = len(outputs)
-            batch.token[n], batch.pos[n], batch.n_seq_id[n] = row.tokens[-1], row.position, 1
-            batch.seq_id[n][0], batch.logits[n] = s, True
-            outputs.append((s, n))
-        batch.n_tokens = len(outputs)
+            if row.fed == len(row.prompt):
+                outputs.append((s, self._add(row.tokens[-1:], row.position, s, logits=True)))
+                continue
+            end = next(end for _, end in row.chunks if end > row.fed)
+            if end - row.fed > room:
+                continue
+            room -= end - row.fed
+            index = self._add(row.prompt[row.fed : end], row.fed, s, logits=end == len(row.prompt))
+            row.fed = end
+            if end == len(row.prompt):
+                outputs.append((s, index))
         return outputs
 
     def _step(self, row: _Row, token: int, sampling: SamplingParams) -> bool:

@@ -16,7 +16,13 @@ class ScriptedJudge(LLMClient):
 
     model_id = "scripted-judge"
 
+    def __init__(self):
+        self.asked = {"Correct:": 0, "Sensible:": 0}
+
     def generate(self, requests, sampling):
+        for r in requests:
+            self.asked[r[-1]["content"].rstrip().rsplit("\n", 1)[-1]] += 1
+
         def answer(prompt: str) -> str:
             record = prompt.rsplit("Instruction:", 1)[-1]
             if "mumble" in record:
@@ -39,5 +45,7 @@ def test_verdicts_become_columns_and_drop_reasons():
     stage.llm = ScriptedJudge()  # what setup() would take from the spec's `llm:` section
     out = stage.process(table)
     assert out[DROP_REASON].to_pylist() == [None, "judged_not_sensible", "judged_incorrect", None]
-    assert out["judged_sensible"].to_pylist() == [True, False, True, None]
+    # The instruction of an output judged incorrect is not asked about: its verdict stays null.
+    assert out["judged_sensible"].to_pylist() == [True, False, None, None]
     assert out["judged_correct"].to_pylist() == [True, True, False, None]
+    assert stage.llm.asked == {"Correct:": 4, "Sensible:": 3}

@@ -3,7 +3,11 @@
 `verdict_filter` puts `filters.quality.verdicts`' two yes/no questions (is the instruction a
 sensible task, is the output correct) to the LLM its `llm:` names, for every record, and adds
 `judged_sensible` and `judged_correct` (bool; null when the judge answered neither yes nor no).
-Drops `judged_not_sensible`, then `judged_incorrect`; an unparsed verdict keeps the record.
+Drops `judged_incorrect`, then `judged_not_sensible`; an unparsed verdict keeps the record. The
+output is judged first and the instruction only of records not judged incorrect: a third of the
+records of the measured run fell to the first question, so this asks a sixth fewer questions
+(`judged_sensible` is null where it was not asked). Both questions of a kept record are in the
+LLM cache, where `judge_report` after this stage finds them.
 
 Measured with qwen2.5-coder-1.5b on 66 hand-labelled records (README, "Measured value of the
 instruction data"): when it calls an output correct it is right 17 times of 19, and it calls 7 of
@@ -18,7 +22,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from filters.quality.verdicts import judge
+from filters.quality.verdicts import CORRECT_PROMPT, SENSIBLE_PROMPT, ask, parse_yes_no
 from synth.registry import register
 from synth.spec import StageConfig
 from synth.stage import FilterStage
@@ -40,11 +44,13 @@ class VerdictFilter(FilterStage):
         self.llm = self.ctx.llm(self.config.llm)
 
     def score(self, batch: pa.Table) -> tuple[dict[str, pa.Array | list], list[str | None]]:
-        verdicts = judge(self.llm, batch.select(["instruction", "input", "output"]).to_pylist())
-        sensible = [v.sensible for v in verdicts]
-        correct = [v.correct for v in verdicts]
+        records = batch.select(["instruction", "input", "output"]).to_pylist()
+        correct = [parse_yes_no(a) for a in ask(self.llm, [CORRECT_PROMPT] * len(records), records)]
+        asked = [r for r, c in zip(records, correct) if c is not False]
+        answers = iter(parse_yes_no(a) for a in ask(self.llm, [SENSIBLE_PROMPT] * len(asked), asked))
+        sensible = [None if c is False else next(answers) for c in correct]
         reasons = [
-            "judged_not_sensible" if s is False else "judged_incorrect" if c is False else None
+            "judged_incorrect" if c is False else "judged_not_sensible" if s is False else None
             for s, c in zip(sensible, correct)
         ]
         columns = {"judged_sensible": pa.array(sensible, pa.bool_()), "judged_correct": pa.array(correct, pa.bool_())}

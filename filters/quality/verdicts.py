@@ -132,12 +132,16 @@ def parse_yes_no(text: str) -> bool | None:
 def judge(llm: LLMClient, records: list[dict], sampling: SamplingParams = SAMPLING) -> list[Verdicts]:
     """Verdicts on records with `instruction`, `input` and `output`: both questions of every record
     in one batched call."""
-    texts = [(r["instruction"] or "", r.get("input") or "", r["output"] or "") for r in records]
-    requests = [request(SENSIBLE_PROMPT, i, x) for i, x, _ in texts] + [request(CORRECT_PROMPT, *t) for t in texts]
-    answers = [c.text.strip() for c in llm.generate(requests, sampling)] if requests else []
+    answers = ask(llm, [SENSIBLE_PROMPT] * len(records) + [CORRECT_PROMPT] * len(records), records * 2, sampling)
     sensible, correct = answers[: len(records)], answers[len(records) :]
     return [Verdicts(parse_yes_no(s), parse_yes_no(c), f"Sensible: {s}\nCorrect: {c}")
             for s, c in zip(sensible, correct)]  # fmt: skip
+
+
+def ask(llm: LLMClient, prompts: list[str], records: list[dict], sampling: SamplingParams = SAMPLING) -> list[str]:
+    """The judge's answer to each prompt (`SENSIBLE_PROMPT` or `CORRECT_PROMPT`) about its record, in one call."""
+    requests = [request(p, r["instruction"] or "", r.get("input") or "", r["output"] or "") for p, r in zip(prompts, records)]
+    return [c.text.strip() for c in llm.generate(requests, sampling)] if requests else []
 
 
 def verdict_agreement(llm: LLMClient, labelled: list[dict]) -> dict[str, float]:

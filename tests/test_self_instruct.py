@@ -281,7 +281,9 @@ def test_a_cut_off_task_list_is_dropped_whole_and_a_cut_off_instance_list_loses_
 def test_a_task_request_shows_a_worked_example_of_other_seed_tasks(tmp_path):
     seeds = load_seed_tasks(SEED_FILE)
     config = SelfInstructConfig(seed_tasks=SEED_FILE, tasks_per_prompt=8, new_tasks_per_prompt=8)
-    request, last = Bootstrapper(config, make_ctx(tmp_path), ScriptedLLM(), seeds)._task_request()
+    bootstrapper = Bootstrapper(config, make_ctx(tmp_path), ScriptedLLM(), seeds)
+    round_example = bootstrapper._task_example()
+    request, last = bootstrapper._task_request(round_example)
     assert [m["role"] for m in request] == ["user", "assistant", "user"] and last == 16
     example, answer, question = (m["content"] for m in request)
     # The example reply continues its own list in the asked format, with seed tasks not shown in it.
@@ -292,6 +294,9 @@ def test_a_task_request_shows_a_worked_example_of_other_seed_tasks(tmp_path):
     assert answered <= instructions and not any(task in example for task in answered)
     shown = {line.split(". ", 1)[1] for line in question.split("\n") if line[:1].isdigit()}
     assert not answered & shown and len(shown) == 8
+    # The example is the round's: every prompt of the round opens with the same two turns.
+    again, _ = bootstrapper._task_request(round_example)
+    assert again[:2] == request[:2] and again[2] != request[2]
 
 
 def test_classification_examples_are_balanced_seeds(tmp_path):

@@ -357,7 +357,8 @@ class Bootstrapper:
 
     def _new_instructions(self, round_: int) -> list[str]:
         cfg = self.config
-        requests = [self._task_request() for _ in range(cfg.prompts_per_round)]
+        example = self._task_example()
+        requests = [self._task_request(example) for _ in range(cfg.prompts_per_round)]
         stop = _stops_after(requests[0][1])  # the same numbering in every prompt of a round
         sampling = cfg.task_sampling.params(self._seed("tasks", round_), stop=stop)
         completions = self.llm.generate([r for r, _ in requests], sampling)
@@ -384,25 +385,34 @@ class Bootstrapper:
             return "rouge_similar"
         return reason
 
-    def _task_request(self) -> tuple[ChatRequest, int]:
+    def _task_example(self) -> list[SeedTask]:
+        """The seed tasks of a round's worked example: the first `tasks_per_prompt` shown, the next
+        `new_tasks_per_prompt` the reply. One per round, so every prompt of the round opens with the
+        same two turns and the engine feeds them once (they were a third of a task prompt's tokens)."""
+        cfg = self.config
+        # At most half the seed tasks, so the prompts of the round still show others.
+        example = self.rng.sample(self.seeds, min(cfg.tasks_per_prompt + cfg.new_tasks_per_prompt, len(self.seeds) // 2))
+        return example if len(example) >= 2 else []
+
+    def _task_request(self, example: list[SeedTask]) -> tuple[ChatRequest, int]:
         """The request for new tasks, and the last task number it asks for.
 
-        One worked example comes first, written from other seed tasks: the question, then the
-        numbered continuation as the model's own earlier reply. A small chat model shown only the
-        question rambled, restarted the numbering or answered a shown task in 12 of 16 lists."""
+        The round's worked example comes first: the question, then the numbered continuation as the
+        model's own earlier reply. A small chat model shown only the question rambled, restarted
+        the numbering or answered a shown task in 12 of 16 lists. The tasks shown are other seed
+        tasks (and machine tasks from the pool)."""
         cfg = self.config
         machine = self.rng.sample(self.machine, min(cfg.machine_per_prompt, len(self.machine)))
-        human_count = min(cfg.tasks_per_prompt - len(machine), len(self.seeds))
-        shown = self.rng.sample(self.seeds, human_count)
+        others = [s for s in self.seeds if s not in example]
+        shown = self.rng.sample(others, min(cfg.tasks_per_prompt - len(machine), len(others)))
         tasks = [s.instruction for s in shown] + machine
         self.rng.shuffle(tasks)
         new = cfg.new_tasks_per_prompt
-        others = [s.instruction for s in self.seeds if s not in shown]
-        shot_tasks = self.rng.sample(others, min(len(tasks) + new, len(others)))
         shots = []
-        if len(shot_tasks) > len(tasks):
-            example, answer = shot_tasks[: len(tasks)], shot_tasks[len(tasks) :]
-            shots = [(_task_values(example, len(answer)), _numbered(answer, len(example) + 1))]
+        if example:
+            cut = len(example) - min(new, len(example) // 2)
+            shown_in_example, answer = [s.instruction for s in example[:cut]], [s.instruction for s in example[cut:]]
+            shots = [(_task_values(shown_in_example, len(answer)), _numbered(answer, len(shown_in_example) + 1))]
         return few_shot_request("self_instruct_tasks", shots, _task_values(tasks, new)), len(tasks) + new
 
     # -- step 3: classification identification

@@ -41,9 +41,21 @@ def client() -> LlamaCppClient:
     client.close()
 
 
+_OTHERS: list[LlamaCppClient] = []
+"""Clients the tests made beside the module's, closed when the module's tests are done."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_other_clients():
+    yield
+    while _OTHERS:
+        _OTHERS.pop().close()
+
+
 def with_slots(client: LlamaCppClient, slots: int) -> LlamaCppClient:
     other = LlamaCppClient(SPEC.model_copy(update={"batch_size": slots}), client.gguf, client.model_id)
     other.load()
+    _OTHERS.append(other)
     return other
 
 

@@ -58,8 +58,11 @@ GROUPS = ("self_instruct/tasks", "self_instruct/classify", "self_instruct/instan
 
 
 def stage_config(pipeline: str, kind: str) -> dict:
+    """A stage's settings in a shipped pipeline, without its `resources`; {} (the stage's defaults)
+    where the pipeline has no such stage (instruct.yaml ships without Evol-Instruct)."""
     spec = yaml.safe_load((ROOT / "pipelines" / pipeline).read_text())
-    return next(s for s in spec["stages"] if s["kind"] == kind)
+    stage = next((s for s in spec["stages"] if s["kind"] == kind), {})
+    return {k: v for k, v in stage.items() if k != "resources"}
 
 
 def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
@@ -73,10 +76,10 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
     seeds = load_seed_tasks(seeds_path)
     si = stage_config("instruct.yaml", "self_instruct")
     si_config = SelfInstructConfig.model_validate({**si, "seed_tasks": seeds_path})
-    ctx = SimpleNamespace(stage_seed=seed, run_id="bench", seed=seed)
+    ctx = SimpleNamespace(stage_seed=seed, run_id="bench", seed=seed, llm_specs={})
     boot = Bootstrapper(si_config, ctx, SimpleNamespace(model_id="bench"), seeds)
-    evol = EvolInstructConfig.model_validate({k: v for k, v in stage_config("instruct.yaml", "evol_instruct").items() if k != "resources"})
-    code = CodeInputsConfig.model_validate({k: v for k, v in stage_config("code.yaml", "code_inputs").items() if k != "resources"})
+    evol = EvolInstructConfig.model_validate(stage_config("instruct.yaml", "evol_instruct"))
+    code = CodeInputsConfig.model_validate(stage_config("code.yaml", "code_inputs"))
 
     sizes = [n // len(GROUPS) + (i < n % len(GROUPS)) for i in range(len(GROUPS))]
     records = [{"instruction": s.instruction, "input": s.instances[0][0]} for s in seeds]
@@ -87,7 +90,7 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
     stage.config = code
     params = lambda sampling, step: sampling.params(seed + step)  # noqa: E731
     return [
-        (GROUPS[0], [task_request(boot) for _ in range(sizes[0])], params(si_config.task_sampling, 0)),
+        (GROUPS[0], task_requests(boot, sizes[0]), params(si_config.task_sampling, 0)),
         (GROUPS[1], [few_shot_request("self_instruct_classify", shots, {"instruction": seeds[i % len(seeds)].instruction})
                      for i in range(sizes[1])], params(JUDGE, 1)),
         (GROUPS[2], [boot._instance_request(seeds[i % len(seeds)].instruction, seeds[i % len(seeds)].is_classification)
@@ -101,13 +104,18 @@ def workload(n: int, seed: int = 0) -> list[tuple[str, list, SamplingParams]]:
     ]  # fmt: skip
 
 
-def task_request(boot) -> list:
-    """Self-Instruct's next request for new tasks."""
-    return boot._task_request()[0]
+def task_requests(boot, count: int) -> list:
+    """Self-Instruct's requests for new tasks, as a round sends them (one at a time in older versions)."""
+    if hasattr(boot, "task_requests"):
+        return [request for request, _ in boot.task_requests(count)]
+    return [boot._task_request()[0] for _ in range(count)]
 
 
 def classify_shots(boot) -> list:
-    """Self-Instruct's few-shot examples for the Yes/No question (some versions draw them with an rng)."""
+    """Self-Instruct's few-shot examples for the Yes/No question (drawn once, at start, since the
+    balanced set; some earlier versions drew them per call, with or without an rng)."""
+    if hasattr(boot, "classify_shots"):
+        return boot.classify_shots
     try:
         return boot._classify_shots()
     except TypeError:

@@ -357,8 +357,7 @@ class Bootstrapper:
 
     def _new_instructions(self, round_: int) -> list[str]:
         cfg = self.config
-        example = self._task_example()
-        requests = [self._task_request(example) for _ in range(cfg.prompts_per_round)]
+        requests = self.task_requests(cfg.prompts_per_round)
         stop = _stops_after(requests[0][1])  # the same numbering in every prompt of a round
         sampling = cfg.task_sampling.params(self._seed("tasks", round_), stop=stop)
         completions = self.llm.generate([r for r, _ in requests], sampling)
@@ -385,10 +384,16 @@ class Bootstrapper:
             return "rouge_similar"
         return reason
 
+    def task_requests(self, count: int) -> list[tuple[ChatRequest, int]]:
+        """A round's `count` requests for new tasks, each with the last task number it asks for.
+        They share one worked example, so every prompt of the round opens with the same two turns
+        and the engine feeds them once (16 of a prompt's 24 tasks, drawn per prompt before)."""
+        example = self._task_example()
+        return [self._task_request(example) for _ in range(count)]
+
     def _task_example(self) -> list[SeedTask]:
-        """The seed tasks of a round's worked example: the first `tasks_per_prompt` shown, the next
-        `new_tasks_per_prompt` the reply. One per round, so every prompt of the round opens with the
-        same two turns and the engine feeds them once (they were a third of a task prompt's tokens)."""
+        """The seed tasks of a round's worked example (`_task_request` shows the first ones and
+        answers with the rest), at most half of the seed tasks."""
         cfg = self.config
         # At most half the seed tasks, so the prompts of the round still show others.
         example = self.rng.sample(self.seeds, min(cfg.tasks_per_prompt + cfg.new_tasks_per_prompt, len(self.seeds) // 2))

@@ -31,7 +31,7 @@ TEXTS = [
     "Boil the water, pour it over the leaves and let the tea steep for three minutes.",
     "",
     "   ",
-    "buy now " * 20,
+    "buy now " * 30,
     "- a\n- b\n- c",
 ]
 

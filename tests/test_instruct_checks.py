@@ -50,11 +50,41 @@ GOOD = ("Name three rivers in Europe.", "The Danube, the Rhine and the Loire.")
          None),
         (("Explain what a Python function is.", "A named block of code that runs when called."), None),
         (("Write a list of activities for a class.", "1. Reading\n2. Writing\n3. Games"), None),
+        # qwen2.5-coder-1.5b's Self-Instruct records with no input, kept by its own judge: the text
+        # the task works on is missing, so the answer is made up
+        (("Make the sentence more natural and flow more smoothly.", '"The quick brown fox jumps over the lazy dog."'),
+         "missing_input"),
+        (("Identify the genre of the text (fiction, non-fiction, biography, etc.).",
+          "The genre of the text is non-fiction."), "missing_input"),
+        (("Evaluate the logical reasoning in a given argument and provide a summary of its strengths and weaknesses.",
+          "The task requires analyzing a logical argument and providing a summary of its strengths and weaknesses."),
+         "missing_input"),
+        # ... and those that hold their text, name an argument, or ask for code or a story: kept
+        (('Identify the subject and object in the following sentence: "He took the book out of the library.',
+          "Subject: He\nObject: the book"), None),
+        (("Write a function that finds the shortest word in a given sentence.",
+          "```python\ndef shortest(sentence):\n    return min(sentence.split(), key=len)\n```"), None),
+        (("Tell whether a given number is prime.", "A number is prime when it has exactly two divisors."), None),
+        (("Explain the difference between active and passive voice.",
+          "In active voice the subject acts; in passive voice it is acted upon."), None),
     ],
 )
 def test_each_check(row, reason):
     out = check([row])
     assert out[DROP_REASON].to_pylist() == [reason]
+
+
+def test_a_text_given_as_input_is_not_missing():
+    ctx = StageContext(run_name="t", run_id="r", seed=0, stage_name="instruct_checks", stage_index=2,
+                       output_dir=Path("."))  # fmt: skip
+    rows = [("She is reading a book.", None), ("", "missing_input")]
+    table = to_table(make_record(generator="self_instruct", run_id="r", seed=0, model="m", input=inp,
+                                 instruction="Rewrite the sentence in the past tense.", output="She was reading a book.")
+                     for inp, _ in rows)  # fmt: skip
+    out = InstructChecks(InstructChecksConfig(), ctx).process(table)
+    assert out[DROP_REASON].to_pylist() == [reason for _, reason in rows]
+    off = InstructChecks(InstructChecksConfig(refers_to_input_pattern=None), ctx).process(table)
+    assert off[DROP_REASON].to_pylist() == [None, None]
 
 
 def test_scores_are_typed_columns():

@@ -7,7 +7,7 @@ import pytest
 
 from synth.errors import LLMError
 from synth.llm import SamplingParams, make_backend
-from synth.llm.engines import GGUF_CPU_ENGINE, engine_for
+from synth.llm.engines import LLAMA_CPP_MIN_BYTES, engine_for
 from synth.llm.local import PREFILL_CHUNK, PREFIX_CACHE_MB, LocalClient, chunk_end
 from synth.llm.models import EMBEDDED_NAME, converted_embedded_model, embedded_gguf
 from synth.spec import LLMSpec
@@ -80,8 +80,15 @@ def shared_prefix_length(client: LlamaCppClient, requests) -> int:
     return next(i for i, ids in enumerate(zip(*prompts)) if len(set(ids)) > 1)
 
 
-def test_the_engine_is_chosen_by_the_spec_and_auto_by_the_model_and_device():
-    assert engine_for(LLMSpec(device="cpu")) == GGUF_CPU_ENGINE
+def test_the_engine_is_chosen_by_the_spec_and_auto_by_the_model_and_device(tmp_path):
+    # auto: the small embedded GGUF on transformers, a large GGUF file on llama.cpp (by its size:
+    # a sparse file stands in for a model here, and auto never opens it)
+    assert engine_for(LLMSpec(device="cpu")) == "transformers"
+    large = tmp_path / "large.gguf"
+    with large.open("wb") as f:
+        f.truncate(LLAMA_CPP_MIN_BYTES)
+    assert engine_for(LLMSpec(device="cpu", model=str(large))) == "llama.cpp"
+    assert engine_for(LLMSpec(device="cuda", model=str(large))) == "transformers"
     assert isinstance(make_backend(LLMSpec(device="cpu", engine="llama.cpp")), LlamaCppClient)
     assert isinstance(make_backend(LLMSpec(device="cpu", engine="transformers")), LocalClient)
     assert engine_for(LLMSpec(device="cuda")) == "transformers"

@@ -61,6 +61,14 @@ def reasons(texts: list[str], **config) -> list[str | None]:
         (NO_STOP_WORDS, "too_few_stop_words"),
         ("Red, yellow, blue.", None),  # short: no stop words needed
         ("Czech is not a language, but a language is a language spoken by Czechs.", None),  # short: one pair repeats
+        # qwen2.5-coder-1.5b's right answers under 50 words, which the top n-gram rules dropped
+        ("A solid has a fixed shape and volume, a liquid has a fixed volume but a variable shape, and a gas "
+         "has no fixed shape or volume.", None),
+        ("Correlation is a statistical measure that indicates the extent to which two variables change together. "
+         "It ranges from -1 to 1, where -1 indicates a perfect negative correlation, 1 indicates a perfect "
+         "positive correlation, and 0 indicates no correlation.", None),
+        ("A verb is a word that describes an action, while a noun is a word that refers to a person, place, "
+         "thing, or idea.", None),
     ],
 )  # fmt: skip
 def test_each_rule(text, reason):

@@ -49,3 +49,21 @@ def test_verdicts_become_columns_and_drop_reasons():
     assert out["judged_sensible"].to_pylist() == [True, False, None, None]
     assert out["judged_correct"].to_pylist() == [True, True, False, None]
     assert stage.llm.asked == {"Correct:": 4, "Sensible:": 3}
+
+
+def test_only_the_questions_asked_for_are_asked():
+    ctx = StageContext(run_name="t", run_id="r", seed=0, stage_name="verdict_filter", stage_index=3,
+                       output_dir=Path("."))  # fmt: skip
+    rows = [("Write a Go function that adds.", "func add..."), ("What is 3 + 4?", "8")]
+    table = to_table(make_record(generator="self_instruct", run_id="r", seed=0, model="m", instruction=i, output=o)
+                     for i, o in rows)  # fmt: skip
+    for questions, asked, reasons in [
+        (["correct"], {"Correct:": 2, "Sensible:": 0}, [None, "judged_incorrect"]),
+        (["sensible"], {"Correct:": 0, "Sensible:": 2}, ["judged_not_sensible", None]),
+    ]:
+        stage = VerdictFilter(VerdictFilterConfig(questions=questions), ctx)
+        stage.llm = ScriptedJudge()
+        out = stage.process(table)
+        assert stage.llm.asked == asked
+        assert out[DROP_REASON].to_pylist() == reasons
+        assert out["judged_correct" if questions == ["sensible"] else "judged_sensible"].to_pylist() == [None, None]

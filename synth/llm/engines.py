@@ -2,8 +2,9 @@
 
 `engine: llama.cpp` serves a GGUF model (the embedded one, a `.gguf` path, a named GGUF model) on
 CPU through llama.cpp; `engine: transformers` serves Hugging Face folders, CUDA and trained
-checkpoints (and the embedded GGUF, dequantised). `engine: auto` takes `GGUF_CPU_ENGINE` for a
-GGUF model on CPU and transformers for everything else.
+checkpoints (and the embedded GGUF, dequantised). `engine: auto` takes llama.cpp for a GGUF model
+on CPU of at least `LLAMA_CPP_MIN_BYTES` (the named models) and transformers for everything else
+(the embedded model included).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from synth.llm.models import EMBEDDED_NAME, embedded_gguf, resolve_local_model
 from synth.spec import LLMSpec
 
 
-GGUF_CPU_ENGINE = "transformers"
-"""What `auto` takes for a GGUF model on CPU: the faster engine in `bench/llm_throughput.py` on 2
-idle cores. Not yet measured there (README, "LLM speed": under a load of 10-25 the two were within
-10% of each other per CPU-second; with llama.cpp's prefix cache, a quick check under a load of 8-10
-gave llama.cpp 1.4x), so the engine whose texts do not depend on batching stays."""
+LLAMA_CPP_MIN_BYTES = 256 << 20
+"""`auto` serves a GGUF file at least this large on CPU with llama.cpp, a smaller one with
+transformers. Measured on 2 idle cores (README, "LLM speed"): qwen2.5-coder-1.5b (1.1 GB) runs
+at ~25 tokens/s a stream through llama.cpp and 1.5 through transformers (fp32, 9 GB); the embedded
+SmolLM2-135M (98 MB) took 195 s per 64 functions of `pipelines/code.yaml`'s `code_inputs` through
+our llama.cpp engine and 162 s through our transformers engine. A small model's step is short, so
+per-token work outside the matrix products (a sampler over the vocabulary per row) outweighs
+llama.cpp's quantised kernels."""
 
 
 def gguf_file(model: str | None) -> Path | None:
@@ -45,7 +49,8 @@ def engine_for(spec: LLMSpec) -> str:
         return "transformers"
     if spec.model is not None and Path(spec.model).expanduser().is_dir():
         return "transformers"
-    return GGUF_CPU_ENGINE if gguf_file(spec.model) is not None else "transformers"
+    gguf = gguf_file(spec.model)
+    return "llama.cpp" if gguf is not None and gguf.stat().st_size >= LLAMA_CPP_MIN_BYTES else "transformers"
 
 
 def local_backend(spec: LLMSpec) -> Backend:

@@ -85,6 +85,7 @@ def test_key_covers_model_messages_and_every_sampling_param():
     assert base != request_key("local", "m", ask("hi!")[0], GREEDY)
     assert base != request_key("local", "m", ask("hi")[0], GREEDY.model_copy(update={"seed": 4}))
     assert base != request_key("local", "m", ask("hi")[0], GREEDY.model_copy(update={"stop": ("\n",)}))
+    assert base != request_key("local", "m", ask("hi")[0], GREEDY.model_copy(update={"repeat_penalty": 1.1}))
 
 
 def test_identical_requests_in_one_call_are_generated_once(tmp_path):

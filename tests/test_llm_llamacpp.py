@@ -191,6 +191,18 @@ def test_a_grammar_decides_what_the_model_may_write(client):
     assert all(a.finish_reason == "stop" for a in answers)
 
 
+def test_a_repeat_penalty_breaks_a_greedy_loop(client):
+    """The embedded model, greedy, loops on this request; a repeat penalty over the last generated
+    tokens makes it write something else."""
+    request = ask("Write the word 'apple' twenty times, separated by spaces.")
+    greedy = SamplingParams(max_tokens=40, temperature=0)
+    (looping,) = client.generate(request, greedy)
+    (penalised,) = client.generate(request, greedy.model_copy(update={"repeat_penalty": 1.5}))
+    loops = looping.text.lower().count("apple")
+    assert loops >= 10, looping.text
+    assert penalised.text.lower().count("apple") < loops / 2, penalised.text
+
+
 def test_a_grammar_llama_cpp_cannot_read_is_an_error(client):
     with pytest.raises(LLMError, match="GBNF grammar"):
         client.generate(ask("Hi!"), SamplingParams(max_tokens=4, grammar="start ::= 'x"))

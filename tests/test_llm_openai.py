@@ -51,6 +51,20 @@ def test_stop_strings_are_passed_to_the_server(llama_server):
 
 
 @pytest.mark.slow
+def test_a_repeat_penalty_is_sent_only_when_asked_for(llama_server):
+    """llama-server's own parameter: sent when set (an OpenAI server would refuse it), and the
+    server's answer changes with it."""
+    client = OpenAIClient(spec(llama_server.base_url))
+    penalised = GREEDY.model_copy(update={"max_tokens": 24, "repeat_penalty": 1.8})
+    assert "repeat_penalty" not in client._body(ask("Hi")[0], GREEDY)
+    assert client._body(ask("Hi")[0], penalised)["repeat_penalty"] == 1.8
+    request = ask("List the numbers from 1 to 10, one per line.")
+    (plain,) = client.generate(request, penalised.model_copy(update={"repeat_penalty": 1.0}))
+    (other,) = client.generate(request, penalised)
+    assert other.text != plain.text, plain.text
+
+
+@pytest.mark.slow
 def test_requests_under_their_own_seeds_in_one_call_send_each_its_seed(llama_server):
     # One request at a time, so the server runs each alone, as when it is asked by itself.
     client = OpenAIClient(spec(llama_server.base_url, max_concurrency=1))

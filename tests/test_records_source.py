@@ -1,7 +1,7 @@
 """The `records` source: existing data, filtered and deduplicated by the same stages as generated data.
 
-The records are the Self-Instruct paper's 175 human-written seed tasks (pipelines/seeds, from the
-authors' repository), flattened to one instruction record per instance, with some repeated, and
+The records are the instruct pipeline's 38 hand-written seed tasks (pipelines/seeds, in the
+Self-Instruct paper's seed file format), flattened to one instruction record per instance, with some repeated, and
 written as JSONL, as a folder of Parquet files and as a Hugging Face `save_to_disk` folder.
 Real runs on the shared Ray session.
 """

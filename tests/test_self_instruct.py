@@ -327,6 +327,11 @@ def test_instance_prompts_ask_for_several_instances_and_every_label(tmp_path):
     no_input = [a for a in answers if "Input: none" in a]
     assert no_input and all(a.count("Output:") == 1 for a in no_input)
     assert any("```python" in a for a in no_input)  # a task asking for code is answered with the code
+    # a task that works on a sentence it does not give is shown one answered with such sentences
+    shown = [m["content"] for m in input_first if m["role"] == "user"]
+    texts = [a for q, a in zip(shown, answers) if "the sentence" in q]
+    assert texts and all("Input: none" not in a for a in texts)
+    assert "When the task works on a text" in input_first[-1]["content"]
     labels = [m["content"] for m in output_first if m["role"] == "assistant"]
     assert labels and all(a.count("Class label:") >= 2 for a in labels)
     # several labels for one classification task, each kept as its own record

@@ -54,10 +54,12 @@ class Sampling(StrictModel):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="Where the backend has one (llama.cpp, OpenAI)")
+    repeat_penalty: float = Field(1.0, ge=1, le=2, description="Where the backend has one (llama.cpp, llama-server)")
 
     def params(self, seed: int, stop: tuple[str, ...] = ()) -> SamplingParams:
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                              presence_penalty=self.presence_penalty, stop=stop, seed=seed)  # fmt: skip
+                              presence_penalty=self.presence_penalty, repeat_penalty=self.repeat_penalty,
+                              stop=stop, seed=seed)  # fmt: skip
 
 
 JUDGE = Sampling(max_tokens=4, temperature=0.0)

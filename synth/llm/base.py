@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 Message = dict[str, str]
+REPEAT_WINDOW = 64
+"""Generated tokens `repeat_penalty` looks back over: llama.cpp's default, long enough to catch a
+looping phrase, short enough to leave an answer's format ("Input:", "Output:") mostly alone."""
 ChatRequest = list[Message]
 
 
@@ -27,6 +30,8 @@ class SamplingParams(BaseModel):
     stop: tuple[str, ...] = ()
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="Penalty on tokens already in the text; "
                                     "backends without one (local transformers) ignore it")
+    repeat_penalty: float = Field(1.0, ge=1, le=2, description="llama.cpp's repeat penalty on tokens among "
+                                  "the last REPEAT_WINDOW generated; backends without one ignore it")
     seed: int = 0
     grammar: str | None = None
     """A GBNF grammar the completion must match; sent as `grammar` by the `openai` backend, which

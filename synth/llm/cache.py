@@ -76,10 +76,14 @@ def request_key(backend: str, model_id: str, messages: ChatRequest, sampling: Sa
         "backend": backend,
         "model": model_id,
         "messages": [dict(m) for m in messages],
-        # no grammar: the key it had before the field existed, so earlier caches stay valid
-        "sampling": sampling.model_dump(mode="json", exclude={"grammar"} if sampling.grammar is None else None),
+        # fields at their default left out: the key a request had before they existed stays valid
+        "sampling": sampling.model_dump(mode="json", exclude=_unset_fields(sampling)),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _unset_fields(sampling: SamplingParams) -> set[str]:
+    return {name for name, off in (("grammar", None), ("repeat_penalty", 1.0)) if getattr(sampling, name) == off}
 
 
 @dataclass(frozen=True)

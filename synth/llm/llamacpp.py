@@ -18,7 +18,8 @@ prompt, the row's own, goes in a chunk per step beside the running rows' tokens
 (`STEP_PROMPT_TOKENS` a step): a new row costs no pass over the weights of its own.
 
 Each request samples with its own llama.cpp sampler chain seeded from `sampling.seed` and the
-request's content (temperature, then top-p, then a seeded draw: the transformers engine's order).
+request's content (a repeat penalty when asked, temperature, then top-p, then a seeded draw: the
+transformers engine's order).
 With `sampling.grammar` (GBNF) each request also gets a grammar sampler: the chain draws a token
 from the full distribution and the grammar only checks it; when it refuses, the chain draws again
 from the tokens the grammar allows (what llama.cpp's own common sampler does, and far cheaper than
@@ -46,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from synth.errors import LLMError
-from synth.llm.base import ChatRequest, Completion, SamplingParams, split_prefill
+from synth.llm.base import REPEAT_WINDOW, ChatRequest, Completion, SamplingParams, split_prefill
 from synth.llm.cache import Backend, OnCompletion
 from synth.llm.local import (
     PREFILL_CHUNK, PREFIX_CACHE_MB, PrefixCache, chunk_end, default_threads, line_ends_in, request_seed,
@@ -278,12 +279,15 @@ class LlamaCppClient(Backend):
     def _sampler(self, sampling: SamplingParams, seed: int):
         lc = self.lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        if sampling.repeat_penalty != 1:  # greedy answers loop; this breaks the loop
+            repeats = lc.llama_sampler_init_penalties(n_vocab, REPEAT_WINDOW, sampling.repeat_penalty, 0.0, 0.0)
+            lc.llama_sampler_chain_add(chain, repeats)
         if sampling.temperature == 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
             return chain
         if sampling.presence_penalty:  # over the whole context: the paper's penalty on any repeat
-            penalties = lc.llama_sampler_init_penalties(lc.llama_vocab_n_tokens(self.vocab), -1, 1.0, 0.0,
-                                                        sampling.presence_penalty)  # fmt: skip
+            penalties = lc.llama_sampler_init_penalties(n_vocab, -1, 1.0, 0.0, sampling.presence_penalty)
             lc.llama_sampler_chain_add(chain, penalties)
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling.temperature))
         if sampling.top_p < 1:

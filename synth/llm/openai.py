@@ -130,6 +130,8 @@ class OpenAIClient(Backend):
             body["stop"] = list(sampling.stop)
         if sampling.presence_penalty:
             body["presence_penalty"] = sampling.presence_penalty
+        if sampling.repeat_penalty != 1:
+            body["repeat_penalty"] = sampling.repeat_penalty  # llama-server's extension
         if sampling.grammar is not None:
             body["grammar"] = sampling.grammar  # llama-server's extension: constrained decoding
         return body

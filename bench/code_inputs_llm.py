@@ -6,6 +6,9 @@ transformers engine, with the stage's own `_ask_llm`. Prints one line per `gener
 requests, prompt tokens, tokens fed and reused from the prefix cache, completion tokens, seconds),
 then the totals, the seconds spent in prefill and in decode steps, and a digest of the answers'
 texts, so two revisions can be compared on the same functions (the same digest: the same texts).
+It also counts, by their number in an answer's list (`calls_asked` lines), the model's calls that
+are new (not a doctest's, not in an earlier line or answer of the function) and the characters each
+line took: what asking for fewer calls would save and lose.
 
     .venv/bin/python bench/code_inputs_llm.py --functions 32 --slots 16 --threads 1
 """
@@ -16,11 +19,13 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 from generators.code.corpus import CodeFunctionsConfig, corpus_table
-from generators.code.inputs import CodeInputs, CodeInputsConfig
+from generators.code.calls import Signature
+from generators.code.inputs import CodeInputs, CodeInputsConfig, doctest_calls, function_node, proposed_calls
 from generators.instruct.prompts import Sampling
 from synth.llm import make_client
 from synth.llm.local import LocalClient
@@ -94,13 +99,36 @@ def main() -> None:
     texts = stage._ask_llm(rows)
     seconds = time.perf_counter() - started
     model_calls = sum(origin == client.model_id for r, t in zip(rows, texts) for _, origin in stage.inputs_for(r, t))
+    new_calls, chars = by_line(rows, texts)
     print(json.dumps({
         "functions": len(rows), "answers": args.answers, "llm_seconds": round(seconds, 1),
         "prefill_seconds": round(meter.seconds["prefill"], 1), "decode_seconds": round(meter.seconds["decode"], 1),
         "fed_tokens": meter.fed, "model_calls_kept": model_calls,
+        "new_calls_by_line": new_calls, "characters_by_line": chars,
         "texts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16],
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }))  # fmt: skip
+
+
+def by_line(rows: list[dict], texts: list[str]) -> tuple[dict[int, int], dict[int, int]]:
+    """New model calls and characters by the line's number in its answer ("2. f(...)": 2)."""
+    new_calls: dict[int, int] = {}
+    chars: dict[int, int] = {}
+    for row, text in zip(rows, texts):
+        fn = function_node(row["source"], row["name"])
+        signature = Signature.of(fn)
+        seen = set(doctest_calls(fn, signature))
+        for line in text.splitlines():
+            number = re.match(r"\s*(\d+)\.", line)
+            if number is None:
+                continue
+            position = int(number.group(1))
+            chars[position] = chars.get(position, 0) + len(line)
+            for call in proposed_calls(line, fn.name, signature):
+                if call not in seen:
+                    seen.add(call)
+                    new_calls[position] = new_calls.get(position, 0) + 1
+    return dict(sorted(new_calls.items())), dict(sorted(chars.items()))
 
 
 def _arguments() -> argparse.Namespace:

@@ -33,7 +33,10 @@ def tiny_spec(tmp_path: Path, output: Path) -> Path:
         "stages": [
             {"kind": "self_instruct", "seed_tasks": str(PIPELINES / "seeds" / "instruct_seed_tasks.jsonl"),
              "num_instructions": 6, "prompts_per_round": 4, "max_instances_per_task": 1},
-            {"kind": "evol_instruct", "rounds": 1, "resources": {"num_cpus": 1, "batch_size": 2}},
+            # One record a batch and two rounds: once the kill's trigger (two answers paid for) is
+            # seen, the other record's rounds are still to run, so a loaded machine's slow poll
+            # does not let the stage finish before the kill (it did, with both in one batch).
+            {"kind": "evol_instruct", "rounds": 2, "resources": {"num_cpus": 1, "batch_size": 1}},
             {"kind": "instruct_checks"},
         ],
     }

@@ -59,7 +59,13 @@ GOOD = ("Name three rivers in Europe.", "The Danube, the Rhine and the Loire.")
         (("Evaluate the logical reasoning in a given argument and provide a summary of its strengths and weaknesses.",
           "The task requires analyzing a logical argument and providing a summary of its strengths and weaknesses."),
          "missing_input"),
+        (("Describe the main character of the book in two sentences.",
+          "The main character of the book is a young girl named Lily who lives in a small town."), "missing_input"),
+        (("Describe the atmosphere of the room.", "The room was filled with a warm, cozy atmosphere."),
+         "missing_input"),
         # ... and those that hold their text, name an argument, or ask for code or a story: kept
+        (('Who wrote the book "Pride and Prejudice"?', "Jane Austen."), None),
+        (("Solve the puzzle to find the number that is both a cube and a square.", "1"), None),
         (('Identify the subject and object in the following sentence: "He took the book out of the library.',
           "Subject: He\nObject: the book"), None),
         (("Write a function that finds the shortest word in a given sentence.",

@@ -11,7 +11,10 @@ drop reason per row, first failing check wins:
   input is empty (`refers_to_input_pattern`; an instruction that asks for code or long-form
   writing, or holds its text after a colon or in quotes, is exempt). The answer to such a task is
   made up: 21 of qwen2.5-coder-1.5b's 354 Self-Instruct records of one run, 10 of them through its
-  own judge, and 4 of the 11 outputs a hand reading of that run's sample found wrong;
+  own judge, and 4 of the 11 outputs a hand reading of that run's sample found wrong. The things
+  named include a book, a film, a room or a phrase ("Describe the main character of the
+  book.", "Describe the atmosphere of the room.": both kept by the judge in a later run; not "the
+  puzzle": "Solve the puzzle to find the number that is both a cube and a square" states it);
 - `too_short_for_request`: the instruction asks for long-form writing (an essay, a story, "in
   detail", "at least 200 words"; `long_form_pattern`) and the output has fewer than
   `long_form_min_words` words;
@@ -58,7 +61,8 @@ CODE_REQUEST = (
 """Case-insensitive: instructions that open by asking for code to be written (not explained). Not
 "class" or "method": "Write a list of activities for a class" asks for none."""
 _TEXTS = (r"(?:text|sentences?|story|passage|paragraph|argument|article|email|statement|poem|essay|review|"
-          r"letter|document|conversation|dialogue|speech|tweet|message|list|table|code|data)")
+          r"letter|document|conversation|dialogue|speech|tweet|message|list|table|code|data|"
+          r"book|novel|movie|film|song|painting|picture|image|photo|room|phrase|word)")
 _PROSE = r"(?:text|story|passage|paragraph|argument|article|email|poem|essay|review|letter|document|conversation|dialogue|speech)"
 REFERS_TO_INPUT = (
     rf"\b(?:the|this|these)\s+(?:(?:given|following|provided|above|below|attached)\s+)?{_TEXTS}\b"

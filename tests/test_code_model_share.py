@@ -1,9 +1,10 @@
-"""The shipped code pipeline, small, with its embedded model: the card says how many kept cases' inputs the model wrote.
+"""The shipped code pipeline, small, with its model: the card says how many kept cases' inputs the model wrote.
 
 A real run (no mock): `pipelines/code.yaml` on 16 functions of the sandbox interpreter's standard
-library, the embedded SmolLM2-135M proposing calls through the local transformers engine, six
-answers per function as the spec asks (one thread: spinning threads stall on a busy machine). Its
-text is seeded and does not depend on its batch, so the share is the same on every run on one machine.
+library, qwen2.5-coder-0.5b proposing calls through the local llama.cpp engine (installed by
+`scripts/setup.sh`), one answer per function as the spec asks (one thread: spinning threads stall
+on a busy machine). Its text is seeded and its batches depend only on the requests, so the share
+is the same on every run on one machine.
 """
 
 from __future__ import annotations
@@ -70,5 +71,5 @@ def test_the_card_counts_the_kept_cases_whose_input_the_model_wrote(result):
 
 @pytest.mark.slow
 def test_the_model_writes_at_least_30_percent_of_kept_cases_inputs(result):
-    """Issue 19's goal, on a slice of the standard library: the shipped spec asks for 6 answers per function."""
+    """Issue 19's goal, on a slice of the standard library."""
     assert model_share(result) >= 30

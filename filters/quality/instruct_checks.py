@@ -60,17 +60,16 @@ CODE_REQUEST = (
 )
 """Case-insensitive: instructions that open by asking for code to be written (not explained). Not
 "class" or "method": "Write a list of activities for a class" asks for none."""
-_TEXTS = (r"(?:text|sentences?|story|passage|paragraph|argument|article|email|statement|poem|essay|review|"
-          r"letter|document|conversation|dialogue|speech|tweet|message|list|table|code|data|"
-          r"book|novel|movie|film|song|painting|picture|image|photo|room|phrase|word)")
 _PROSE = r"(?:text|story|passage|paragraph|argument|article|email|poem|essay|review|letter|document|conversation|dialogue|speech)"
+_TEXTS = (rf"(?:{_PROSE}|sentences?|statement|tweet|message|list|table|code|data|"
+          r"book|novel|movie|film|song|painting|picture|image|photo|room|phrase|word)")
 REFERS_TO_INPUT = (
     rf"\b(?:the|this|these)\s+(?:(?:given|following|provided|above|below|attached)\s+)?{_TEXTS}\b"
     rf"|\ba\s+given\s+{_PROSE}\b"
 )
 """Case-insensitive: the instruction works on a text it names as known ("the sentence", "a given
 article"). Not "a given number": a function's argument."""
-HOLDS_ITS_TEXT = r":\s*\S|[\"“][^\"”]{8,}"
+HOLDS_ITS_TEXT = re.compile(r":\s*\S|[\"“][^\"”]{8,}")
 """The instruction carries the text itself: after a colon, or in quotes."""
 
 
@@ -107,7 +106,9 @@ class InstructChecks(FilterStage):
         wants_code = re.compile(self.config.code_request_pattern, re.IGNORECASE)
         asks_code = [wants_code.search(text) is not None for text in instructions]
         inputs = batch.column("input").to_pylist()
-        missing = [self._missing_input(text, inp or "", lf or code)
+        pattern = self.config.refers_to_input_pattern
+        refers = re.compile(pattern, re.IGNORECASE) if pattern is not None else None
+        missing = [refers is not None and _missing_input(refers, text, inp or "", lf or code)
                    for text, inp, lf, code in zip(instructions, inputs, long_form, asks_code)]  # fmt: skip
         rows = zip(outputs, instruction_words, output_words, echo, long_form, asks_code, missing)
         reasons = [self._reason(*row) for row in rows]
@@ -119,12 +120,6 @@ class InstructChecks(FilterStage):
             "asks_code": pa.array(asks_code, pa.bool_()),
         }
         return columns, reasons
-
-    def _missing_input(self, instruction: str, input: str, exempt: bool) -> bool:
-        pattern = self.config.refers_to_input_pattern
-        if pattern is None or exempt or input.strip() or re.search(HOLDS_ITS_TEXT, instruction):
-            return False
-        return re.search(pattern, instruction, re.IGNORECASE) is not None
 
     def _reason(
         self, output: str, instruction_words: int, output_words: int, echo: float, long_form: bool, asks_code: bool,
@@ -145,3 +140,10 @@ class InstructChecks(FilterStage):
             ("echoes_instruction", echo >= cfg.echo_threshold),
         )
         return next((reason for reason, failed in checks if failed), None)
+
+
+def _missing_input(refers: re.Pattern, instruction: str, input: str, exempt: bool) -> bool:
+    """The instruction names a text it must be given, does not hold it, and the input is empty."""
+    if exempt or input.strip() or HOLDS_ITS_TEXT.search(instruction):
+        return False
+    return refers.search(instruction) is not None

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 Message = dict[str, str]
+ChatRequest = list[Message]
+
 REPEAT_WINDOW = 64
 """Generated tokens `repeat_penalty` looks back over: llama.cpp's default, long enough to catch a
 looping phrase, short enough to leave an answer's format ("Input:", "Output:") mostly alone."""
-ChatRequest = list[Message]
 
 
 class SamplingParams(BaseModel):
